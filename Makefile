@@ -1,0 +1,37 @@
+# One-command set-up: every target below creates .venv on first use.
+PY      ?= python3
+VENV    ?= .venv
+VPY     := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: venv test lint demo bench gpu-check clean
+
+$(VENV)/.installed: pyproject.toml setup.py
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	# torch first, pinned, so that nothing below pulls a multi-GB CUDA build (see README, "Install")
+	$(VPY) -m pip install --quiet torch==$(TORCH_VERSION)
+	$(VPY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(VPY) -m ruff check .
+	$(VPY) -m ruff format --check .
+
+demo: venv
+	$(VPY) -m mmx_fast demo --out demo_out
+
+bench: venv
+	$(VPY) -m pytest benches/ -q
+
+gpu-check:
+	python3 benches/gpu_check.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,22 @@
+"""mmx_fast: token-level visual attribution for multimodal LLMs (MSEA + ARC on TAM), fast.
+
+    from mmx_fast import ExplainConfig, explain_fast
+    exp = explain_fast(model, processor, image, "Describe the image.")
+    exp.maps  # [T, Hc, Wc] in [0, 1], one map per answer token
+"""
+
+from .config import METHODS, ExplainConfig
+from .explanation import Explanation
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):  # lazy: importing the package must not import transformers or triton
+    if name in ("explain_fast", "Explainer"):
+        from . import fast
+
+        return getattr(fast, name)
+    raise AttributeError(f"module 'mmx_fast' has no attribute {name!r}")
+
+
+__all__ = ["METHODS", "ExplainConfig", "Explainer", "Explanation", "explain_fast", "__version__"]

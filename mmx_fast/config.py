@@ -1,0 +1,141 @@
+"""One validated configuration for every method the engine can run.
+
+The three presets are named points in this space; every other point (MSEA with TAM's mitigation, ARC
+without MSEA, ``max`` aggregation, ...) is reachable by overriding fields, so the paper's ablation table
+can be re-run. See README "Spec decisions" for why each default is what it is.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+METHODS = ("msea-arc", "tam", "logit-lens")
+MITIGATIONS = ("arc", "tam", "none")
+AGGREGATIONS = ("mean", "max")
+RBO_VARIANTS = ("ext", "truncated", "min")
+BASES = ("argmin", "none")
+BACKENDS = ("auto", "triton", "torch", "native")
+
+# What each preset sets; fields not listed keep their dataclass defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    "msea-arc": {"scales": (0.5, 0.75, 1.0), "mitigation": "arc", "aggregate": "mean", "filter": True},
+    "tam": {"scales": (1.0,), "mitigation": "tam", "aggregate": "mean", "filter": True},
+    "logit-lens": {"scales": (1.0,), "mitigation": "none", "aggregate": "mean", "filter": False},
+}
+
+
+def _fail(name: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"ExplainConfig.{name}={value!r} is not allowed; expected {allowed}")
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """How to explain. ``ExplainConfig(method="tam")`` applies the preset; any field given explicitly
+    overrides the preset's value (``ExplainConfig(method="msea-arc", aggregate="max")``).
+
+    Fields
+    ------
+    method: preset name, one of ``METHODS``.
+    scales: MSEA image scales; must contain 1.0 (the canonical grid and the rankings come from it).
+    aggregate: how MSEA combines scales per cell, ``mean`` (paper default) or ``max`` (paper ablation).
+    mitigation: ``arc`` (the paper), ``tam`` (TAM's estimated causal inference), ``none`` (raw logit lens).
+    filter: apply TAM's rank Gaussian filter after mitigation.
+    top_k: ranking depth for ARC (paper: 50).
+    rbo_p: RBO persistence, in (0, 1).
+    rbo_variant: ``ext`` (Webber et al. Eq. 32, default), ``truncated`` or ``min``.
+    base: ``argmin`` adds the base map A_0 of the least-activated vocab id (r_0 = 0); ``none`` omits it.
+    max_new_tokens: generation budget when no answer is forced.
+    backend: kernel backend for the fast path (``auto``, ``triton``, ``torch``, ``native``); the
+        environment variable ``MMX_FAST_BACKEND`` overrides ``auto``.
+    keep_scale_maps: also return the per-scale raw maps and the pre-mitigation maps.
+    """
+
+    method: str = "msea-arc"
+    scales: tuple[float, ...] | None = None
+    aggregate: str | None = None
+    mitigation: str | None = None
+    filter: bool | None = None
+    top_k: int = 50
+    rbo_p: float = 0.9
+    rbo_variant: str = "ext"
+    base: str = "argmin"
+    max_new_tokens: int = 32
+    backend: str = "auto"
+    keep_scale_maps: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, str) or self.method not in METHODS:
+            _fail("method", self.method, f"one of {', '.join(METHODS)}")
+        preset = PRESETS[self.method]
+        for name, value in preset.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        # scales
+        scales = self.scales
+        if isinstance(scales, (int, float)):
+            scales = (scales,)
+        try:
+            scales = tuple(float(s) for s in scales)
+        except (TypeError, ValueError):
+            _fail("scales", self.scales, "a non-empty sequence of positive numbers")
+        if len(scales) == 0:
+            _fail("scales", self.scales, "a non-empty sequence of positive numbers containing 1.0")
+        for s in scales:
+            if not math.isfinite(s) or s <= 0:
+                _fail("scales", self.scales, "positive finite numbers (got a zero, negative or non-finite scale)")
+            if s > 8:
+                _fail("scales", self.scales, "scales in (0, 8]")
+        if len(set(scales)) != len(scales):
+            _fail("scales", self.scales, "distinct scales (duplicates given)")
+        if 1.0 not in scales:
+            _fail("scales", self.scales, "a sequence containing 1.0 (the canonical grid)")
+        object.__setattr__(self, "scales", tuple(sorted(scales)))
+        if self.aggregate not in AGGREGATIONS:
+            _fail("aggregate", self.aggregate, f"one of {', '.join(AGGREGATIONS)}")
+        if self.mitigation not in MITIGATIONS:
+            _fail("mitigation", self.mitigation, f"one of {', '.join(MITIGATIONS)}")
+        if not isinstance(self.filter, bool):
+            _fail("filter", self.filter, "True or False")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            _fail("top_k", self.top_k, "an integer >= 1 (and at most the vocabulary size)")
+        if self.top_k > 64:
+            _fail("top_k", self.top_k, "an integer in [1, 64] (the fused ranking kernels keep k <= 64)")
+        p = self.rbo_p
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or not 0 < p < 1:
+            _fail("rbo_p", self.rbo_p, "a number strictly between 0 and 1")
+        if self.rbo_variant not in RBO_VARIANTS:
+            _fail("rbo_variant", self.rbo_variant, f"one of {', '.join(RBO_VARIANTS)}")
+        if self.base not in BASES:
+            _fail("base", self.base, f"one of {', '.join(BASES)}")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            _fail("max_new_tokens", self.max_new_tokens, "an integer >= 1")
+        if self.backend not in BACKENDS:
+            _fail("backend", self.backend, f"one of {', '.join(BACKENDS)}")
+
+    @property
+    def is_exact_tam(self) -> bool:
+        """True when the config is TAM as published (single scale, TAM mitigation, filter)."""
+        return self.mitigation == "tam" and self.scales == (1.0,) and self.filter
+
+    def resolved_backend(self) -> str:
+        if self.backend != "auto":
+            return self.backend
+        env = os.environ.get("MMX_FAST_BACKEND", "auto").strip().lower() or "auto"
+        if env not in BACKENDS:
+            raise ValueError(f"MMX_FAST_BACKEND={env!r} is not allowed; expected one of {', '.join(BACKENDS)}")
+        return env
+
+    def with_(self, **changes: Any) -> ExplainConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["scales"] = list(d["scales"])
+        return d
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]

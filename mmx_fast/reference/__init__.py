@@ -1,0 +1,30 @@
+"""The paper-faithful pure-PyTorch path: one small function per equation, and ``explain``, the oracle."""
+
+from .arc import arc_weights, interference_map, least_squares_beta, refine_one
+from .explain import explain
+from .filters import normalize_max, rank_gaussian_filter
+from .logit_lens import base_vocab_id, logit_lens_maps
+from .msea import msea_aggregate, to_canonical
+from .rbo import prefix_overlaps, rbo, rbo_weights, topk_ranking
+from .tam import tam_maps, tam_rank_gaussian_filter, tam_token_strings
+
+__all__ = [
+    "arc_weights",
+    "base_vocab_id",
+    "explain",
+    "interference_map",
+    "least_squares_beta",
+    "logit_lens_maps",
+    "msea_aggregate",
+    "normalize_max",
+    "prefix_overlaps",
+    "rank_gaussian_filter",
+    "rbo",
+    "rbo_weights",
+    "refine_one",
+    "tam_maps",
+    "tam_rank_gaussian_filter",
+    "tam_token_strings",
+    "to_canonical",
+    "topk_ranking",
+]

@@ -1,0 +1,25 @@
+"""Raw logit-lens maps (paper Eq. 2 and 4) and the base vocabulary id k0 (DESIGN 1.3)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def logit_lens_maps(z: torch.Tensor, w_u: torch.Tensor, ids, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``a_i(k) = max(0, [W_U z_i]_k)`` for each vocab id k in ``ids``.
+
+    z: [N, d] last-layer normed hidden states of the visual tokens; w_u: [V, d]; ids: [M].
+    Returns [M, N] in ``dtype``: one flat map per id. Only the rows of W_U for ``ids`` are used.
+    """
+    ids = torch.as_tensor(ids, dtype=torch.long, device=w_u.device).reshape(-1)
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= w_u.shape[0]):
+        raise ValueError(f"vocab ids must lie in [0, {w_u.shape[0]}); got min {int(ids.min())}, max {int(ids.max())}")
+    rows = w_u.index_select(0, ids).to(dtype)
+    return (rows @ z.to(dtype).T).clamp_min(0)
+
+
+def base_vocab_id(z: torch.Tensor, w_u: torch.Tensor, dtype: torch.dtype = torch.float32) -> int:
+    """k0 = argmin_k sum_i [W_U z_i]_k over the scale-1.0 visual tokens (unclipped sum): one GEMV
+    ``W_U @ sum_i z_i``. Ties go to the smaller id."""
+    s = z.to(dtype).sum(0)
+    return int(torch.argmin(w_u.to(dtype) @ s))

@@ -1,0 +1,150 @@
+"""TAM's own mitigation, as published (Li et al., ICCV 2025, xmed-lab/TAM ``TAM()``), restated.
+
+This reproduces TAM's maps uint8-for-uint8 given the same model outputs, including its quirks, which we
+keep on purpose (the ``tam`` preset is a baseline, so it must be TAM, not our reading of it):
+
+1. Text tokens are TAM's ``txt_all``: the prompt text and the answer, each decoded to a string and
+   re-tokenized to token strings. Context tokens whose string equals the target's are excluded.
+2. Round 0 (answer token 0) first builds one map per prompt position u = 0..P (P = number of prompt token
+   strings): u = 0 uses the argmax class at the first prompt position, 0 < u < P the prompt token at
+   position start + u itself, u = P the last prompt token (the one before the answer). These raw maps
+   seed the context list. The map TAM returns for answer token 0 is the u = 0 map.
+3. For answer token t >= 1 the class is the token itself; its scores at text positions are
+   ``[prompt positions, last prompt position, answer positions before t]``; the context weights are those
+   scores (clipped logits of the target class), normalised with ``w / (sum(w) + 1e-8)``.
+4. Estimated causal inference: interference = weighted sum of the stored raw context maps; its scale is
+   the least-squares fit (TAM uses scipy's ``minimize_scalar``; the closed form is the same minimiser);
+   then ReLU.
+5. Joint min-max normalisation of the image scores together with the text scores (minus the last one),
+   the rank Gaussian filter on the grid, and ``(x * 255).astype(uint8)``.
+
+Numerics follow TAM's numpy dtypes (float32 scores, float64 after the ECI subtraction and inside the
+filter's kernel) so that truncation to uint8 lands on the same integers. Two cases where TAM produces NaN
+are defined instead: a constant positive filter window returns its median, and a constant score vector
+(max == min) normalises to zeros. Where TAM would raise (no non-repeated context token), no mitigation is
+applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def tam_rank_gaussian_filter(img: np.ndarray) -> np.ndarray:
+    """TAM's 3x3 rank Gaussian filter in TAM's numpy dtypes and call shapes.
+
+    Output dtype = input dtype (TAM writes into ``np.zeros_like(img)``); the kernel is float64. The
+    per-cell ``np.exp`` over 9 values is kept on purpose: numpy's SIMD exp can differ in the last bit
+    with the array's length and alignment, and the uint8 maps must equal TAM's.
+    """
+    h, w = img.shape
+    padded = np.pad(img, 1, mode="reflect")
+    win = np.sort(sliding_window_view(padded, (3, 3)).reshape(h, w, 9), axis=-1)
+    ax = np.arange(9) - 4
+    out = np.zeros_like(img)
+    for i in range(h):
+        for j in range(w):
+            v = win[i, j]
+            mean = v.mean()
+            if mean > 0:
+                sigma = v.std() / mean
+                if 2 * sigma**2 == 0:  # constant window: the median, the formula's limit (TAM: NaN)
+                    out[i, j] = v[4]
+                    continue
+                kernel = np.exp(-(ax**2) / (2 * sigma**2))
+                kernel = kernel / np.sum(kernel)
+                out[i, j] = (v * kernel).sum()
+    return out
+
+
+def _least_squares(a: np.ndarray, b: np.ndarray) -> np.float64:
+    """argmin_x sum((a - b x)^2) in float64 (TAM: scipy minimize_scalar on the same quadratic)."""
+    a64 = a.astype(np.float64)
+    b64 = b.astype(np.float64)
+    den = float(b64 @ b64)
+    return np.float64(0.0) if den == 0 else np.float64(float(a64 @ b64) / den)
+
+
+def tam_maps(
+    seq_ids: Sequence[int],
+    prompt_len: int,
+    prompt_span: tuple[int, int],
+    num_answer: int,
+    class_scores: Callable[[int], np.ndarray],
+    image_scores: Callable[[int], np.ndarray],
+    argmax_at: Callable[[int], int],
+    txt_all: Sequence[str],
+    num_prompt_strings: int,
+    grid: tuple[int, int],
+    apply_filter: bool = True,
+) -> np.ndarray:
+    """TAM maps for every answer token, uint8 [T, H, W].
+
+    seq_ids:            prompt ids (``prompt_len`` of them) followed by the answer ids.
+    prompt_span:        (start, end) positions of the prompt text tokens.
+    class_scores(c):    float32 [prompt_len + T] clipped logits of class c at every position.
+    image_scores(c):    float32 [H * W] clipped map of class c over the visual tokens (the raw logit-lens
+                        map for TAM itself; an MSEA map for MSEA + TAM combinations).
+    argmax_at(pos):     argmax vocab id of the logits at a position (round 0, u = 0).
+    txt_all:            TAM's token strings: re-tokenized prompt strings then answer strings.
+    num_prompt_strings: P, how many of ``txt_all`` are prompt strings.
+    apply_filter:       TAM always filters; False skips the filter (an ablation, not TAM).
+    """
+    s, e = prompt_span
+    store: list[np.ndarray] = []
+    out = np.zeros((num_answer,) + tuple(grid), dtype=np.uint8)
+
+    def one(cls: int, n_pos: int, vis_idx: int) -> np.ndarray:
+        sc = class_scores(cls)[:n_pos]
+        txt = np.concatenate([sc[s:e], sc[prompt_len - 1 : prompt_len], sc[prompt_len:n_pos]], 0)
+        img = image_scores(cls)
+        store.append(img)
+        if len(store) > 1 and vis_idx < len(txt_all):
+            idx = [i for i in range(vis_idx) if i < len(txt_all) and txt_all[i] != txt_all[vis_idx] and i < len(txt)]
+            if idx:
+                w = txt[idx]
+                w = w / (w.sum() + 1e-8)
+                interf = (np.stack([store[i] for i in idx], 0) * w.reshape(-1, 1)).sum(0)
+                img = (img - interf * _least_squares(img, interf)).clip(min=0)
+        joint = np.concatenate([img, txt[:-1]], 0)
+        lo, hi = joint.min(), joint.max()
+        joint = (joint - lo) / (hi - lo) if hi > lo else np.zeros_like(joint)  # TAM: NaN when hi == lo
+        img = joint[: len(img)]
+        filtered = tam_rank_gaussian_filter(img.reshape(grid)) if apply_filter else img.reshape(grid)
+        return (filtered * 255).astype("uint8")
+
+    if num_answer == 0:
+        return out
+    p = num_prompt_strings
+    first = None
+    for u in range(p + 1):
+        if u == p:
+            cls = int(seq_ids[prompt_len - 1])
+        elif u == 0:
+            cls = int(argmax_at(s))
+        else:
+            cls = int(seq_ids[s + u])
+        m = one(cls, prompt_len, u)
+        if u == 0:
+            first = m
+    out[0] = first
+    for t in range(1, num_answer):
+        out[t] = one(int(seq_ids[prompt_len + t]), prompt_len + t, p + t)
+    return out
+
+
+def tam_token_strings(tokenizer, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> tuple[list[str], int]:
+    """TAM's ``txt_all``: decode prompt / answer ids to text (special tokens kept, no clean-up) and
+    re-tokenize to token strings. Returns (strings, number of prompt strings)."""
+
+    def strings(ids: Sequence[int]) -> list[str]:
+        if len(ids) == 0:
+            return []
+        text = tokenizer.batch_decode([list(ids)], skip_special_tokens=False, clean_up_tokenization_spaces=False)[0]
+        return list(tokenizer.tokenize(text))
+
+    prompt = strings(prompt_ids)
+    return prompt + strings(answer_ids), len(prompt)
