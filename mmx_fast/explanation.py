@@ -61,8 +61,10 @@ class Explanation:
         return "".join(self.answer_tokens)
 
     def map_uint8(self, i: int) -> np.ndarray:
-        """Map i as TAM stores it: ``(map * 255).astype(uint8)`` (truncation)."""
-        return (self.maps[i].numpy() * 255).astype(np.uint8)
+        """Map i as TAM stores it, ``(map * 255).astype(uint8)`` (truncation); the 1e-4 nudge makes maps
+        that are already k / 255 (the ``tam`` preset) come back as exactly k despite float32 rounding."""
+        i = self._check_index(i)
+        return np.floor(self.maps[i].numpy().astype(np.float64) * 255 + 1e-4).clip(0, 255).astype(np.uint8)
 
     def _check_index(self, i: int) -> int:
         if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
