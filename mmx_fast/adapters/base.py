@@ -133,10 +133,10 @@ class Adapter:
         return int(pad)
 
     # --- helpers shared by the family adapters (added with the Qwen2-VL / LLaVA / InternVL adapters) ----------
-    # Keys of processor outputs that are per-token ([1, L]); every other tensor is per-image and is concatenated
-    # along dim 0 when rows are batched (pixel_values, image_grid_thw, image_sizes, ...).
     # Class names (anywhere in the processor's MRO) of the processors this family accepts.
     processor_classes: tuple[str, ...] = ()
+    # Keys of processor outputs that are per-token ([1, L]); every other tensor is per-image and is concatenated
+    # along dim 0 when rows are batched (pixel_values, image_grid_thw, image_sizes, ...).
     token_keys: tuple[str, ...] = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
     # Extra keyword arguments for every processor call (e.g. InternVL: ``crop_to_patches=False``).
     processor_kwargs: dict[str, Any] = {}
@@ -198,7 +198,9 @@ class Adapter:
         else:
             s, e = inside[0], inside[-1] + 1
             if inside != list(range(s, e)):
-                raise ValueError(f"the prompt text {prompt!r} is interrupted by special tokens in the chat prompt")
+                raise ValueError(
+                    f"the prompt text {prompt!r} is interrupted by special tokens in the chat prompt"
+                )
         # The processor only expanded the image placeholder(s): tokens after them are shifted by a constant.
         for delta in (len(ids_e) - len(ids_u), 0):
             if 0 <= s + delta and e + delta <= len(ids_e) and ids_e[s + delta : e + delta] == ids_u[s:e]:
@@ -216,7 +218,11 @@ class Adapter:
             if marked.count(sentinel) == 1:
                 c0 = marked.index(sentinel)
                 suffix = marked[c0 + len(sentinel) :]
-                if text.startswith(marked[:c0]) and text.endswith(suffix) and text[c0 : c0 + len(prompt)] == prompt:
+                if (
+                    text.startswith(marked[:c0])
+                    and text.endswith(suffix)
+                    and text[c0 : c0 + len(prompt)] == prompt
+                ):
                     return c0, c0 + len(prompt)
         stripped = prompt.strip()
         i = text.rfind(stripped)
@@ -229,7 +235,9 @@ class Adapter:
     ) -> tuple[dict[str, torch.Tensor], list[int], int]:
         """One padded batch of ``prompt_i + answer_i`` rows. Returns (inputs, row lengths, padded length)."""
         if len(prompts) != len(answers):
-            raise ValueError(f"got {len(prompts)} prompts but {len(answers)} answers; expected one answer per prompt")
+            raise ValueError(
+                f"got {len(prompts)} prompts but {len(answers)} answers; expected one answer per prompt"
+            )
         if not prompts:
             raise ValueError("expected at least one prompt")
         keys = set(prompts[0].inputs)
@@ -290,9 +298,6 @@ class Adapter:
         hidden = out.last_hidden_state
         return [hidden[i, :n] for i, n in enumerate(lengths)]
 
-    def forward_hidden(self, prompt: PromptInputs, answer_ids: list[int]) -> torch.Tensor:
-        return self.forward_hidden_batch([prompt], [list(answer_ids)])[0]
-
     @torch.no_grad()
     def generate_batch(self, prompts: Sequence[PromptInputs], max_new_tokens: int) -> list[list[int]]:
         """Left-padded batched greedy generation; each row equals ``generate`` on that prompt alone."""
@@ -326,7 +331,9 @@ class Adapter:
     @staticmethod
     def _rgb(image: Image.Image) -> Image.Image:
         if not isinstance(image, Image.Image):
-            raise TypeError(f"image of type {type(image).__name__} is not supported; expected an RGB PIL image")
+            raise TypeError(
+                f"image of type {type(image).__name__} is not supported; expected an RGB PIL image"
+            )
         if image.mode != "RGB":
             from ..images import to_rgb
 
@@ -372,7 +379,11 @@ class Adapter:
         its own resize / centre-crop / padding), as uint8 RGB, by running the image processor with rescaling
         and normalisation switched off."""
         out = self.processor.image_processor(
-            images=[self._rgb(image)], do_rescale=False, do_normalize=False, return_tensors=None, **self.processor_kwargs
+            images=[self._rgb(image)],
+            do_rescale=False,
+            do_normalize=False,
+            return_tensors=None,
+            **self.processor_kwargs,
         )
         first = out["pixel_values"][0]
         arr = first.cpu().numpy() if torch.is_tensor(first) else np.asarray(first)
