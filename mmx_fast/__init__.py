@@ -1,8 +1,8 @@
 """mmx_fast: token-level visual attribution for multimodal LLMs (MSEA + ARC on TAM), fast.
 
-    from mmx_fast import ExplainConfig, explain_fast
-    exp = explain_fast(model, processor, image, "Describe the image.")
-    exp.maps  # [T, Hc, Wc] in [0, 1], one map per answer token
+from mmx_fast import ExplainConfig, explain_fast
+exp = explain_fast(model, processor, image, "Describe the image.")
+exp.maps  # [T, Hc, Wc] in [0, 1], one map per answer token
 """
 
 from .config import METHODS, ExplainConfig

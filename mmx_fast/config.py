@@ -85,7 +85,11 @@ class ExplainConfig:
             _fail("scales", self.scales, "a non-empty sequence of positive numbers containing 1.0")
         for s in scales:
             if not math.isfinite(s) or s <= 0:
-                _fail("scales", self.scales, "positive finite numbers (got a zero, negative or non-finite scale)")
+                _fail(
+                    "scales",
+                    self.scales,
+                    "positive finite numbers (got a zero, negative or non-finite scale)",
+                )
             if s > 8:
                 _fail("scales", self.scales, "scales in (0, 8]")
         if len(set(scales)) != len(scales):
@@ -110,7 +114,11 @@ class ExplainConfig:
             _fail("rbo_variant", self.rbo_variant, f"one of {', '.join(RBO_VARIANTS)}")
         if self.base not in BASES:
             _fail("base", self.base, f"one of {', '.join(BASES)}")
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+        if (
+            isinstance(self.max_new_tokens, bool)
+            or not isinstance(self.max_new_tokens, int)
+            or self.max_new_tokens < 1
+        ):
             _fail("max_new_tokens", self.max_new_tokens, "an integer >= 1")
         if self.backend not in BACKENDS:
             _fail("backend", self.backend, f"one of {', '.join(BACKENDS)}")
@@ -125,7 +133,9 @@ class ExplainConfig:
             return self.backend
         env = os.environ.get("MMX_FAST_BACKEND", "auto").strip().lower() or "auto"
         if env not in BACKENDS:
-            raise ValueError(f"MMX_FAST_BACKEND={env!r} is not allowed; expected one of {', '.join(BACKENDS)}")
+            raise ValueError(
+                f"MMX_FAST_BACKEND={env!r} is not allowed; expected one of {', '.join(BACKENDS)}"
+            )
         return env
 
     def with_(self, **changes: Any) -> ExplainConfig:

@@ -71,7 +71,9 @@ class Explanation:
             raise TypeError(f"token index {i!r} must be an integer")
         t = len(self.answer_ids)
         if not -t <= i < t:
-            raise IndexError(f"token index {i} is out of range; this answer has {t} tokens (valid: 0..{t - 1})")
+            raise IndexError(
+                f"token index {i} is out of range; this answer has {t} tokens (valid: 0..{t - 1})"
+            )
         return int(i) % t
 
     def heatmap(self, i: int, size: tuple[int, int] | None = None) -> Image.Image:

@@ -49,7 +49,9 @@ def _maybe_flash_attention(model) -> None:
         if next(model.parameters()).is_cuda and hasattr(model, "set_attn_implementation"):
             model.set_attn_implementation("flash_attention_2")
     except Exception as e:  # an old GPU or a dtype flash-attn refuses: keep sdpa, say so once
-        warnings.warn(f"flash-attention 2 is installed but could not be enabled ({e}); using sdpa", stacklevel=3)
+        warnings.warn(
+            f"flash-attention 2 is installed but could not be enabled ({e}); using sdpa", stacklevel=3
+        )
 
 
 class Explainer:
@@ -75,11 +77,15 @@ class Explainer:
         if isinstance(prompts, str):
             raise TypeError("prompts must be a list of str, one per image")
         if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; expected one prompt per image")
+            raise ValueError(
+                f"got {len(images)} images but {len(prompts)} prompts; expected one prompt per image"
+            )
         if answers is None:
             answers = [None] * len(images)
         if len(answers) != len(images):
-            raise ValueError(f"got {len(answers)} answers for {len(images)} images; expected one (or None) per image")
+            raise ValueError(
+                f"got {len(answers)} answers for {len(images)} images; expected one (or None) per image"
+            )
         cfg = self.config
         ad = self.adapter
         t0 = time.perf_counter()
@@ -98,9 +104,11 @@ class Explainer:
         ]
         todo = [i for i, a in enumerate(answer_ids) if a is None]
         if todo:
-            gen = ad.generate_batch([bases[i] for i in todo], cfg.max_new_tokens) if len(todo) > 1 else [
-                ad.generate(bases[todo[0]], cfg.max_new_tokens)
-            ]
+            gen = (
+                ad.generate_batch([bases[i] for i in todo], cfg.max_new_tokens)
+                if len(todo) > 1
+                else [ad.generate(bases[todo[0]], cfg.max_new_tokens)]
+            )
             for i, ids in zip(todo, gen):
                 answer_ids[i] = ids
         t_gen = time.perf_counter() - t0
@@ -133,7 +141,11 @@ class Explainer:
             exp.prompt = p
             exp.image = im
             n = len(imgs)
-            exp.timings = {"generate": t_gen / n, "forward": t_fwd / n, "attribution": time.perf_counter() - t2}
+            exp.timings = {
+                "generate": t_gen / n,
+                "forward": t_fwd / n,
+                "attribution": time.perf_counter() - t2,
+            }
             results.append(exp)
         return results
 
@@ -202,6 +214,8 @@ class Explainer:
         )
 
 
-def explain_fast(model, processor, image, prompt: str, answer=None, config: ExplainConfig | None = None) -> Explanation:
+def explain_fast(
+    model, processor, image, prompt: str, answer=None, config: ExplainConfig | None = None
+) -> Explanation:
     """Drop-in for ``mmx_fast.reference.explain`` (same signature and result), on the fused stages."""
     return Explainer(model, processor, config).explain(image, prompt, answer)

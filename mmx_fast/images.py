@@ -35,7 +35,9 @@ def _from_array(arr: np.ndarray) -> Image.Image:
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
-        raise ValueError(f"image array of shape {arr.shape} is not supported; expected H x W, H x W x 3 or H x W x 4")
+        raise ValueError(
+            f"image array of shape {arr.shape} is not supported; expected H x W, H x W x 3 or H x W x 4"
+        )
     arr = _to_uint8(np.ascontiguousarray(arr))
     mode = {2: "L", 3: "RGB", 4: "RGBA"}[arr.ndim if arr.ndim == 2 else arr.shape[-1]]
     return Image.fromarray(arr, mode=mode)
@@ -69,7 +71,9 @@ def load_image(image) -> Image.Image:
                 im.load()
                 image = im.copy()
         except UnidentifiedImageError as e:
-            raise ValueError(f"image file {str(path)!r} is not a readable image (PIL cannot identify it)") from e
+            raise ValueError(
+                f"image file {str(path)!r} is not a readable image (PIL cannot identify it)"
+            ) from e
         except (OSError, SyntaxError) as e:
             raise ValueError(f"image file {str(path)!r} is corrupt or truncated: {e}") from e
     elif isinstance(image, np.ndarray):

@@ -46,12 +46,21 @@ def test_no_vocab_sized_tensor_over_visual_tokens(llava224, method):
     vocab = model.get_output_embeddings().weight.shape[0]
     from mmx_fast.adapters import get_adapter
 
-    n_visual = len(get_adapter(model, processor).prepare(photo(), "Describe the picture.", 1.0).visual_positions)
+    n_visual = len(
+        get_adapter(model, processor).prepare(photo(), "Describe the picture.", 1.0).visual_positions
+    )
     answer = "The cat is on the sofa."
     assert n_visual > len(processor.tokenizer(answer)["input_ids"]) + 10  # text rows stay below n_visual
     rec = ShapeRecorder()
     with rec:
-        exp = explain_fast(model, processor, photo(), "Describe the picture.", answer=answer, config=ExplainConfig(method=method))
+        exp = explain_fast(
+            model,
+            processor,
+            photo(),
+            "Describe the picture.",
+            answer=answer,
+            config=ExplainConfig(method=method),
+        )
     assert exp.maps.shape[0] > 0
     assert rec.shapes, "the recorder saw nothing"
     bad = [s for s in rec.shapes if vocab in s and any(d >= n_visual for d in s if d != vocab)]
@@ -59,7 +68,14 @@ def test_no_vocab_sized_tensor_over_visual_tokens(llava224, method):
     # the recorder does catch such tensors: the reference path builds one (TAM-style logits) for tam
     rec2 = ShapeRecorder()
     with rec2:
-        explain(model, processor, photo(), "Describe the picture.", answer=answer, config=ExplainConfig(method="tam"))
+        explain(
+            model,
+            processor,
+            photo(),
+            "Describe the picture.",
+            answer=answer,
+            config=ExplainConfig(method="tam"),
+        )
     assert [s for s in rec2.shapes if vocab in s and any(d >= n_visual for d in s if d != vocab)]
 
 
@@ -130,7 +146,11 @@ def _png_bytes(arr):
 def test_odd_modes_become_rgb(mode):
     rng = np.random.default_rng(0)
     base = Image.fromarray(rng.integers(0, 255, (9, 11, 3), dtype=np.uint8))
-    img = base.convert(mode) if mode != "I;16" else Image.fromarray((rng.random((9, 11)) * 65535).astype(np.uint16))
+    img = (
+        base.convert(mode)
+        if mode != "I;16"
+        else Image.fromarray((rng.random((9, 11)) * 65535).astype(np.uint16))
+    )
     out = load_image(img)
     assert out.mode == "RGB" and out.size == (11, 9)
     if mode == "RGBA":  # transparent pixels show white
@@ -166,6 +186,13 @@ def test_all_zero_maps_stay_zero_never_nan(qwen):
         model.get_output_embeddings().weight.zero_()
     for method in ("msea-arc", "tam", "logit-lens"):
         for fn in (explain, explain_fast):
-            exp = fn(model, processor, photo(112, 112), "Hi?", answer=[5, 6, 7], config=ExplainConfig(method=method))
+            exp = fn(
+                model,
+                processor,
+                photo(112, 112),
+                "Hi?",
+                answer=[5, 6, 7],
+                config=ExplainConfig(method=method),
+            )
             assert not torch.isnan(exp.maps).any()
             assert torch.equal(exp.maps, torch.zeros_like(exp.maps))

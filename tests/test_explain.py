@@ -188,7 +188,9 @@ def test_tam_preset_equals_tam_as_published(family_model):
     h = ad.forward_hidden(base, exp.answer_ids)
     logits = torch.nn.functional.linear(h, ad.lm_head_weight())  # lm_head on the last-layer states
     L0 = base.length
-    logit_list = [logits[None, :L0]] + [logits[None, L0 + r - 1 : L0 + r] for r in range(1, len(exp.answer_ids))]
+    logit_list = [logits[None, :L0]] + [
+        logits[None, L0 + r - 1 : L0 + r] for r in range(1, len(exp.answer_ids))
+    ]
     want = tam_as_published(
         base.input_ids + exp.answer_ids,
         L0,

@@ -244,7 +244,9 @@ def test_msea_fixed_size_shrunk_uses_top_left_part_only():
     placed, covered = to_canonical(m, (0.5, 0.5), (8, 8))
     assert covered.all()
     assert placed.max() < 99
-    assert torch.allclose(placed, torch.nn.functional.interpolate(m[:, :4, :4][None], size=(8, 8), mode="bilinear")[0])
+    assert torch.allclose(
+        placed, torch.nn.functional.interpolate(m[:, :4, :4][None], size=(8, 8), mode="bilinear")[0]
+    )
 
 
 def test_msea_fixed_size_enlarged_covers_top_left_of_canonical():

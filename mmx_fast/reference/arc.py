@@ -30,7 +30,9 @@ def least_squares_beta(a: torch.Tensor, ahat: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
 
 
-def refine_one(a_t: torch.Tensor, ctx_maps: torch.Tensor, weights: torch.Tensor, apply_filter: bool = True) -> torch.Tensor:
+def refine_one(
+    a_t: torch.Tensor, ctx_maps: torch.Tensor, weights: torch.Tensor, apply_filter: bool = True
+) -> torch.Tensor:
     """Eq. 9 then TAM's filter then max-normalisation: normalize(G(relu(A_t - beta Ahat)))."""
     ahat = interference_map(ctx_maps, weights)
     beta = least_squares_beta(a_t, ahat)

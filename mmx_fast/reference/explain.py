@@ -39,7 +39,9 @@ def check_config(config) -> ExplainConfig:
     if isinstance(config, str):
         return ExplainConfig(method=config)
     if not isinstance(config, ExplainConfig):
-        raise TypeError(f"config of type {type(config).__name__} is not supported; expected ExplainConfig or a method name")
+        raise TypeError(
+            f"config of type {type(config).__name__} is not supported; expected ExplainConfig or a method name"
+        )
     return config
 
 
@@ -117,7 +119,9 @@ def arc_reference(
 
 
 @torch.no_grad()
-def explain(model, processor, image, prompt: str, answer=None, config: ExplainConfig | None = None) -> Explanation:
+def explain(
+    model, processor, image, prompt: str, answer=None, config: ExplainConfig | None = None
+) -> Explanation:
     """Explain every answer token of ``model`` for (``image``, ``prompt``).
 
     image: PIL image, numpy H x W x 3 uint8 array, or path (any mode is converted to RGB).
@@ -139,7 +143,9 @@ def explain(model, processor, image, prompt: str, answer=None, config: ExplainCo
     timings["generate"] = time.perf_counter() - t0
     w_u = adapter.lm_head_weight()
     if config.top_k > w_u.shape[0]:
-        raise ValueError(f"top_k={config.top_k} is larger than the vocabulary ({w_u.shape[0]}); expected 1 <= top_k <= {w_u.shape[0]}")
+        raise ValueError(
+            f"top_k={config.top_k} is larger than the vocabulary ({w_u.shape[0]}); expected 1 <= top_k <= {w_u.shape[0]}"
+        )
     if not answer_ids:
         return empty_explanation(base.grid, answer_ids, tokens, prompt, config, img)
 
@@ -214,7 +220,9 @@ def tam_extra_classes(adapter, text: TextSide, h1, w_u) -> list[int]:
     return extra
 
 
-def tam_reference(adapter, text: TextSide, h1, w_u, base: PromptInputs, by_id, config: ExplainConfig) -> torch.Tensor:
+def tam_reference(
+    adapter, text: TextSide, h1, w_u, base: PromptInputs, by_id, config: ExplainConfig
+) -> torch.Tensor:
     """TAM's mitigation (``mitigation="tam"``); exact TAM when scales == (1.0,) and filter is on.
 
     by_id: {vocab id: flat MSEA map} for MSEA + TAM combinations."""

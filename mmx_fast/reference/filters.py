@@ -14,6 +14,7 @@ def _reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
     if h > pad and w > pad:
         out = F.pad(flat, (pad, pad, pad, pad), mode="reflect")
     else:  # numpy reflects a length-1 axis onto itself; build it index by index
+
         def idx(n: int) -> torch.Tensor:
             i = torch.arange(-pad, n + pad)
             period = max(2 * (n - 1), 1)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def logit_lens_maps(z: torch.Tensor, w_u: torch.Tensor, ids, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def logit_lens_maps(
+    z: torch.Tensor, w_u: torch.Tensor, ids, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """``a_i(k) = max(0, [W_U z_i]_k)`` for each vocab id k in ``ids``.
 
     z: [N, d] last-layer normed hidden states of the visual tokens; w_u: [V, d]; ids: [M].
@@ -13,7 +15,9 @@ def logit_lens_maps(z: torch.Tensor, w_u: torch.Tensor, ids, dtype: torch.dtype 
     """
     ids = torch.as_tensor(ids, dtype=torch.long, device=w_u.device).reshape(-1)
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= w_u.shape[0]):
-        raise ValueError(f"vocab ids must lie in [0, {w_u.shape[0]}); got min {int(ids.min())}, max {int(ids.max())}")
+        raise ValueError(
+            f"vocab ids must lie in [0, {w_u.shape[0]}); got min {int(ids.min())}, max {int(ids.max())}"
+        )
     rows = w_u.index_select(0, ids).to(dtype)
     return (rows @ z.to(dtype).T).clamp_min(0)
 

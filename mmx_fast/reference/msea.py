@@ -59,7 +59,11 @@ def msea_aggregate(per_scale, coverages, grid: tuple[int, int], aggregate: str =
     for maps, cov in zip(per_scale, coverages):
         placed, covered = to_canonical(maps, cov, grid)
         if total is None:
-            total = placed.clone() if aggregate == "mean" else torch.where(covered, placed, torch.full_like(placed, -torch.inf))
+            total = (
+                placed.clone()
+                if aggregate == "mean"
+                else torch.where(covered, placed, torch.full_like(placed, -torch.inf))
+            )
             count = covered.to(placed.dtype)
             continue
         if aggregate == "mean":

@@ -13,14 +13,18 @@ import torch
 RBO_VARIANTS = ("ext", "truncated", "min")
 
 
-def topk_ranking(h: torch.Tensor, w_u: torch.Tensor, k: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def topk_ranking(
+    h: torch.Tensor, w_u: torch.Tensor, k: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Top-``k`` vocabulary ids of ``h @ w_u.T`` per row, best first, ties to the smaller id.
 
     h: [R, d] hidden states (the positions that predict each text token); w_u: [V, d].
     Returns LongTensor [R, k]. Plain: materialises the [R, V] logits (the fast path never does).
     """
     if h.dim() != 2 or w_u.dim() != 2 or h.shape[1] != w_u.shape[1]:
-        raise ValueError(f"topk_ranking needs h [R, d] and w_u [V, d]; got {tuple(h.shape)} and {tuple(w_u.shape)}")
+        raise ValueError(
+            f"topk_ranking needs h [R, d] and w_u [V, d]; got {tuple(h.shape)} and {tuple(w_u.shape)}"
+        )
     if not 1 <= k <= w_u.shape[0]:
         raise ValueError(f"top_k={k} is not allowed; expected 1 <= top_k <= vocabulary size {w_u.shape[0]}")
     logits = h.to(dtype) @ w_u.to(dtype).T
@@ -60,7 +64,11 @@ def prefix_overlaps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     idx = torch.arange(k, device=a.device)
     depth = torch.maximum(idx[:, None], idx[None, :])  # [k, k]
     hist = torch.zeros(eq.shape[:-2] + (k,), dtype=torch.int64, device=a.device)
-    hist.scatter_add_(-1, depth.expand(eq.shape).reshape(eq.shape[:-2] + (k * k,)), eq.reshape(eq.shape[:-2] + (k * k,)).long())
+    hist.scatter_add_(
+        -1,
+        depth.expand(eq.shape).reshape(eq.shape[:-2] + (k * k,)),
+        eq.reshape(eq.shape[:-2] + (k * k,)).long(),
+    )
     return hist.cumsum(-1)
 
 

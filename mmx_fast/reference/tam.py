@@ -103,7 +103,11 @@ def tam_maps(
         img = image_scores(cls)
         store.append(img)
         if len(store) > 1 and vis_idx < len(txt_all):
-            idx = [i for i in range(vis_idx) if i < len(txt_all) and txt_all[i] != txt_all[vis_idx] and i < len(txt)]
+            idx = [
+                i
+                for i in range(vis_idx)
+                if i < len(txt_all) and txt_all[i] != txt_all[vis_idx] and i < len(txt)
+            ]
             if idx:
                 w = txt[idx]
                 w = w / (w.sum() + 1e-8)
@@ -136,14 +140,18 @@ def tam_maps(
     return out
 
 
-def tam_token_strings(tokenizer, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> tuple[list[str], int]:
+def tam_token_strings(
+    tokenizer, prompt_ids: Sequence[int], answer_ids: Sequence[int]
+) -> tuple[list[str], int]:
     """TAM's ``txt_all``: decode prompt / answer ids to text (special tokens kept, no clean-up) and
     re-tokenize to token strings. Returns (strings, number of prompt strings)."""
 
     def strings(ids: Sequence[int]) -> list[str]:
         if len(ids) == 0:
             return []
-        text = tokenizer.batch_decode([list(ids)], skip_special_tokens=False, clean_up_tokenization_spaces=False)[0]
+        text = tokenizer.batch_decode(
+            [list(ids)], skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )[0]
         return list(tokenizer.tokenize(text))
 
     prompt = strings(prompt_ids)
