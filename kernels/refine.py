@@ -32,6 +32,10 @@ import torch
 import triton
 import triton.language as tl
 
+# residual cells <= this fraction of max(a_t) are cancellation noise and count as zero; the same value as
+# mmx_fast.reference.arc.CANCELLATION_FLOOR (a test checks they agree)
+CANCELLATION_FLOOR = 1e-5
+
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -61,6 +65,7 @@ def _residual_kernel(
     C,
     HW,
     stride_wt,
+    floor,
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
 ):
@@ -73,6 +78,7 @@ def _residual_kernel(
     a_row = a_ptr + t * HW
     num = 0.0
     den = 0.0
+    amax = 0.0
     for s0 in range(0, HW, BLOCK_HW):
         offs = s0 + tl.arange(0, BLOCK_HW)
         hw_mask = offs < HW
@@ -80,13 +86,16 @@ def _residual_kernel(
         a = tl.load(a_row + offs, mask=hw_mask, other=0.0).to(tl.float32)
         num += tl.sum(a * ahat, axis=0)
         den += tl.sum(ahat * ahat, axis=0)
+        amax = tl.maximum(amax, tl.max(tl.where(hw_mask, a, 0.0), axis=0))
     beta = tl.where(den > 0.0, num / tl.where(den > 0.0, den, 1.0), 0.0)
     for s0 in range(0, HW, BLOCK_HW):
         offs = s0 + tl.arange(0, BLOCK_HW)
         hw_mask = offs < HW
         ahat = _ahat_chunk(ctx_ptr, w_row, C, offs, hw_mask, HW, wsum, BLOCK_C, BLOCK_HW)
         a = tl.load(a_row + offs, mask=hw_mask, other=0.0).to(tl.float32)
-        tl.store(r_ptr + t * HW + offs, tl.maximum(a - beta * ahat, 0.0), mask=hw_mask)
+        r = tl.maximum(a - beta * ahat, 0.0)
+        r = tl.where(r > floor * amax, r, 0.0)  # cancellation noise counts as zero (reference: arc.py)
+        tl.store(r_ptr + t * HW + offs, r, mask=hw_mask)
 
 
 # how @triton.jit built the kernels: Triton's CPU interpreter (TRITON_INTERPRET=1 when this module was
@@ -285,6 +294,7 @@ def refine(
         c_rows,
         hw,
         w_c.stride(0),
+        CANCELLATION_FLOOR,
         BLOCK_C=block_c,
         BLOCK_HW=block_hw,
         num_warps=num_warps,

@@ -383,3 +383,12 @@ def test_cuda_refine_realistic(h, w):
     for apply_filter in (True, False):
         out = K.refine(a_t, ctx, weights, apply_filter)
         assert _rel_err(out, _refine_ref(a_t, ctx, weights, apply_filter)) <= 1e-5
+
+
+def test_cancellation_floor_matches_reference():
+    from mmx_fast.kernels import refine as _refine_fn  # noqa: F401  (package import check)
+
+    from mmx_fast.reference.arc import CANCELLATION_FLOOR
+
+    mod = sys.modules["mmx_fast.kernels.refine"]
+    assert mod.CANCELLATION_FLOOR == CANCELLATION_FLOOR

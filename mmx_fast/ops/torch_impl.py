@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..reference.arc import CANCELLATION_FLOOR
 from ..reference.rbo import rbo_weights
 
 __all__ = [
@@ -274,7 +275,9 @@ def refine(
     num = (a * ahat).sum(1, keepdim=True)
     den = (ahat * ahat).sum(1, keepdim=True)
     beta = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
-    r = (a - beta * ahat).clamp_min_(0).reshape(t, h, w)
+    r = (a - beta * ahat).clamp_min_(0)
+    floor = CANCELLATION_FLOOR * a.amax(1, keepdim=True)
+    r = torch.where(r > floor, r, torch.zeros_like(r)).reshape(t, h, w)
     if apply_filter:
         # normalize(G(r)) == normalize(G(r / max r)): pre-scaling keeps the filter's statistics in range.
         r = _filter_unscaled(normalize_max(r))
