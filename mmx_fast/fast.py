@@ -69,9 +69,24 @@ class Explainer:
     def explain(self, image, prompt: str, answer=None) -> Explanation:
         return self.explain_batch([image], [prompt], None if answer is None else [answer])[0]
 
-    @torch.no_grad()
     def explain_batch(self, images, prompts, answers=None) -> list[Explanation]:
         """Explain several (image, prompt) pairs with one batched generation and one batched forward."""
+        return [per_cfg[0] for per_cfg in self._run(images, prompts, answers, [self.config])]
+
+    def explain_methods(self, image, prompt: str, configs, answer=None) -> list[Explanation]:
+        """Explain one answer with several configs (e.g. every method of a comparison) from the SAME
+        generation and the SAME batched forward (over the union of their scales). The answer is generated
+        once with this Explainer's ``max_new_tokens``."""
+        return self.explain_batch_methods([image], [prompt], configs, None if answer is None else [answer])[0]
+
+    def explain_batch_methods(self, images, prompts, configs, answers=None) -> list[list[Explanation]]:
+        """``explain_methods`` for several images: result[i][j] is image i under configs[j]."""
+        if isinstance(configs, (ExplainConfig, str)) or not configs:
+            raise TypeError("configs must be a non-empty list of ExplainConfig (or method names)")
+        return self._run(images, prompts, answers, [check_config(c) for c in configs])
+
+    @torch.no_grad()
+    def _run(self, images, prompts, answers, configs: list[ExplainConfig]) -> list[list[Explanation]]:
         if isinstance(images, (str, bytes)) or not hasattr(images, "__len__"):
             raise TypeError("images must be a list of images (PIL, numpy arrays or paths)")
         if isinstance(prompts, str):
@@ -88,15 +103,17 @@ class Explainer:
             )
         cfg = self.config
         ad = self.adapter
+        scales = sorted({s for c in configs for s in c.scales})
         t0 = time.perf_counter()
         imgs = [load_image(im) for im in images]
         prompts = [check_prompt(p) for p in prompts]
         bases = [ad.prepare(im, p, 1.0) for im, p in zip(imgs, prompts)]
         w_u = ad.lm_head_weight()
-        if cfg.top_k > w_u.shape[0]:
-            raise ValueError(
-                f"top_k={cfg.top_k} is larger than the vocabulary ({w_u.shape[0]}); expected 1 <= top_k <= {w_u.shape[0]}"
-            )
+        for c in configs:
+            if c.top_k > w_u.shape[0]:
+                raise ValueError(
+                    f"top_k={c.top_k} is larger than the vocabulary ({w_u.shape[0]}); expected 1 <= top_k <= {w_u.shape[0]}"
+                )
 
         # 1. answers: forced ones as given, the rest from one batched greedy generation
         answer_ids: list[list[int] | None] = [
@@ -119,7 +136,7 @@ class Explainer:
         for i, (im, p, b) in enumerate(zip(imgs, prompts, bases)):
             if not answer_ids[i]:
                 continue
-            for s in cfg.scales:
+            for s in scales:
                 row_of[(i, s)] = len(rows)
                 rows.append(b if s == 1.0 else ad.prepare(im, p, s))
                 row_answers.append(answer_ids[i])
@@ -127,31 +144,35 @@ class Explainer:
         t_fwd = time.perf_counter() - t1
 
         results = []
+        n = len(imgs)
         for i, (im, p, b) in enumerate(zip(imgs, prompts, bases)):
             ids_i = answer_ids[i]
             tokens = ad.decode_tokens(ids_i)
-            if not ids_i:
-                results.append(empty_explanation(b.grid, ids_i, tokens, p, cfg, im))
-                continue
-            t2 = time.perf_counter()
-            per_scale_prompts = [rows[row_of[(i, s)]] for s in cfg.scales]
-            per_scale_hidden = [hidden[row_of[(i, s)]] for s in cfg.scales]
-            exp = self._attribute(b, per_scale_prompts, per_scale_hidden, ids_i, w_u)
-            exp.answer_tokens = tokens
-            exp.prompt = p
-            exp.image = im
-            n = len(imgs)
-            exp.timings = {
-                "generate": t_gen / n,
-                "forward": t_fwd / n,
-                "attribution": time.perf_counter() - t2,
-            }
-            results.append(exp)
+            per_cfg = []
+            for c in configs:
+                if not ids_i:
+                    per_cfg.append(empty_explanation(b.grid, ids_i, tokens, p, c, im))
+                    continue
+                t2 = time.perf_counter()
+                per_scale_prompts = [rows[row_of[(i, s)]] for s in c.scales]
+                per_scale_hidden = [hidden[row_of[(i, s)]] for s in c.scales]
+                exp = self._attribute(c, b, per_scale_prompts, per_scale_hidden, ids_i, w_u)
+                exp.answer_tokens = tokens
+                exp.prompt = p
+                exp.image = im
+                exp.timings = {
+                    "generate": t_gen / n,
+                    "forward": t_fwd / n,
+                    "attribution": time.perf_counter() - t2,
+                }
+                per_cfg.append(exp)
+            results.append(per_cfg)
         return results
 
     # ------------------------------------------------------------------------------------------------
-    def _attribute(self, base, prompts_s, hidden_s, answer_ids: list[int], w_u: torch.Tensor) -> Explanation:
-        cfg = self.config
+    def _attribute(
+        self, cfg: ExplainConfig, base, prompts_s, hidden_s, answer_ids: list[int], w_u: torch.Tensor
+    ) -> Explanation:
         backend = cfg.resolved_backend()
         dev = w_u.device
         h1 = hidden_s[cfg.scales.index(1.0)].to(dev)

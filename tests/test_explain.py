@@ -206,3 +206,19 @@ def test_tam_preset_equals_tam_as_published(family_model):
     assert np.array_equal(got, want)
     # the comparison is not vacuous: most maps carry signal
     assert (got.reshape(len(got), -1).max(1) > 0).mean() >= 0.5
+
+
+def test_explain_methods_share_one_forward_and_equal_single_configs(family_model):
+    family, model, processor = family_model
+    configs = [ExplainConfig(method=m) for m in PRESETS]
+    ex = Explainer(model, processor, ExplainConfig(max_new_tokens=5))
+    calls = []
+    orig = ex.adapter.forward_hidden_batch
+    ex.adapter.forward_hidden_batch = lambda rows, answers: calls.append(len(rows)) or orig(rows, answers)
+    many = ex.explain_methods(photo(), PROMPT, configs, answer=ANSWER)
+    assert calls == [3]  # one batched forward over the union of scales (0.5, 0.75, 1.0)
+    ex.adapter.forward_hidden_batch = orig
+    for cfg, got in zip(configs, many):
+        want = explain(model, processor, photo(), PROMPT, answer=ANSWER, config=cfg)
+        assert got.config == cfg
+        torch.testing.assert_close(got.maps, want.maps, atol=1e-4, rtol=0)

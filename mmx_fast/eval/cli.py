@@ -1,0 +1,208 @@
+"""``mmx-fast eval`` / ``python -m mmx_fast.eval``: TAM's Obj-IoU / Func-IoU / F1-IoU on a TAM-format data set.
+
+    mmx-fast eval --model ID_OR_PATH --data DIR --methods msea-arc tam logit-lens [--limit N] --out DIR
+    torchrun --nproc_per_node N -m mmx_fast.eval --model ... --data DIR --out DIR   (shards by rank)
+
+``mmx_fast.cli`` registers the ``eval`` subcommand with :func:`add_arguments` and :func:`run`; ``python -m
+mmx_fast.eval`` takes the same arguments (:func:`main`). See ``mmx_fast.eval.run`` for the output files and
+the resume / merge rules, and ``mmx_fast.eval.metrics`` for the metrics.
+
+Exit status: 0 when every selected sample was evaluated (missing images are data problems: reported, not
+failures), 1 when some samples failed or are unfinished, 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+from .datasets import LAYOUTS
+from .metrics import MERGES, PLACEMENTS
+
+PROG = "mmx-fast eval"
+DEFAULT_METHODS = ("msea-arc", "tam", "logit-lens")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}; expected a positive integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}; expected a positive integer")
+    return v
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the eval arguments to ``parser`` (the ``eval`` subparser of ``mmx-fast``, or a standalone one)."""
+    from ..config import METHODS
+
+    parser.description = (
+        "Evaluate attribution methods with TAM's plausibility metrics (Obj-IoU, Func-IoU, F1-IoU, precision, "
+        "recall) on a TAM-format data set (COCO 2014 / GranDf / OpenPSG). Each answer is generated once and "
+        "explained by every method; one JSON line per sample is appended to OUT (re-runs resume); the table "
+        "is printed and written to OUT/table.md. Under torchrun the samples are sharded by rank."
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="ID_OR_PATH",
+        help="a local model folder, a Hugging Face id already in the local cache, or tiny:qwen2_vl / tiny:llava / "
+        "tiny:internvl (random-weight test models); nothing is downloaded",
+    )
+    parser.add_argument(
+        "--data", required=True, metavar="DIR", help="the data set folder (TAM's released layout)"
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (created; re-using it resumes)"
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(DEFAULT_METHODS),
+        metavar="METHOD",
+        help=f"methods to evaluate, from: {', '.join(METHODS)} (default: all three)",
+    )
+    parser.add_argument(
+        "--limit", type=_positive_int, default=None, metavar="N", help="only the first N samples"
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=LAYOUTS,
+        default="auto",
+        help="data set layout; auto: COCO if annotations/instances_minival2014.json exists, else GranDf / OpenPSG "
+        "from the folder name (it selects TAM's prompt)",
+    )
+    parser.add_argument("--prompt", default=None, help="override the data set's prompt (default: TAM's)")
+    parser.add_argument(
+        "--max-new-tokens", type=_positive_int, default=256, metavar="N", help="generation budget (TAM: 256)"
+    )
+    parser.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default="stretch",
+        help="stretch: the map covers the whole image (TAM, default); crop: the map covers the part of the image "
+        "the model saw (LLaVA's centre crop)",
+    )
+    parser.add_argument(
+        "--word-typer",
+        default="auto",
+        metavar="SPEC",
+        help="auto (NLTK when its tagger and WordNet data are installed, else the offline fallback), nltk, "
+        "fallback, or module:attribute (a WordTyper, its class, or a function word -> function/noun/others)",
+    )
+    parser.add_argument(
+        "--merge",
+        choices=MERGES,
+        default="tam",
+        help="merging of consecutive same-category words: tam (TAM's code, default) or strict (see metrics.py)",
+    )
+    parser.add_argument(
+        "--include-stop-token",
+        action="store_true",
+        help="also explain the generated stop token, as TAM does (it joins the preceding word)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda"
+    )
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"
+    )
+    parser.add_argument(
+        "--backend", default="auto", help="kernel backend of the fast path (auto, triton, torch, native)"
+    )
+    parser.add_argument(
+        "--save-maps", action="store_true", help="also write each sample's uint8 maps to OUT/maps/"
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--dist-timeout-min",
+        type=float,
+        default=360.0,
+        metavar="MIN",
+        help="torch.distributed timeout, i.e. how long ranks wait for each other at the final barrier (default 360)",
+    )
+    return parser
+
+
+def _user_error(message: str):
+    """``mmx_fast.cli.CliError`` when available (one-line error, exit status 2), else ValueError."""
+    try:
+        from ..cli import CliError
+
+        return CliError(message)
+    except Exception:  # the main CLI is not importable: standalone use
+        return ValueError(message)
+
+
+def options_from_args(args: argparse.Namespace):
+    from .run import EvalOptions
+
+    return EvalOptions(
+        model=args.model,
+        data=args.data,
+        out=args.out,
+        methods=tuple(args.methods),
+        limit=args.limit,
+        layout=args.dataset,
+        prompt=args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        placement=args.placement,
+        word_typer=args.word_typer,
+        merge=args.merge,
+        include_stop_token=args.include_stop_token,
+        device=args.device,
+        dtype=args.dtype,
+        backend=args.backend,
+        save_maps=args.save_maps,
+        progress=not args.quiet,
+        dist_timeout_min=args.dist_timeout_min,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the evaluation described by ``args``; returns the exit status (see the module docstring)."""
+    from .run import run_eval
+
+    opts = options_from_args(args)
+    try:
+        opts.check()
+        if not os.path.isdir(opts.data):
+            raise ValueError(f"--data {opts.data!r} is not a folder")
+    except ValueError as e:
+        raise _user_error(str(e)) from None
+    try:
+        summary = run_eval(opts)
+    except ValueError as e:  # set-up problems: the data set, the output folder's settings, the word typer
+        raise _user_error(str(e)) from None
+    if summary is None:  # not rank 0
+        return 0
+    c = summary["counts"]
+    return 1 if c["error"] or c["unfinished"] or c["incomplete"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mmx_fast.eval``: the same arguments as ``mmx-fast eval``."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    parser = argparse.ArgumentParser(prog="python -m mmx_fast.eval")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if os.environ.get("MMX_FAST_DEBUG", "").strip() not in ("", "0"):
+            raise
+        code = getattr(e, "code", None)
+        msg = re.sub(r"\s+", " ", str(e)).strip()
+        if not isinstance(code, int):
+            msg = f"{type(e).__name__}: {msg} (set MMX_FAST_DEBUG=1 for a traceback)"
+            code = 1
+        print(f"{PROG}: error: {msg}", file=sys.stderr, flush=True)
+        return code

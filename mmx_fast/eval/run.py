@@ -1,0 +1,717 @@
+"""The evaluation runner: generate each answer once, explain it with every requested method, score it with
+TAM's metrics, append one JSON line per sample, resume, shard over ranks, merge and report.
+
+Per sample (:func:`evaluate_one`):
+
+1. the image is loaded (a missing image is recorded as ``missing_image``; an unreadable one as ``error``);
+2. the answer is generated ONCE, greedily, at scale 1.0 (``max_new_tokens``, TAM: 256), by the first
+   method's adapter;
+3. every method explains that same answer (forced ids) from ONE shared batched teacher-forced forward
+   over the union of the methods' scales (``Explainer.explain_methods``), so all methods score the same
+   words on the same hidden states;
+4. the uint8 maps (``Explanation.map_uint8``) are scored with :func:`~mmx_fast.eval.metrics.evaluate_sample`.
+
+TAM also explains the stop token it generated (its last map) and merges it into the preceding word;
+``include_stop_token=True`` does the same (off by default: the engine's answers exclude the stop token).
+
+Output folder (``out``):
+
+- ``shard-RRR-of-WWW.jsonl``: one JSON object per line per finished sample, written by rank RRR of a
+  WWW-process run. Each line is written with ONE ``os.write`` on an ``O_APPEND`` descriptor, then
+  ``fsync``: a killed run leaves at most one partial last line, which readers ignore and the owning rank
+  truncates before appending again. A re-run skips every sample that already has an ``ok`` record with all
+  requested methods in any shard file (whatever the world size of the run that wrote it).
+- ``run.json``: the settings that make records comparable (model, data, prompt, placement, ...); a re-run
+  with different settings into the same folder is refused.
+- after the run (rank 0, after a barrier): ``results.jsonl`` (one record per selected sample, in data-set
+  order, deduplicated by sample id: the last ``ok`` record with all methods wins), ``summary.json``
+  (pooled metrics per method and the counts) and ``table.md`` (printed too).
+- ``maps/<index>.npz`` with ``save_maps=True``: the uint8 maps of each method (``<method>`` [T, h, w]) and
+  ``answer_ids``, written atomically before the sample's line.
+
+Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised (gloo on CPU, nccl on
+CUDA), rank r evaluates the selected samples with ``index % world_size == r`` on ``cuda:LOCAL_RANK`` (or the
+CPU), then all ranks meet at a barrier and rank 0 merges every shard file and reports.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..explanation import atomic_write_bytes
+from .datasets import EvalDataset, Sample, load_dataset, load_mask
+from .metrics import MERGES, PLACEMENTS, box_in_mask, evaluate_sample, pool
+from .words import WordTyper, get_word_typer, group_words, retokenization_mismatch, token_pieces, word_labels
+
+RECORD_VERSION = 1
+METHOD_NAMES = {
+    "msea-arc": "MSEA + ARC (msea-arc)",
+    "tam": "TAM (tam)",
+    "logit-lens": "Logit lens / CAM (logit-lens)",
+}
+SHARD_GLOB = "shard-*.jsonl"
+
+
+# --------------------------------------------------------------------------------------------------------
+# options
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class EvalOptions:
+    """Everything a run needs (the CLI fills it from its arguments)."""
+
+    model: str
+    data: str
+    out: str
+    methods: tuple[str, ...] = ("msea-arc", "tam", "logit-lens")
+    limit: int | None = None
+    layout: str = "auto"
+    prompt: str | None = None
+    max_new_tokens: int = 256
+    placement: str = "stretch"
+    word_typer: Any = "auto"
+    merge: str = "tam"
+    include_stop_token: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    backend: str = "auto"
+    save_maps: bool = False
+    progress: bool = True
+    dist_timeout_min: float = 360.0
+
+    def check(self) -> None:
+        from ..config import METHODS
+
+        if not self.methods:
+            raise ValueError("no methods given; expected one or more of " + ", ".join(METHODS))
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"unknown method(s) {bad}; expected some of {', '.join(METHODS)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods {list(self.methods)} repeat a method")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit={self.limit} is not allowed; expected a positive integer")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} is not allowed; expected >= 1")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(
+                f"placement={self.placement!r} is not allowed; expected one of {', '.join(PLACEMENTS)}"
+            )
+        if self.merge not in MERGES:
+            raise ValueError(f"merge={self.merge!r} is not allowed; expected one of {', '.join(MERGES)}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# distributed
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized: bool = False  # by us
+
+
+def init_distributed(timeout_min: float = 360.0) -> DistInfo:
+    """Initialise torch.distributed when ``WORLD_SIZE > 1`` (torchrun): nccl when CUDA is available, else gloo."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return DistInfo()
+    import torch
+    import torch.distributed as dist
+
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local, False)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local % torch.cuda.device_count())
+    dist.init_process_group(
+        backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=float(timeout_min))
+    )
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local, True)
+
+
+def _barrier(info: DistInfo) -> None:
+    if info.world_size <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
+
+
+# --------------------------------------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------------------------------------
+def resolve_device(device: str, local_rank: int = 0) -> str:
+    import torch
+
+    if device == "auto":
+        return f"cuda:{local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but torch sees no CUDA GPU; use --device cpu or auto")
+        return f"cuda:{local_rank % torch.cuda.device_count()}"
+    return device
+
+
+def load_model(spec: str, device: str = "cpu", dtype: str = "auto"):
+    """(model, processor) for ``spec``: ``tiny:<family>`` (``mmx_fast.testing.tiny_model``, random weights) or
+    a local folder / cached hub id (transformers ``from_pretrained`` with ``local_files_only=True``, through
+    ``mmx_fast.cli``'s loader, which also handles processors whose video processor needs torchvision)."""
+    import torch
+
+    if dtype == "auto":
+        dt = torch.bfloat16 if device.startswith("cuda") and not spec.startswith("tiny:") else torch.float32
+    else:
+        if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
+            raise ValueError(
+                f"dtype={dtype!r} is not a torch dtype; expected auto, float32, bfloat16 or float16"
+            )
+        dt = getattr(torch, dtype)
+    if spec.startswith("tiny:"):
+        from ..testing import FAMILIES, tiny_model
+
+        family = spec[len("tiny:") :]
+        if family not in FAMILIES:
+            raise ValueError(
+                f"model {spec!r}: unknown tiny family {family!r}; expected tiny:" + " / tiny:".join(FAMILIES)
+            )
+        model, processor = tiny_model(family, dtype=dt)
+        return model.to(device).eval(), processor
+    from ..cli import _resolve_model
+    from ..cli import load_model as cli_load_model
+
+    return cli_load_model(_resolve_model(spec), device, dt)
+
+
+# --------------------------------------------------------------------------------------------------------
+# append-only JSON lines
+# --------------------------------------------------------------------------------------------------------
+def read_jsonl(path: str | os.PathLike) -> tuple[list[dict], int]:
+    """(complete records, number of ignored lines). A trailing line without its newline (a write cut short)
+    and lines that are not JSON objects are ignored and counted."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return [], 0
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline
+    bad = 1 if tail.strip() else 0
+    records = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            bad += 1
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+        else:
+            bad += 1
+    return records, bad
+
+
+def truncate_partial_tail(path: str | os.PathLike) -> int:
+    """Cut a trailing partial line (bytes after the last newline); returns how many bytes were cut."""
+    p = Path(path)
+    if not p.exists():
+        return 0
+    size = p.stat().st_size
+    if size == 0:
+        return 0
+    with open(p, "rb+") as f:
+        # scan backwards for the last newline
+        pos, block = size, 65536
+        keep = 0
+        while pos > 0:
+            start = max(0, pos - block)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            i = chunk.rfind(b"\n")
+            if i >= 0:
+                keep = start + i + 1
+                break
+            pos = start
+        if keep == size:
+            return 0
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    return size - keep
+
+
+class JsonlAppender:
+    """Appends records to one file: each line with a single ``os.write`` on an ``O_APPEND`` fd, then fsync."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.cut = truncate_partial_tail(self.path)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def append(self, record: dict) -> None:
+        data = (
+            json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"
+        ).encode()
+        n = os.write(self.fd, data)
+        if n != len(data):  # a regular file only writes short when the disk is full: say so, never go on
+            raise OSError(f"short write to {str(self.path)!r} ({n} of {len(data)} bytes); is the disk full?")
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def shard_path(out: str | os.PathLike, rank: int, world_size: int) -> Path:
+    return Path(out) / f"shard-{rank:03d}-of-{world_size:03d}.jsonl"
+
+
+def read_all_shards(out: str | os.PathLike) -> tuple[list[dict], int]:
+    """Every complete record of every shard file in ``out`` (sorted file order, then line order)."""
+    records, bad = [], 0
+    for p in sorted(Path(out).glob(SHARD_GLOB)):
+        r, b = read_jsonl(p)
+        records.extend(r)
+        bad += b
+    return records, bad
+
+
+def is_complete(record: dict, methods: Sequence[str]) -> bool:
+    return record.get("status") == "ok" and set(methods) <= set(record.get("methods", {}))
+
+
+def select_records(
+    records: Sequence[dict], samples: Sequence[Sample], methods: Sequence[str]
+) -> dict[str, dict]:
+    """One record per sample id: the last complete one, else the last one at all (dedupe by id)."""
+    wanted = {s.id for s in samples}
+    best: dict[str, dict] = {}
+    for rec in records:
+        sid = rec.get("id")
+        if sid not in wanted:
+            continue
+        prev = best.get(sid)
+        if prev is None or is_complete(rec, methods) or not is_complete(prev, methods):
+            best[sid] = rec
+    return best
+
+
+# --------------------------------------------------------------------------------------------------------
+# one sample
+# --------------------------------------------------------------------------------------------------------
+def model_view_box(
+    adapter: Any, image: Any, cache: dict | None = None
+) -> tuple[float, float, float, float] | None:
+    """The part of the image the visual-token grid shows, as fractions (x0, y0, x1, y1); None for the whole
+    image. Dynamic-resolution families and processors that only resize show the whole image; a processor
+    that centre-crops (LLaVA's CLIP: resize the shortest edge, crop the centre) shows the crop, found by
+    running the processor's resize (crop off) on a blank image of the same size."""
+    if getattr(adapter, "dynamic_resolution", False):
+        return None
+    ip = getattr(adapter.processor, "image_processor", None)
+    if ip is None or not getattr(ip, "do_center_crop", False):
+        return None
+    key = tuple(image.size)
+    if cache is not None and key in cache:
+        return cache[key]
+    from PIL import Image
+
+    crop = ip.crop_size
+    ch = crop["height"] if isinstance(crop, dict) else crop.height
+    cw = crop["width"] if isinstance(crop, dict) else crop.width
+    out = ip(
+        images=[Image.new("RGB", image.size)],
+        do_center_crop=False,
+        do_rescale=False,
+        do_normalize=False,
+        return_tensors=None,
+        **getattr(adapter, "processor_kwargs", {}),
+    )
+    arr = np.asarray(out["pixel_values"][0])
+    h, w = (
+        (arr.shape[1], arr.shape[2])
+        if arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3)
+        else arr.shape[:2]
+    )
+    top, left = (h - ch) // 2, (w - cw) // 2
+    box = (
+        max(0.0, left / w),
+        max(0.0, top / h),
+        min(1.0, (left + cw) / w),
+        min(1.0, (top + ch) / h),
+    )
+    if box == (0.0, 0.0, 1.0, 1.0):
+        box = None
+    if cache is not None:
+        cache[key] = box
+    return box
+
+
+def generate_answer(
+    adapter: Any, prompt_inputs: Any, max_new_tokens: int, keep_stop: bool
+) -> tuple[list[int], int | None]:
+    """Greedy answer ids (stop token excluded) and the stop token id if generation ended on one (only looked
+    for with ``keep_stop``; otherwise None)."""
+    if not keep_stop:
+        return adapter.generate(prompt_inputs, max_new_tokens), None
+    import torch
+
+    model = adapter.model
+    inputs = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in prompt_inputs.inputs.items()}
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=adapter._pad_id(),
+        )
+    stops = adapter.stop_token_ids()
+    answer: list[int] = []
+    for tok in out[0, prompt_inputs.length :].tolist():
+        if tok in stops:
+            return answer, int(tok)
+        answer.append(int(tok))
+    return answer, None
+
+
+@dataclass
+class Runner:
+    """Holds the model's explainers, the word typer and the scoring settings for a sequence of samples."""
+
+    model: Any
+    processor: Any
+    methods: tuple[str, ...]
+    typer: WordTyper
+    max_new_tokens: int = 256
+    placement: str = "stretch"
+    merge: str = "tam"
+    include_stop_token: bool = False
+    backend: str = "auto"
+    explainers: dict[str, Any] = field(default_factory=dict)
+    _box_cache: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from ..config import ExplainConfig
+        from ..fast import Explainer
+
+        for m in self.methods:
+            cfg = ExplainConfig(method=m, max_new_tokens=self.max_new_tokens, backend=self.backend)
+            self.explainers[m] = Explainer(self.model, self.processor, cfg)
+
+    @property
+    def adapter(self) -> Any:
+        return self.explainers[self.methods[0]].adapter
+
+    def evaluate_one(self, sample: Sample, save_maps_dir: Path | None = None) -> dict:
+        """The JSON record of one sample (see the module docstring); never raises for a bad sample."""
+        from ..images import load_image
+
+        rec: dict[str, Any] = {"v": RECORD_VERSION, "id": sample.id, "index": sample.index}
+        if not sample.image_exists:
+            rec.update(status="missing_image", error=f"image file {sample.image!r} does not exist")
+            return rec
+        t0 = time.perf_counter()
+        try:
+            image = load_image(sample.image)
+            ad = self.adapter
+            tok = ad.tokenizer
+            ids, stop = generate_answer(
+                ad, ad.prepare(image, sample.prompt, 1.0), self.max_new_tokens, self.include_stop_token
+            )
+            explained = ids + ([stop] if stop is not None else [])
+            t_gen = time.perf_counter() - t0
+            raw, decoded = token_pieces(tok, explained)
+            words, groups = group_words(raw, decoded) if explained else ([], [])
+            labels = word_labels(self.typer, words, sample.categories)
+            mask = load_mask(sample.mask) if sample.mask_exists else None
+            box = None
+            if self.placement == "crop" and mask is not None:
+                box = box_in_mask(model_view_box(ad, image, self._box_cache), mask.shape)
+            methods: dict[str, Any] = {}
+            times = {"generate": round(t_gen, 4)}
+            arrays: dict[str, np.ndarray] = {"answer_ids": np.asarray(explained, dtype=np.int64)}
+            # every method from the SAME teacher-forced forward (one batched pass over the union of scales)
+            t1 = time.perf_counter()
+            first = self.explainers[self.methods[0]]
+            exps = first.explain_methods(
+                image,
+                sample.prompt,
+                [self.explainers[m].config for m in self.methods],
+                answer=list(explained),
+            )
+            times["explain_all_methods"] = round(time.perf_counter() - t1, 4)
+            for m, exp in zip(self.methods, exps):
+                if list(exp.answer_ids) != explained:
+                    raise RuntimeError(f"method {m} explained ids {exp.answer_ids}, expected {explained}")
+                maps = (
+                    np.stack([exp.map_uint8(i) for i in range(len(exp))])
+                    if len(exp)
+                    else np.zeros((0, *exp.grid), np.uint8)
+                )
+                scores = evaluate_sample(maps, groups, labels, mask, box=box, merge=self.merge)
+                methods[m] = scores.to_dict()
+                arrays[m] = maps
+                times[m] = round(exp.timings.get("attribution", 0.0), 4)
+            if save_maps_dir is not None:
+                buf = io.BytesIO()
+                np.savez_compressed(buf, **arrays)
+                atomic_write_bytes(save_maps_dir / f"{sample.index:07d}.npz", buf.getvalue())
+            rec.update(
+                status="ok",
+                answer=tok.decode(ids, skip_special_tokens=True),
+                answer_ids=ids,
+                stop_token=stop,
+                tokens=decoded,
+                words=words,
+                groups=groups,
+                labels=labels,
+                grid=list(maps.shape[1:]) if len(explained) else None,
+                mask_missing=mask is None,
+                placement_box=list(box) if box is not None else None,
+                retokenization_mismatch=retokenization_mismatch(tok, explained),
+                methods=methods,
+                time_s=times,
+            )
+        except Exception as e:  # recorded, counted, retried by a re-run
+            rec.update(
+                status="error", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=8)
+            )
+        return rec
+
+
+# --------------------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------------------
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
+
+
+def summarize(
+    dataset: EvalDataset,
+    samples: Sequence[Sample],
+    methods: Sequence[str],
+    chosen: dict[str, dict],
+    settings: dict[str, Any],
+    ignored_lines: int = 0,
+) -> dict[str, Any]:
+    """Pooled metrics per method over the complete records, and every count a reader needs."""
+    complete = [chosen[s.id] for s in samples if s.id in chosen and is_complete(chosen[s.id], methods)]
+    counts = {
+        "selected": len(samples),
+        "evaluated": len(complete),
+        "missing_image": sum(1 for s in samples if chosen.get(s.id, {}).get("status") == "missing_image"),
+        "error": sum(1 for s in samples if chosen.get(s.id, {}).get("status") == "error"),
+        "unfinished": sum(1 for s in samples if s.id not in chosen),
+        "missing_mask": sum(1 for r in complete if r.get("mask_missing")),
+        "empty_answer": sum(1 for r in complete if not r.get("answer_ids")),
+        "retokenization_mismatch": sum(1 for r in complete if r.get("retokenization_mismatch")),
+        "ignored_lines": ignored_lines,
+    }
+    counts["incomplete"] = (
+        len(samples) - counts["evaluated"] - counts["missing_image"] - counts["error"] - counts["unfinished"]
+    )
+    errors = {
+        s.id: chosen[s.id].get("error") for s in samples if chosen.get(s.id, {}).get("status") == "error"
+    }
+    return {
+        "dataset": dataset.summary(),
+        "settings": settings,
+        "methods": {m: pool(r["methods"][m] for r in complete).to_dict() for m in methods},
+        "counts": counts,
+        "errors": dict(list(errors.items())[:20]),
+    }
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The paper-shaped markdown table (method x Obj-IoU / Func-IoU / F1-IoU, plus precision / recall, in %)."""
+    ds, st, c = summary["dataset"], summary["settings"], summary["counts"]
+    lines = [
+        f"### {ds['name']} ({ds['layout']}), model `{st['model']}`",
+        "",
+        "| Method | Obj-IoU | Func-IoU | F1-IoU | Precision | Recall |",
+        "|:--|--:|--:|--:|--:|--:|",
+    ]
+    n_obj = n_func = 0
+    for m, r in summary["methods"].items():
+        name = METHOD_NAMES.get(m, m)
+        lines.append(
+            f"| {name} | {_fmt(r['obj_iou'])} | {_fmt(r['func_iou'])} | {_fmt(r['f1_iou'])} "
+            f"| {_fmt(r['precision'])} | {_fmt(r['recall'])} |"
+        )
+        n_obj, n_func = r["n_obj"], r["n_func"]
+    lines += [
+        "",
+        f"Values in %, pooled over the data set (TAM's eval.py): Obj-IoU over {n_obj} noun objects, Func-IoU over "
+        f"{n_func} function words. Samples: {c['selected']} selected, {c['evaluated']} evaluated, "
+        f"{c['missing_image']} missing image, {c['error']} errors, {c['unfinished'] + c['incomplete']} unfinished; "
+        f"{c['missing_mask']} evaluated with a missing mask (empty mask, as TAM); {c['empty_answer']} empty answers; "
+        f"{c['retokenization_mismatch']} answers TAM would have dropped (re-tokenization mismatch).",
+        f"Word typer: {st['word_typer']}{'' if st['word_typer_exact'] else ' (approximate, not TAM NLTK typing)'}; "
+        f"placement: {st['placement']}; merge: {st['merge']}; stop token explained: {st['include_stop_token']}; "
+        f'max new tokens: {st["max_new_tokens"]}; prompt: "{ds["prompt"]}".',
+    ]
+    if ds["problems"]:
+        lines.append("Data set notes: " + "; ".join(ds["problems"]) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def _settings(opts: EvalOptions, dataset: EvalDataset, typer: WordTyper) -> dict[str, Any]:
+    return {
+        "model": opts.model,
+        "data": str(Path(opts.data).resolve()),
+        "layout": dataset.layout,
+        "prompt": dataset.prompt,
+        "max_new_tokens": opts.max_new_tokens,
+        "placement": opts.placement,
+        "merge": opts.merge,
+        "include_stop_token": opts.include_stop_token,
+        "word_typer": typer.name,
+        "word_typer_exact": bool(getattr(typer, "exact", False)),
+    }
+
+
+def _check_run_settings(out: Path, settings: dict[str, Any], rank: int) -> None:
+    path = out / "run.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{str(path)!r} is unreadable ({e}); remove it or use another --out") from None
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"--out {str(out)!r} holds results of a run with other settings ({what}); use another --out "
+                "or remove that folder"
+            )
+    elif rank == 0:
+        atomic_write_bytes(path, (json.dumps(settings, indent=2) + "\n").encode())
+
+
+def run_eval(
+    opts: EvalOptions,
+    *,
+    model_and_processor: tuple[Any, Any] | None = None,
+    dist: DistInfo | None = None,
+    after_sample: Callable[[dict], None] | None = None,
+    echo: bool = True,
+) -> dict[str, Any] | None:
+    """Run (or resume) an evaluation; returns the summary on rank 0, None on other ranks.
+
+    model_and_processor: an already-loaded model (else ``opts.model`` is loaded).
+    dist:               the distributed context (default: from the environment, initialising torchrun's group).
+    after_sample:       called with each new record after it is written (tests use it to simulate a crash).
+    """
+    opts.check()
+    own_group = dist is None
+    info = init_distributed(opts.dist_timeout_min) if own_group else dist
+    try:
+        return _run(opts, info, model_and_processor, after_sample, echo)
+    finally:
+        if own_group and info.initialized:
+            import torch.distributed as tdist
+
+            tdist.destroy_process_group()
+
+
+def _run(opts, info: DistInfo, model_and_processor, after_sample, echo) -> dict[str, Any] | None:
+    from tqdm.auto import tqdm
+
+    out = Path(opts.out)
+    failure: BaseException | None = None
+    try:
+        dataset = load_dataset(opts.data, opts.layout, opts.prompt)
+        samples = dataset.samples[: opts.limit] if opts.limit else list(dataset.samples)
+        typer = get_word_typer(opts.word_typer)
+        settings = _settings(opts, dataset, typer)
+        out.mkdir(parents=True, exist_ok=True)
+        _check_run_settings(out, settings, info.rank)
+        done_records, _ = read_all_shards(out)
+        done = {r["id"] for r in done_records if is_complete(r, opts.methods)}
+        mine = [s for s in samples if s.index % info.world_size == info.rank and s.id not in done]
+        if mine:
+            if model_and_processor is None:
+                device = resolve_device(opts.device, info.local_rank)
+                model_and_processor = load_model(opts.model, device, opts.dtype)
+            model, processor = model_and_processor
+            runner = Runner(
+                model,
+                processor,
+                tuple(opts.methods),
+                typer,
+                max_new_tokens=opts.max_new_tokens,
+                placement=opts.placement,
+                merge=opts.merge,
+                include_stop_token=opts.include_stop_token,
+                backend=opts.backend,
+            )
+            maps_dir = out / "maps" if opts.save_maps else None
+            if maps_dir is not None:
+                maps_dir.mkdir(exist_ok=True)
+            bar = tqdm(
+                total=len(mine),
+                desc=f"eval {dataset.name}"
+                + (f" [rank {info.rank}/{info.world_size}]" if info.world_size > 1 else ""),
+                unit="sample",
+                disable=not opts.progress or info.rank != 0,
+                file=sys.stderr,
+            )
+            with JsonlAppender(shard_path(out, info.rank, info.world_size)) as writer, bar:
+                for s in mine:
+                    rec = runner.evaluate_one(s, maps_dir)
+                    rec["rank"] = info.rank
+                    writer.append(rec)
+                    bar.update(1)
+                    if after_sample is not None:
+                        after_sample(rec)
+    except BaseException as e:  # still meet the other ranks at the barrier, then re-raise
+        failure = e
+    _barrier(info)
+    if failure is not None:
+        raise failure
+    if info.rank != 0:
+        return None
+
+    records, ignored = read_all_shards(out)
+    chosen = select_records(records, samples, opts.methods)
+    summary = summarize(dataset, samples, opts.methods, chosen, settings, ignored)
+    merged = b"".join(
+        (json.dumps(chosen[s.id], ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        for s in samples
+        if s.id in chosen
+    )
+    atomic_write_bytes(out / "results.jsonl", merged)
+    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    table = format_table(summary)
+    atomic_write_bytes(out / "table.md", table.encode())
+    if echo:
+        print(table, end="", flush=True)
+    return summary
