@@ -19,6 +19,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a result file gets the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -105,6 +108,11 @@ class Explanation:
             "config": cfg,
             "timings": dict(self.timings),
         }
+
+    def to_html(self, path, title=None, note=None):
+        from .report import write_report
+
+        return write_report(self, path, title=title, note=note)
 
     def save(self, out_dir: str | os.PathLike, overlays: bool = True) -> Path:
         """Write ``maps.npz``, ``explanation.json`` and (optionally) one PNG overlay per token, atomically."""
