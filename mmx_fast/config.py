@@ -75,6 +75,8 @@ class ExplainConfig:
                 object.__setattr__(self, name, value)
         # scales
         scales = self.scales
+        if isinstance(scales, (str, bytes)):
+            _fail("scales", self.scales, "a non-empty sequence of positive numbers (not a string)")
         if isinstance(scales, (int, float)):
             scales = (scales,)
         try:

@@ -32,6 +32,7 @@ from .images import load_image
 from .reference.explain import (
     TextSide,
     check_config,
+    check_finite_hidden,
     check_prompt,
     empty_explanation,
     resolve_answer,
@@ -141,6 +142,8 @@ class Explainer:
                 rows.append(b if s == 1.0 else ad.prepare(im, p, s))
                 row_answers.append(answer_ids[i])
         hidden = ad.forward_hidden_batch(rows, row_answers) if rows else []
+        for (i, s), r in row_of.items():
+            check_finite_hidden(hidden[r], f"image {i} at scale {s}")
         t_fwd = time.perf_counter() - t1
 
         results = []

@@ -70,6 +70,8 @@ def load_image(image) -> Image.Image:
             with Image.open(path) as im:
                 im.load()
                 image = im.copy()
+        except Image.DecompressionBombError as e:
+            raise ValueError(f"image file {str(path)!r} is too large to decode safely: {e}") from e
         except UnidentifiedImageError as e:
             raise ValueError(
                 f"image file {str(path)!r} is not a readable image (PIL cannot identify it)"

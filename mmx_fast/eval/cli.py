@@ -172,6 +172,12 @@ def run(args: argparse.Namespace) -> int:
         opts.check()
         if not os.path.isdir(opts.data):
             raise ValueError(f"--data {opts.data!r} is not a folder")
+        from ..cli import CliError, _check_out_dir
+
+        try:
+            _check_out_dir(opts.out)
+        except CliError as e:
+            raise ValueError(str(e)) from None
     except ValueError as e:
         raise _user_error(str(e)) from None
     try:

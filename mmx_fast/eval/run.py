@@ -172,6 +172,35 @@ def resolve_device(device: str, local_rank: int = 0) -> str:
     return device
 
 
+def _torch_dtype(dtype: str):
+    import torch
+
+    if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
+        raise ValueError(f"dtype={dtype!r} is not a torch dtype; expected auto, float32, bfloat16 or float16")
+    return getattr(torch, dtype)
+
+
+def check_model_spec(spec: str, dtype: str = "auto") -> None:
+    """Validate --model and --dtype without loading weights (so a bad run writes nothing)."""
+    if dtype != "auto":
+        _torch_dtype(dtype)
+    if spec.startswith("tiny:"):
+        from ..testing import FAMILIES
+
+        family = spec[len("tiny:") :]
+        if family not in FAMILIES:
+            raise ValueError(
+                f"model {spec!r}: unknown tiny family {family!r}; expected tiny:" + " / tiny:".join(FAMILIES)
+            )
+        return
+    from ..cli import CliError, _resolve_model
+
+    try:
+        _resolve_model(spec)
+    except CliError as e:
+        raise ValueError(str(e)) from None
+
+
 def load_model(spec: str, device: str = "cpu", dtype: str = "auto"):
     """(model, processor) for ``spec``: ``tiny:<family>`` (``mmx_fast.testing.tiny_model``, random weights) or
     a local folder / cached hub id (transformers ``from_pretrained`` with ``local_files_only=True``, through
@@ -181,11 +210,7 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "auto"):
     if dtype == "auto":
         dt = torch.bfloat16 if device.startswith("cuda") and not spec.startswith("tiny:") else torch.float32
     else:
-        if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
-            raise ValueError(
-                f"dtype={dtype!r} is not a torch dtype; expected auto, float32, bfloat16 or float16"
-            )
-        dt = getattr(torch, dtype)
+        dt = _torch_dtype(dtype)
     if spec.startswith("tiny:"):
         from ..testing import FAMILIES, tiny_model
 
@@ -652,6 +677,8 @@ def _run(opts, info: DistInfo, model_and_processor, after_sample, echo) -> dict[
         samples = dataset.samples[: opts.limit] if opts.limit else list(dataset.samples)
         typer = get_word_typer(opts.word_typer)
         settings = _settings(opts, dataset, typer)
+        if model_and_processor is None:
+            check_model_spec(opts.model, opts.dtype)  # before anything is written
         out.mkdir(parents=True, exist_ok=True)
         _check_run_settings(out, settings, info.rank)
         done_records, _ = read_all_shards(out)

@@ -33,6 +33,16 @@ def check_prompt(prompt) -> str:
     return prompt
 
 
+def check_finite_hidden(h: torch.Tensor, where: str) -> None:
+    """NaN / Inf in the model's states would silently become zero (or NaN) maps: refuse them."""
+    if not bool(torch.isfinite(h).all()):
+        bad = int((~torch.isfinite(h)).any(-1).sum())
+        raise ValueError(
+            f"the model returned non-finite hidden states (NaN or Inf) at {bad} positions ({where}); "
+            "expected finite values (check the model's dtype and weights)"
+        )
+
+
 def check_config(config) -> ExplainConfig:
     if config is None:
         return ExplainConfig()
@@ -153,6 +163,8 @@ def explain(
     t1 = time.perf_counter()
     prompts = {s: (base if s == 1.0 else adapter.prepare(img, prompt, s)) for s in config.scales}
     hidden = {s: adapter.forward_hidden(p, answer_ids) for s, p in prompts.items()}
+    for s, h in hidden.items():
+        check_finite_hidden(h, f"scale {s}")
     timings["forward"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()

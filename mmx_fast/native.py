@@ -1,0 +1,357 @@
+"""Native C++ CPU kernels of the fused stages (``csrc/``), registered as torch custom ops ``torch.ops.mmx_fast.*``.
+
+The extension is compiled on first use (one translation unit, ``-O3 -fopenmp``; about 15 s on 2 cores) into a
+cache directory (``$TORCH_EXTENSIONS_DIR/mmx_fast`` if set, else ``~/.cache/mmx_fast/torch_extensions``; one
+sub-folder per Python / torch version, rebuilt when the sources change), then loaded with
+``torch.ops.load_library``. It is built with ``torch.utils.cpp_extension.load`` when ninja is installed and by
+calling the C++ compiler directly otherwise.
+
+Environment variable ``MMX_FAST_NATIVE``:
+
+- ``auto`` (default): build / load on first use; if that fails, :func:`available` is False and ONE warning
+  says why (callers use the vectorised torch path).
+- ``0``: never built or loaded; :func:`available` is False, :func:`load` raises.
+- ``1``: required; a failed build raises RuntimeError (from :func:`available` and :func:`load`).
+
+Ops (schemas defined in C++ with ``TORCH_LIBRARY(mmx_fast, m)``, CPU kernels in ``TORCH_LIBRARY_IMPL``):
+
+- ``topk_rankings(Tensor h, Tensor w_u, int k, int tile=0) -> Tensor`` (int64 [R, k])
+- ``rbo_pairs(Tensor a, Tensor b, float p=0.9, str variant="ext") -> Tensor`` (float32 [T, C])
+- ``refine(Tensor a_t, Tensor ctx, Tensor weights, bool apply_filter=True) -> Tensor`` (float32 [T, H, W])
+- ``rank_gaussian_filter(Tensor x) -> Tensor`` (x's dtype, [..., H, W])
+
+:func:`load` also registers fake (meta) implementations, so ``torch.compile`` traces functions that call the
+ops, and CUDA implementations that call the Triton launchers in ``mmx_fast.kernels`` (imported lazily).
+
+The Python wrappers :func:`topk_rankings`, :func:`rbo_pairs`, :func:`refine` and
+:func:`rank_gaussian_filter` take the arguments of the functions of the same name in
+:mod:`mmx_fast.ops.torch_impl`; they raise RuntimeError when the extension is not available.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "ENV_VAR",
+    "available",
+    "load",
+    "build_error",
+    "source_files",
+    "topk_rankings",
+    "rbo_pairs",
+    "refine",
+    "rank_gaussian_filter",
+]
+
+ENV_VAR = "MMX_FAST_NATIVE"
+_MODES = ("0", "1", "auto")
+_NAME = "mmx_fast_ops"
+_SOURCES = ("mmx_fast_ops.cpp",)
+_CFLAGS = ("-O3", "-fopenmp")
+_LDFLAGS = ("-fopenmp",)
+_OPS = ("topk_rankings", "rbo_pairs", "refine", "rank_gaussian_filter")
+
+_lock = threading.RLock()
+_loaded_path: str | None = None
+_error: str | None = None
+_warned = False
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------
+
+
+def _mode() -> str:
+    raw = os.environ.get(ENV_VAR, "auto")
+    mode = raw.strip().lower() or "auto"
+    aliases = {"off": "0", "false": "0", "no": "0", "on": "1", "true": "1", "yes": "1"}
+    mode = aliases.get(mode, mode)
+    if mode not in _MODES:
+        raise ValueError(f"{ENV_VAR}={raw!r} is not allowed; expected one of 0, 1, auto")
+    return mode
+
+
+def source_files() -> list[Path]:
+    """The C++ sources: ``csrc/`` at the repository root (source tree / editable install), else the copy
+    shipped as package data (``mmx_fast/csrc``)."""
+    here = Path(__file__).resolve().parent
+    for folder in (here.parent / "csrc", here / "csrc"):
+        files = [folder / name for name in _SOURCES]
+        if all(f.is_file() for f in files):
+            return files
+    raise FileNotFoundError(
+        f"the native sources {', '.join(_SOURCES)} were found neither in {here.parent / 'csrc'} nor in "
+        f"{here / 'csrc'} (package data)"
+    )
+
+
+def _cache_root() -> Path:
+    env = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if env:
+        return Path(env) / "mmx_fast"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "mmx_fast" / "torch_extensions"
+
+
+def _build_dir(sources: list[Path]) -> Path:
+    """One folder per (Python, torch, sources) so that an upgrade or an edit never loads a stale library."""
+    digest = hashlib.sha256()
+    for f in sources:
+        digest.update(f.read_bytes())
+    digest.update(" ".join(_CFLAGS + _LDFLAGS).encode())
+    tag = f"py{sys.version_info[0]}{sys.version_info[1]}_torch{torch.__version__}".replace("+", "_")
+    return _cache_root() / tag / digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------
+# Build
+# --------------------------------------------------------------------------------------------------
+
+
+def _ninja_available() -> bool:
+    try:
+        from torch.utils.cpp_extension import is_ninja_available
+
+        return bool(is_ninja_available())
+    except Exception:
+        return False
+
+
+def _build_with_ninja(sources: list[Path], build_dir: Path) -> str:
+    from torch.utils import cpp_extension
+
+    build_dir.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(
+        name=_NAME,
+        sources=[str(s) for s in sources],
+        extra_cflags=list(_CFLAGS),
+        extra_ldflags=list(_LDFLAGS),
+        build_directory=str(build_dir),
+        is_python_module=False,
+        verbose=False,
+    )  # also loads the library into torch.ops
+    return str(build_dir / f"{_NAME}.so")
+
+
+def _build_with_compiler(sources: list[Path], build_dir: Path) -> str:
+    """Without ninja: one compiler call, written to a temporary name and renamed into place (several
+    processes may build at once)."""
+    from torch.utils import cpp_extension
+
+    target = build_dir / f"{_NAME}.so"
+    if target.is_file():
+        return str(target)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    cxx = os.environ.get("CXX", "c++")
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    includes = [f"-I{p}" for p in cpp_extension.include_paths()]
+    lib_dirs = [f"-L{p}" for p in cpp_extension.library_paths()]
+    rpaths = [f"-Wl,-rpath,{p}" for p in cpp_extension.library_paths()]
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=build_dir)
+    os.close(fd)
+    cmd = [
+        cxx,
+        *[str(s) for s in sources],
+        "-shared",
+        "-fPIC",
+        "-std=c++20",
+        f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        *_CFLAGS,
+        *includes,
+        *lib_dirs,
+        *rpaths,
+        "-lc10",
+        "-ltorch_cpu",
+        "-ltorch",
+        *_LDFLAGS,
+        "-o",
+        tmp,
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as err:
+        os.unlink(tmp)
+        raise RuntimeError(f"cannot run the C++ compiler {cxx!r}: {err}") from None
+    if proc.returncode != 0:
+        os.unlink(tmp)
+        raise RuntimeError(f"{cxx} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    os.replace(tmp, target)
+    return str(target)
+
+
+def _build_and_load() -> str:
+    sources = source_files()
+    build_dir = _build_dir(sources)
+    if sysconfig.get_platform().startswith("win"):
+        raise RuntimeError("the native kernels are built for Linux/macOS toolchains only")
+    cached = build_dir / f"{_NAME}.so"
+    if cached.is_file():  # built before from these exact sources: load it without invoking any build tool
+        path = str(cached)
+    elif _ninja_available():
+        path = _build_with_ninja(sources, build_dir)
+    else:
+        path = _build_with_compiler(sources, build_dir)
+    if not hasattr(torch.ops.mmx_fast, "topk_rankings"):
+        torch.ops.load_library(path)
+    _register_python_impls()
+    return path
+
+
+def load() -> str:
+    """Build (first use) and load the extension; returns the library's path. Raises RuntimeError when it is
+    disabled (``MMX_FAST_NATIVE=0``) or cannot be built (the message carries the compiler's output)."""
+    global _loaded_path, _error
+    if _loaded_path is not None:
+        return _loaded_path
+    if _mode() == "0":
+        raise RuntimeError(f"the native C++ kernels are disabled ({ENV_VAR}=0)")
+    with _lock:
+        if _loaded_path is not None:
+            return _loaded_path
+        if _error is not None:
+            raise RuntimeError(_error)
+        try:
+            _loaded_path = _build_and_load()
+        except Exception as err:
+            _error = f"the native C++ kernels could not be built or loaded: {type(err).__name__}: {err}"
+            raise RuntimeError(_error) from err
+        return _loaded_path
+
+
+def available() -> bool:
+    """True when the native ops are loaded (building them on first call). ``MMX_FAST_NATIVE=0``: False.
+    ``auto``: False after a failed build, with one RuntimeWarning. ``1``: a failed build raises."""
+    global _warned
+    mode = _mode()
+    if mode == "0":
+        return False
+    if _loaded_path is not None:
+        return True
+    try:
+        load()
+        return True
+    except RuntimeError as err:
+        if mode == "1":
+            raise RuntimeError(f"{err} ({ENV_VAR}=1 requires them)") from None
+        if not _warned:
+            _warned = True
+            warnings.warn(
+                f"{err}; using the vectorised torch path instead (set {ENV_VAR}=0 to skip the build)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return False
+
+
+def build_error() -> str | None:
+    """Why the last build failed (None when it did not fail or was not tried)."""
+    return _error
+
+
+# --------------------------------------------------------------------------------------------------
+# Fake (meta) and CUDA implementations
+# --------------------------------------------------------------------------------------------------
+
+_registered = False
+
+
+def _kernels(submodule: str):
+    from .ops import _kernel  # lazy: finds mmx_fast.kernels in an install and in a source tree
+
+    return _kernel(submodule)
+
+
+def _register_python_impls() -> None:
+    global _registered
+    if _registered:
+        return
+
+    @torch.library.register_fake("mmx_fast::topk_rankings")
+    def _topk_fake(h, w_u, k, tile=0):
+        return h.new_empty((h.shape[0], k), dtype=torch.int64)
+
+    @torch.library.register_fake("mmx_fast::rbo_pairs")
+    def _rbo_fake(a, b, p=0.9, variant="ext"):
+        return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.float32)
+
+    @torch.library.register_fake("mmx_fast::refine")
+    def _refine_fake(a_t, ctx, weights, apply_filter=True):
+        return a_t.new_empty(a_t.shape, dtype=torch.float32)
+
+    @torch.library.register_fake("mmx_fast::rank_gaussian_filter")
+    def _filter_fake(x):
+        return torch.empty_like(x)
+
+    @torch.library.register_kernel("mmx_fast::topk_rankings", "cuda")
+    def _topk_cuda(h, w_u, k, tile=0):
+        return _kernels("rankings").topk_rankings(h, w_u, k)
+
+    @torch.library.register_kernel("mmx_fast::rbo_pairs", "cuda")
+    def _rbo_cuda(a, b, p=0.9, variant="ext"):
+        return _kernels("rankings").rbo_pairs(a, b, p, variant)
+
+    @torch.library.register_kernel("mmx_fast::refine", "cuda")
+    def _refine_cuda(a_t, ctx, weights, apply_filter=True):
+        return _kernels("refine").refine(a_t, ctx, weights, apply_filter)
+
+    @torch.library.register_kernel("mmx_fast::rank_gaussian_filter", "cuda")
+    def _filter_cuda(x):
+        fn = getattr(_kernels("refine"), "rank_gaussian_filter", None)
+        if fn is None:
+            from .ops import torch_impl
+
+            return torch_impl.rank_gaussian_filter(x)
+        return fn(x)
+
+    _registered = True
+
+
+# --------------------------------------------------------------------------------------------------
+# Python wrappers (the signatures of mmx_fast.ops.torch_impl)
+# --------------------------------------------------------------------------------------------------
+
+
+def _ops():
+    if _loaded_path is None:
+        load()
+    return torch.ops.mmx_fast
+
+
+def topk_rankings(h: torch.Tensor, w_u: torch.Tensor, k: int, tile: int = 0) -> torch.Tensor:
+    """Top-``k`` vocab ids of ``h @ w_u.T`` per row, best first, ties toward the smaller id: int64 [R, k].
+    Streams over vocabulary tiles of ``tile`` rows (0: automatic) with a running top-k per row; the
+    logits of a tile are the float32 GEMM the reference uses, so the rankings equal the reference's."""
+    return _ops().topk_rankings(h, w_u, int(k), int(tile))
+
+
+def rbo_pairs(a: torch.Tensor, b: torch.Tensor, p: float = 0.9, variant: str = "ext") -> torch.Tensor:
+    """RBO of every (target, context) pair of rankings: a [T, k], b [C, k] -> float32 [T, C], equal to
+    ``reference.rbo.rbo(a[:, None], b[None], p, variant)``."""
+    return _ops().rbo_pairs(a, b, float(p), str(variant))
+
+
+def refine(
+    a_t: torch.Tensor, ctx: torch.Tensor, weights: torch.Tensor, apply_filter: bool = True
+) -> torch.Tensor:
+    """ARC (interference map, closed-form beta, ReLU with the cancellation floor), TAM's rank Gaussian
+    filter if ``apply_filter``, max-normalisation, for all targets: float32 [T, H, W]."""
+    return _ops().refine(a_t, ctx, weights, bool(apply_filter))
+
+
+def rank_gaussian_filter(x: torch.Tensor) -> torch.Tensor:
+    """TAM's rank Gaussian filter (kernel 3, reflect padding) over the last two dims, computed in float64,
+    returned in x's dtype."""
+    return _ops().rank_gaussian_filter(x)
