@@ -25,7 +25,21 @@ ops, and CUDA implementations that call the Triton launchers in ``mmx_fast.kerne
 
 The Python wrappers :func:`topk_rankings`, :func:`rbo_pairs`, :func:`refine` and
 :func:`rank_gaussian_filter` take the arguments of the functions of the same name in
-:mod:`mmx_fast.ops.torch_impl`; they raise RuntimeError when the extension is not available.
+:mod:`mmx_fast.ops.torch_impl`; they raise RuntimeError when the extension is not available. Importing this
+module never builds anything.
+
+Numerics and threads (details in ``csrc/mmx_fast_ops.cpp``):
+
+- top-k: each vocabulary tile's logits are the float32 GEMM of the reference (``at::mm`` on the upcast tile),
+  ranked by an exact (value desc, id asc) integer key, so the rankings equal the reference's, ties and NaN
+  included. One parallel region per call: each thread streams its own vocabulary range (single-threaded
+  GEMMs) with its own running top-k per row; the exact per-thread top-k sets are merged at the end.
+- RBO: float64 sums of the depth weights (the histogram of max(i, j), cumulatively summed and dotted with the
+  RBO weights, folded into one table), returned as float32.
+- refine: ahat accumulated in float32 over the contexts in index order; beta, the residual, the rank Gaussian
+  filter (9-input sorting network) and the normalisation in float64.
+- Work is split over vocabulary ranges, context lists or targets and every output element is computed by one
+  thread in a fixed order, so results do not depend on ``torch.get_num_threads()``.
 """
 
 from __future__ import annotations
@@ -152,7 +166,7 @@ def _build_with_compiler(sources: list[Path], build_dir: Path) -> str:
     from torch.utils import cpp_extension
 
     target = build_dir / f"{_NAME}.so"
-    if target.is_file():
+    if target.is_file():  # renamed into place only when complete
         return str(target)
     build_dir.mkdir(parents=True, exist_ok=True)
     cxx = os.environ.get("CXX", "c++")
@@ -198,15 +212,21 @@ def _build_and_load() -> str:
     if sysconfig.get_platform().startswith("win"):
         raise RuntimeError("the native kernels are built for Linux/macOS toolchains only")
     cached = build_dir / f"{_NAME}.so"
-    if cached.is_file():  # built before from these exact sources: load it without invoking any build tool
-        path = str(cached)
+    done = build_dir / f"{_NAME}.so.ok"  # written once a build has completed and loaded (never partial)
+    if cached.is_file() and done.is_file():
+        path = str(cached)  # built before from these exact sources: no build tool is invoked
     elif _ninja_available():
-        path = _build_with_ninja(sources, build_dir)
+        path = _build_with_ninja(sources, build_dir)  # ninja's file lock serialises concurrent builds
     else:
         path = _build_with_compiler(sources, build_dir)
     if not hasattr(torch.ops.mmx_fast, "topk_rankings"):
         torch.ops.load_library(path)
     _register_python_impls()
+    if not done.is_file():
+        try:
+            done.write_text(f"{torch.__version__}\n")
+        except OSError:  # a read-only cache still works, it is just rebuilt-checked next time
+            pass
     return path
 
 

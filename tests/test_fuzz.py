@@ -1,6 +1,6 @@
 """Fuzzing every fast stage against the reference with hypothesis: random shapes, dtypes and value regimes
 (ties, all-zero and constant maps, huge and tiny magnitudes). 1,000 examples per stage on the vectorised
-torch path; a few dozen through the Triton interpreter (slow), when triton is installed."""
+torch path and on the native C++ kernels; a few dozen through the Triton interpreter (slow)."""
 
 import os
 
@@ -22,8 +22,12 @@ from mmx_fast.reference import (
 
 N_TORCH = int(os.environ.get("MMX_FUZZ_EXAMPLES", "1000"))
 N_TRITON = int(os.environ.get("MMX_FUZZ_TRITON_EXAMPLES", "25"))
-FUZZ = settings(max_examples=N_TORCH, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-FUZZ_TRITON = settings(max_examples=N_TRITON, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+FUZZ = settings(
+    max_examples=N_TORCH, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
+)
+FUZZ_TRITON = settings(
+    max_examples=N_TRITON, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
+)
 REGIMES = ["normal", "ties", "zeros", "constant", "huge", "tiny", "sparse"]
 
 
@@ -57,11 +61,22 @@ def triton_ok():
         return False
 
 
-BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(not triton_ok(), reason="triton unusable"))]
+def native_ok():
+    from mmx_fast import native
+
+    return native.available()
+
+
+NATIVE = pytest.param("native", marks=pytest.mark.skipif(not native_ok(), reason="native kernels not built"))
+BACKENDS = [
+    "torch",
+    NATIVE,
+    pytest.param("triton", marks=pytest.mark.skipif(not triton_ok(), reason="triton unusable")),
+]
 
 
 def _settings(backend):
-    return FUZZ if backend == "torch" else FUZZ_TRITON
+    return FUZZ_TRITON if backend == "triton" else FUZZ
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -181,7 +196,8 @@ def test_fuzz_refine(backend):
     run()
 
 
-def test_fuzz_rank_gaussian_filter():
+@pytest.mark.parametrize("backend", ["torch", NATIVE])
+def test_fuzz_rank_gaussian_filter(backend):
     @FUZZ
     @given(
         b=st.integers(1, 3),
@@ -193,7 +209,7 @@ def test_fuzz_rank_gaussian_filter():
     def run(b, h, w, regime, seed):
         g = torch.Generator().manual_seed(seed)
         x = values((b, h, w), regime, g).abs()
-        got = ops.rank_gaussian_filter(x, backend="torch")
+        got = ops.rank_gaussian_filter(x, backend=backend)
         want = rank_gaussian_filter(x.double())
         assert not torch.isnan(got).any()
         assert rel_err(got, want) <= 1e-5
@@ -231,7 +247,12 @@ def test_fuzz_msea_aggregate():
 
 def test_normalize_max_fuzz():
     @FUZZ
-    @given(h=st.integers(1, 9), w=st.integers(1, 9), regime=st.sampled_from(REGIMES), seed=st.integers(0, 2**31 - 1))
+    @given(
+        h=st.integers(1, 9),
+        w=st.integers(1, 9),
+        regime=st.sampled_from(REGIMES),
+        seed=st.integers(0, 2**31 - 1),
+    )
     def run(h, w, regime, seed):
         x = values((2, h, w), regime, torch.Generator().manual_seed(seed)).abs()
         got = ops.normalize_max(x)

@@ -519,9 +519,16 @@ def test_no_stage_returns_a_constant():
 # --------------------------------------------------------------------------------------------------
 
 
+def _cpu_auto() -> str:
+    """What ``auto`` means on CPU: the native kernels when they build (MMX_FAST_NATIVE != 0), else torch."""
+    from mmx_fast import native
+
+    return "native" if native.available() else "torch"
+
+
 def test_resolve_backend_names(monkeypatch):
     monkeypatch.delenv("MMX_FAST_BACKEND", raising=False)
-    assert ops.resolve_backend("auto", "cpu") == "torch"
+    assert ops.resolve_backend("auto", "cpu") == _cpu_auto()
     assert ops.resolve_backend("torch", torch.device("cpu")) == "torch"
     assert ops.resolve_backend("TORCH", None) == "torch"
     with pytest.raises(ValueError, match="backend='cuda-fast'.*auto, triton, torch, native"):
@@ -554,6 +561,12 @@ def test_resolve_backend_env_var(monkeypatch):
         ops.resolve_backend("auto", "cpu")
     assert ops.resolve_backend("torch", "cpu") == "torch"
     monkeypatch.setenv("MMX_FAST_BACKEND", "auto")
+    assert ops.resolve_backend("auto", "cpu") == _cpu_auto()
+
+
+def test_auto_without_native_is_torch(monkeypatch):
+    monkeypatch.delenv("MMX_FAST_BACKEND", raising=False)
+    monkeypatch.setattr(ops, "_native_module", lambda: None)
     assert ops.resolve_backend("auto", "cpu") == "torch"
 
 

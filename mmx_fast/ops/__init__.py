@@ -135,21 +135,21 @@ def _interpreter_on() -> bool:
 
 
 def _native_module() -> ModuleType | None:
-    """The native C++ backend, when built: a module ``mmx_fast._native`` exposing the same launchers as
-    the Triton kernels (``gather_logit_lens``, ``topk_rankings``, ``rbo_pairs``, ``refine``)."""
+    """The native C++ backend (``mmx_fast.native``, csrc/) when it builds or is already built; None when it
+    cannot be built or ``MMX_FAST_NATIVE=0``. The first call may compile it (about 10 s, cached on disk)."""
     try:
-        if importlib.util.find_spec("mmx_fast._native") is None:
-            return None
-        return importlib.import_module("mmx_fast._native")
+        from .. import native
     except ImportError:
         return None
+    return native if native.available() else None
 
 
 def resolve_backend(backend: str = "auto", device=None) -> str:
     """The backend that will run for tensors on ``device``: ``"triton"``, ``"torch"`` or ``"native"``.
 
     - ``"auto"``: ``MMX_FAST_BACKEND`` when set (and not ``auto``); else ``"triton"`` for CUDA tensors if
-      triton and ``mmx_fast.kernels`` import, else ``"torch"``.
+      triton and ``mmx_fast.kernels`` import; ``"native"`` for CPU tensors if the C++ kernels build
+      (``MMX_FAST_NATIVE=0`` turns them off); else ``"torch"``.
     - ``"triton"``: needs triton installed, and CUDA tensors, or ``TRITON_INTERPRET=1`` in the environment
       for CPU tensors (the interpreter); ValueError otherwise.
     - ``"native"``: the C++ backend if built, else ``"torch"`` with a one-time warning.
@@ -174,7 +174,13 @@ def resolve_backend(backend: str = "auto", device=None) -> str:
             origin = f"{ENV_VAR}={env_raw!r}"
     dev = _as_device(device)
     if name == "auto":
-        return "triton" if dev.type == "cuda" and _triton_ready() else "torch"
+        # chosen by measurement (benches/, RESULTS.md): Triton on CUDA; on CPU the native kernels beat the
+        # vectorised torch path on every stage they implement (gather_logit_lens stays torch: one GEMM)
+        if dev.type == "cuda" and _triton_ready():
+            return "triton"
+        if dev.type == "cpu" and _native_module() is not None:
+            return "native"
+        return "torch"
     if name == "triton":
         if not _triton_installed():
             raise ValueError(
