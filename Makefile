@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint demo bench gpu-check clean
+.PHONY: venv test lint demo bench bench-quick gpu-check clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
@@ -28,7 +28,10 @@ demo: venv
 	$(VPY) -m mmx_fast demo --out demo_out
 
 bench: venv
-	$(VPY) -m pytest benches/ -q
+	$(VPY) benches/report.py
+
+bench-quick: venv
+	$(VPY) -m pytest benches/ -q --benchmark-disable
 
 gpu-check:
 	python3 benches/gpu_check.py

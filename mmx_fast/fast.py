@@ -184,18 +184,18 @@ class Explainer:
 
         # base id k0: one GEMV W_U @ sum_i z_i (never a V x N product)
         z1 = h1[base.visual_positions.to(dev)]
-        k0 = int(torch.argmin(w_u.float() @ z1.float().sum(0)))
+        k0 = base_vocab_id_chunked(z1, w_u)
         extra = tam_extra_classes(self.adapter, text, h1, w_u) if cfg.mitigation == "tam" else []
         ids = torch.tensor(answer_ids + text.prompt_ids + [k0] + extra, dtype=torch.long, device=dev)
 
         # stage A: every scale's visual tokens x every needed id, one launch
-        z_all = torch.cat([h.to(dev)[p.visual_positions.to(dev)] for h, p in zip(hidden_s, prompts_s)], 0)
-        flat = ops.gather_logit_lens(z_all, w_u, ids, backend=backend)  # [M, sum N_s]
-        per_scale, start = [], 0
-        for p in prompts_s:
-            n = p.grid[0] * p.grid[1]
-            per_scale.append(flat[:, start : start + n].reshape(len(ids), *p.grid))
-            start += n
+        zs = [h.to(dev)[p.visual_positions.to(dev)] for h, p in zip(hidden_s, prompts_s)]
+        if ops.resolve_backend(backend, dev) == "triton":  # one launch over all scales
+            flat = ops.gather_logit_lens(torch.cat(zs, 0), w_u, ids, backend=backend)  # [M, sum N_s]
+            flats = flat.split([z.shape[0] for z in zs], dim=1)
+        else:  # on the CPU a GEMM per scale avoids copying every scale's states into one buffer
+            flats = [ops.gather_logit_lens(z, w_u, ids, backend=backend) for z in zs]
+        per_scale = [f.reshape(len(ids), *p.grid) for f, p in zip(flats, prompts_s)]
         coverages = [p.coverage for p in prompts_s]
         maps = ops.msea_aggregate(per_scale, coverages, tuple(base.grid), cfg.aggregate, backend=backend)
         a_t, prompt_maps, base_map = maps[:T], maps[T : T + P], maps[T + P : T + P + 1]
@@ -236,6 +236,20 @@ class Explainer:
             scale_maps=scale_maps,
             raw_maps=a_t.float().cpu().clone() if cfg.keep_scale_maps else None,
         )
+
+
+def base_vocab_id_chunked(z: torch.Tensor, w_u: torch.Tensor, chunk: int = 16384) -> int:
+    """k0 = argmin_k [W_U sum_i z_i]_k as one GEMV, upcasting W_U to float32 a chunk of rows at a time (a
+    bf16 model's W_U is never copied whole). Ties go to the smaller id, as ``torch.argmin``."""
+    s = z.float().sum(0)
+    best_val, best_id = None, 0
+    for start in range(0, w_u.shape[0], chunk):
+        vals = w_u[start : start + chunk].float() @ s
+        i = int(torch.argmin(vals))
+        v = vals[i]
+        if best_val is None or v < best_val:
+            best_val, best_id = v, start + i
+    return best_id
 
 
 def explain_fast(

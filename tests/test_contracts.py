@@ -196,3 +196,20 @@ def test_all_zero_maps_stay_zero_never_nan(qwen):
             )
             assert not torch.isnan(exp.maps).any()
             assert torch.equal(exp.maps, torch.zeros_like(exp.maps))
+
+
+def test_base_vocab_id_chunked_equals_reference_including_ties():
+    from mmx_fast.fast import base_vocab_id_chunked
+    from mmx_fast.reference import base_vocab_id
+
+    g = torch.Generator().manual_seed(3)
+    for dtype in (torch.float32, torch.bfloat16):
+        w = torch.randn(1000, 16, generator=g).to(dtype)
+        z = torch.randn(7, 16, generator=g).to(dtype)
+        for chunk in (64, 333, 4096):
+            assert base_vocab_id_chunked(z, w, chunk=chunk) == base_vocab_id(z, w)
+    w = torch.randint(-2, 3, (500, 8), generator=g).float()
+    z = torch.ones(3, 8)
+    k = base_vocab_id(z, w)
+    w[400] = w[k]  # an exact tie in a later chunk: the smaller id wins
+    assert base_vocab_id_chunked(z, w, chunk=100) == base_vocab_id(z, w) == k

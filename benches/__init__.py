@@ -1,0 +1,1 @@
+"""Benchmarks of mmx_fast (pytest-benchmark suites, memory, report and GPU-check scripts); not shipped."""

@@ -1,0 +1,684 @@
+"""Run the benchmark suite and the memory probe, then write ``benches/RESULTS.md`` and log-log plots.
+
+    python benches/report.py                    # full suite + memory (what `make bench` runs)
+    python benches/report.py --quick            # smallest sizes only (a smoke run)
+    python benches/report.py --json B.json [--memory-json M.json]   # re-render from earlier results
+    python benches/report.py --out DIR          # write DIR/RESULTS.md, DIR/plots/, DIR/results/
+
+Raw results are kept next to the report: ``results/bench.json`` (pytest-benchmark's JSON) and
+``results/memory.json`` (``benches/memory.py``). Plots (``plots/*.png``) are drawn with Pillow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benches.cases import (  # noqa: E402
+    FULL_N,
+    FULL_T,
+    N_FIXED,
+    STAGE_TITLES,
+    STAGES,
+    T_FIXED,
+)
+from benches.plots import EXTRA_COLORS, PALETTE, SECOND_MODEL, Panel, Series, loglog  # noqa: E402
+
+# --------------------------------------------------------------------------------------------- running
+
+
+def run_suite(json_path: Path, quick: bool, extra_args: list[str]) -> float:
+    """pytest-benchmark over benches/ into ``json_path``; returns the wall time in seconds."""
+    env = dict(os.environ, MMX_BENCH_QUICK="1" if quick else "0")
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(HERE),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--benchmark-json={json_path}",
+        "--benchmark-columns=median,min,rounds",
+        "--benchmark-sort=name",
+        *extra_args,
+    ]
+    print("running:", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=str(ROOT), env=env)
+    if proc.returncode not in (0,):
+        raise SystemExit(f"the benchmark suite failed (pytest exit {proc.returncode})")
+    return time.perf_counter() - t0
+
+
+def run_memory(json_path: Path, quick: bool) -> float:
+    env = dict(os.environ, MMX_BENCH_QUICK="1" if quick else "0")
+    cmd = [sys.executable, str(HERE / "memory.py"), "--json", str(json_path)]
+    print("running:", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=str(ROOT), env=env)
+    if proc.returncode != 0:
+        print(f"warning: memory.py exited {proc.returncode}; failed cases are marked in the table")
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _num(x: float) -> str:
+    """Three significant digits, trailing zeros kept (4.00, 30.0, 882)."""
+    if x >= 100:
+        return f"{x:.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def fmt_t(s: float | None) -> str:
+    if s is None:
+        return "—"
+    if s >= 1:
+        return f"{_num(s)} s"
+    if s >= 1e-3:
+        return f"{_num(s * 1e3)} ms"
+    return f"{_num(s * 1e6)} µs"
+
+
+def fmt_r(r: float | None) -> str:
+    return "—" if r is None else f"{_num(r)}x"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "triton", "numpy", "pillow", "pytest-benchmark", "mmx-fast"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def machine() -> dict[str, str]:
+    info = {"platform": platform.platform(), "cores": str(os.cpu_count())}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["memory"] = f"{int(line.split()[1]) / 2**20:.1f} GiB"
+                break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    except Exception:  # torch missing or broken: the report still renders
+        info["gpu"] = "unknown"
+    return info
+
+
+def load_bench(path: Path) -> tuple[list[dict], dict]:
+    data = json.loads(path.read_text())
+    rows = []
+    for b in data.get("benchmarks", []):
+        info = dict(b.get("extra_info", {}))
+        info["group"] = b.get("group")
+        info["name"] = b.get("name")
+        info["median"] = b["stats"]["median"]
+        info["min"] = b["stats"]["min"]
+        info["rounds"] = b["stats"]["rounds"]
+        rows.append(info)
+    return rows, data
+
+
+def by_group(rows: list[dict]) -> dict[str, dict[str, dict]]:
+    out: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in rows:
+        out[r["group"]][r["provider"]] = r
+    return out
+
+
+def _med(rows: dict, provider: str) -> float | None:
+    r = rows.get(provider)
+    return r["median"] if r else None
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def _fast_label(provs_rows) -> str:
+    backends = sorted({r.get("fast_backend") for r in provs_rows if r.get("fast_backend")})
+    return f"fast ({', '.join(backends)})" if backends else "fast"
+
+
+def stage_table(rows: list[dict], stage: str) -> list[str]:
+    srows = [r for r in rows if r.get("kind") == "stage" and r.get("stage") == stage]
+    groups = by_group(srows)
+    if not groups:
+        return []
+    has_model = stage in ("A", "B")
+    has_n = stage != "B"
+    has_torch = any("torch" in p for p in groups.values())
+    head = (["model (V x d)"] if has_model else []) + (["n"] if has_n else []) + ["T"]
+    head += ["reference", _fast_label([r for r in srows if r["provider"] == "fast"])]
+    head += ["torch (vectorised)"] if has_torch else []
+    head += ["reference / fast"] + (["reference / torch"] if has_torch else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def key(item):
+        g = next(iter(item[1].values()))
+        return (g.get("model") or "", g.get("n") or 0, g.get("t") or 0)
+
+    for _, provs in sorted(groups.items(), key=key):
+        g = next(iter(provs.values()))
+        cells = []
+        if has_model:
+            cells.append(f"{g['model']} ({g['vocab']:,} x {g['hidden']})")
+        if has_n:
+            cells.append(str(g["n"]))
+        cells.append(str(g["t"]))
+        ref, fast, tor = _med(provs, "reference"), _med(provs, "fast"), _med(provs, "torch")
+        cells += [fmt_t(ref) if ref else "skipped (CPU)", fmt_t(fast)]
+        cells += [fmt_t(tor)] if has_torch else []
+        cells += [fmt_r(ratio(ref, fast))] + ([fmt_r(ratio(ref, tor))] if has_torch else [])
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def headline_stage(rows: list[dict], stage: str, model: str | None) -> tuple[dict | None, float | None]:
+    """The case at the realistic size (n = N_FIXED, T = T_FIXED), else the one nearest to it."""
+    groups = by_group(
+        [r for r in rows if r.get("kind") == "stage" and r.get("stage") == stage and r.get("model") == model]
+    )
+    if not groups:
+        return None, None
+
+    def dist(provs):
+        g = next(iter(provs.values()))
+        dn = abs((g.get("n") or N_FIXED) - N_FIXED) / N_FIXED
+        return dn + abs(g["t"] - T_FIXED) / T_FIXED + (0 if "reference" in provs else 10)
+
+    provs = min(groups.values(), key=dist)
+    g = next(iter(provs.values()))
+    return g, ratio(_med(provs, "reference"), _med(provs, "fast"))
+
+
+def e2e_rows(rows: list[dict]) -> list[tuple[dict, dict[str, dict]]]:
+    groups = by_group([r for r in rows if r.get("kind") == "e2e"])
+    out = [(next(iter(p.values())), p) for p in groups.values()]
+    return sorted(out, key=lambda x: x[0].get("n", 0))
+
+
+def e2e_table(rows: list[dict]) -> list[str]:
+    items = e2e_rows(rows)
+    if not items:
+        return []
+    lines = [
+        "| image (visual tokens 0.5 / 0.75 / 1.0) | T | reference | fast | floor | generate alone "
+        "| extra-scale forward | reference / fast | fast / floor |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for g, p in items:
+        ref, fast, floor = _med(p, "reference"), _med(p, "fast"), _med(p, "floor")
+        fl = p.get("floor", {})
+        vt = g.get("visual_tokens", {})
+        toks = " / ".join(str(vt.get(k, "?")) for k in ("0.5", "0.75", "1.0"))
+        lines.append(
+            f"| {g['image']}px ({toks}) | {g['answer_tokens']} | {fmt_t(ref)} | {fmt_t(fast)} | {fmt_t(floor)} "
+            f"| {fmt_t(fl.get('floor_generate_s'))} | {fmt_t(fl.get('floor_extra_forward_s'))} "
+            f"| {fmt_r(ratio(ref, fast))} | {fmt_r(ratio(fast, floor))} |"
+        )
+    return lines
+
+
+def e2e_breakdown(rows: list[dict]) -> list[str]:
+    items = e2e_rows(rows)
+    if not items:
+        return []
+    lines = [
+        "| image | provider | generate | forward(s) | attribution (stages) | total (median) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for g, p in items:
+        for prov in ("reference", "fast"):
+            r = p.get(prov)
+            if not r:
+                continue
+            lines.append(
+                f"| {g['image']}px | {prov} | {fmt_t(r.get('timings_generate_s'))} "
+                f"| {fmt_t(r.get('timings_forward_s'))} | {fmt_t(r.get('timings_attribution_s'))} "
+                f"| {fmt_t(r['median'])} |"
+            )
+    return lines
+
+
+def forward_table(rows: list[dict]) -> list[str]:
+    groups = by_group([r for r in rows if r.get("kind") == "forward"])
+    if not groups:
+        return []
+    lines = [
+        "| image | T | one forward per scale (reference) | one batched forward (fast) | reference / fast |",
+        "|---|---|---|---|---|",
+    ]
+    for _, p in sorted(groups.items(), key=lambda x: next(iter(x[1].values()))["image"]):
+        g = next(iter(p.values()))
+        ref, fast = _med(p, "reference"), _med(p, "fast")
+        lines.append(
+            f"| {g['image']}px | {g['answer_tokens']} | {fmt_t(ref)} | {fmt_t(fast)} | {fmt_r(ratio(ref, fast))} |"
+        )
+    return lines
+
+
+def tam_table(rows: list[dict]) -> list[str]:
+    groups = by_group([r for r in rows if r.get("kind") == "tam"])
+    if not groups:
+        return []
+    lines = [
+        "| image | T | TAM official (per token) | ours, `tam` preset | ours, default (msea-arc) "
+        "| official / ours-tam | our tam maps == TAM's (uint8) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for _, p in groups.items():
+        g = next(iter(p.values()))
+        off, ot, od = _med(p, "tam-official"), _med(p, "ours-tam"), _med(p, "ours-default")
+        eq = p.get("ours-tam", {}).get("uint8_equal_fraction")
+        eq_s = "—" if eq is None else f"{eq * 100:.2f}% of pixels"
+        lines.append(
+            f"| {g['image']}px | {g['answer_tokens']} | {fmt_t(off)} | {fmt_t(ot)} | {fmt_t(od)} "
+            f"| {fmt_r(ratio(off, ot))} | {eq_s} |"
+        )
+    return lines
+
+
+def memory_table(mem: list[dict]) -> list[str]:
+    if not mem:
+        return []
+    from benches.memory import case_label
+
+    cuda = any("cuda_peak_mb" in r for r in mem)
+    groups: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in mem:
+        groups[case_label(r)][r["provider"]] = r
+    col = "CUDA peak extra" if cuda else "peak RSS extra"
+    lines = [
+        f"| case | reference: {col} | fast: {col} | torch (vectorised): {col} | floor: {col} | reference / fast |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def val(r):
+        if not r or "error" in r:
+            return None
+        return r.get("cuda_peak_extra_mb") if cuda else r.get("peak_extra_mb")
+
+    def cell(r):
+        if r and "error" in r:
+            return f"error: {r['error'][:60]}"
+        v = val(r)
+        return "—" if v is None else f"{v:,.0f} MB"
+
+    for label, p in groups.items():
+        ref, fast = val(p.get("reference")), val(p.get("fast"))
+        rr = ratio(ref, fast) if ref and fast and fast > 0.5 else None
+        lines.append(
+            f"| {label} | {cell(p.get('reference'))} | {cell(p.get('fast'))} | {cell(p.get('torch'))} "
+            f"| {cell(p.get('floor'))} "
+            f"| {fmt_r(rr)} |"
+        )
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------- plots
+
+
+def stage_plot(rows: list[dict], stage: str, path: Path) -> bool:
+    rs = [r for r in rows if r.get("kind") == "stage" and r.get("stage") == stage]
+    if not rs:
+        return False
+    models = sorted({r.get("model") for r in rs}, key=lambda m: m or "")
+    panels = []
+    t_fix = T_FIXED if any(r["t"] == T_FIXED for r in rs) else min(r["t"] for r in rs)
+    n_vals = {r.get("n") for r in rs if r.get("n") is not None}
+    n_fix = N_FIXED if N_FIXED in n_vals else (min(n_vals) if n_vals else None)
+
+    def series(sub, xkey):
+        out = []
+        for mi, model in enumerate(models):
+            for prov in ("reference", "fast", "torch"):
+                pts = sorted(
+                    (r[xkey], r["median"]) for r in sub if r.get("model") == model and r["provider"] == prov
+                )
+                if not pts:
+                    continue
+                name = prov
+                if prov == "fast":
+                    name = _fast_label([r for r in sub if r["provider"] == "fast"])
+                elif prov == "torch":
+                    name = "torch (vectorised)"
+                label = name if model is None else f"{name}, {model}"
+                color = PALETTE[prov] if mi == 0 else SECOND_MODEL[prov]
+                out.append(Series(label, [p[0] for p in pts], [p[1] for p in pts], color, dashed=mi > 0))
+        return out
+
+    if stage != "B":
+        sub = [r for r in rs if r["t"] == t_fix]
+        panels.append(
+            Panel(f"vs visual tokens (T={t_fix})", "visual tokens at scale 1.0 (n)", series=series(sub, "n"))
+        )
+    sub = [r for r in rs if r.get("n") in (None, n_fix)]
+    if len({r["t"] for r in sub}) > 1:
+        label = "vs answer tokens" + (f" (n={n_fix})" if stage != "B" else "")
+        panels.append(Panel(label, "answer tokens (T)", series=series(sub, "t")))
+    if not panels:
+        return False
+    loglog(path, f"Stage {STAGE_TITLES[stage]}: reference vs fast (log-log)", panels)
+    return True
+
+
+def e2e_plot(rows: list[dict], path: Path) -> bool:
+    items = e2e_rows(rows)
+    if not items:
+        return False
+    series = []
+    for prov in ("reference", "fast", "floor"):
+        pts = [(g["n"], p[prov]["median"]) for g, p in items if prov in p]
+        if pts:
+            series.append(Series(prov, [x for x, _ in pts], [y for _, y in pts], PALETTE[prov]))
+    gen = [
+        (g["n"], p["floor"]["floor_generate_s"]) for g, p in items if "floor_generate_s" in p.get("floor", {})
+    ]
+    if gen:
+        series.append(
+            Series("generate alone", [x for x, _ in gen], [y for _, y in gen], PALETTE["generate"], True)
+        )
+    panels = [Panel("end to end", "visual tokens at scale 1.0", series=series)]
+    fwd = by_group([r for r in rows if r.get("kind") == "forward"])
+    n_of_image = {g["image"]: g["n"] for g, _ in items}
+    fs = []
+    for i, prov in enumerate(("reference", "fast")):
+        pts = sorted(
+            (n_of_image.get(p[prov]["image"], p[prov]["image"]), p[prov]["median"])
+            for p in fwd.values()
+            if prov in p
+        )
+        if pts:
+            label = "one forward per scale" if prov == "reference" else "one batched forward"
+            fs.append(
+                Series(
+                    label,
+                    [x for x, _ in pts],
+                    [y for _, y in pts],
+                    PALETTE[prov] if i == 0 else EXTRA_COLORS[0],
+                )
+            )
+    if fs:
+        panels.append(
+            Panel("MSEA teacher-forced forward (3 scales)", "visual tokens at scale 1.0", series=fs)
+        )
+    model = items[0][0].get("model", "")
+    loglog(path, f"End to end: {model}", panels)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def write_report(
+    rows,
+    mem,
+    out: Path,
+    suite_s,
+    mem_s,
+    quick: bool,
+    argv: list[str],
+    measured: tuple[str, list[str]] | None = None,
+) -> Path:
+    """Write ``out/RESULTS.md`` and ``out/plots/*.png``. ``measured``: (date, argv) of the run that produced
+    ``rows`` when this call only re-renders them."""
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    made = {}
+    for stage in STAGES:
+        p = plots / f"stage_{stage}.png"
+        if stage_plot(rows, stage, p):
+            made[stage] = p
+    if e2e_plot(rows, plots / "e2e.png"):
+        made["e2e"] = plots / "e2e.png"
+
+    vers = versions()
+    mach = machine()
+    threads = {r.get("threads") for r in rows if r.get("threads")}
+    timers = sorted({r.get("timer") for r in rows if r.get("timer")})
+    dev = sorted({r.get("device", "?") for r in rows})
+    skipped = []
+    for stage in STAGES:
+        for _, provs in by_group(
+            [r for r in rows if r.get("kind") == "stage" and r.get("stage") == stage]
+        ).items():
+            if "reference" not in provs and "fast" in provs:
+                skipped.append(provs["fast"]["group"])
+    md: list[str] = []
+    md += [
+        "# mmx_fast benchmarks",
+        "",
+        (
+            f"Measured by `python benches/{Path(__file__).name}{' ' + ' '.join(measured[1]) if measured[1] else ''}` "
+            f"on {measured[0]}; rendered by `python benches/{Path(__file__).name} {' '.join(argv)}`"
+            if measured
+            else f"Generated by `python benches/{Path(__file__).name}{' ' + ' '.join(argv) if argv else ''}` on "
+            f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"
+        )
+        + f"{' — QUICK mode (smallest sizes only)' if quick else ''}.",
+        "",
+        "## Machine and versions",
+        "",
+        f"- machine: {mach.get('cpu', '?')}, {mach.get('cores', '?')} cores, {mach.get('memory', '?')}, "
+        f"GPU: {mach.get('gpu', '?')}; {mach.get('platform', '')}",
+        f"- device used: {', '.join(dev)}; torch CPU threads: "
+        f"{', '.join(str(t) for t in threads) if threads else os.environ.get('MMX_BENCH_THREADS', '1')} "
+        "(`MMX_BENCH_THREADS`, default 1: on this shared 2-core machine two intra-op threads made timings "
+        "swing by up to 600x whenever another process held a core)",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()),
+        f"- run time: suite {suite_s / 60:.1f} min"
+        + (f", memory probe {mem_s / 60:.1f} min" if mem_s else "")
+        if suite_s
+        else "- run time: re-rendered from earlier JSON",
+        "",
+        "Timings are **medians** of several rounds (one warm-up call first; rounds chosen so each case takes "
+        "~1.5 s, at least 3), read from "
+        + (", ".join(f"`time.{t}`" for t in timers) if timers else "the default clock")
+        + (
+            " (the process's CPU time: on this shared machine it leaves out the time other processes hold "
+            "our core; `MMX_BENCH_TIMER=wall` switches to wall time)"
+            if "process_time" in timers
+            else ""
+        )
+        + ". Read ratios measured in the same run, not absolute times. `reference` is what "
+        '`mmx_fast.reference.explain` does for the stage; `fast` is `mmx_fast.ops` with `backend="auto"` '
+        "(its column header names what that ran: Triton on CUDA; on the CPU the native C++ kernels where they "
+        "are built and implement the stage, vectorised torch otherwise); `torch` forces the vectorised torch "
+        "path.",
+        "",
+    ]
+    # headline
+    md += ["## Headline", ""]
+    head = []
+    for stage, model in (("A", "qwen2vl"), ("A", "llava"), ("B", "qwen2vl"), ("B", "llava"), ("C", None)):
+        g, r = headline_stage(rows, stage, model)
+        if g is None:
+            continue
+        size = ", ".join(
+            x
+            for x in (
+                g.get("model") and f"{g['model']}",
+                g.get("n") is not None and f"n={g['n']}",
+                f"T={g['t']}",
+            )
+            if x
+        )
+        fb = f" (fast = {g['fast_backend']})" if g.get("fast_backend") else ""
+        head.append(f"- stage {STAGE_TITLES[stage]} ({size}): reference / fast = **{fmt_r(r)}**{fb}")
+    for g, p in e2e_rows(rows):
+        ref, fast, floor = _med(p, "reference"), _med(p, "fast"), _med(p, "floor")
+        head.append(
+            f"- end to end, {g['image']}px image ({g['n']} visual tokens at scale 1.0), {g['answer_tokens']} answer "
+            f"tokens: reference / fast = **{fmt_r(ratio(ref, fast))}**, fast / floor = **{fmt_r(ratio(fast, floor))}**"
+        )
+    md += head + [""]
+    md += [
+        "Sizes: n = visual tokens at scale 1.0 (the three default scales hold ~1.81 n in all), T = answer "
+        f"tokens, P = 20 prompt tokens, top-k 50; n in {list(FULL_N)} at T={T_FIXED} and T in {list(FULL_T)} "
+        f"at n={N_FIXED}. Model shapes: LLaVA-1.5-7B (V 32,064, d 4,096) and Qwen2-VL-2B (V 151,936, d 1,536); "
+        "float32 on the CPU, bfloat16 on CUDA.",
+        "",
+    ]
+    if skipped:
+        md += [
+            "Skipped for the slow reference on the CPU (to keep `make bench` under 15 minutes; the fast "
+            "provider still runs): " + "; ".join(f"`{s}`" for s in skipped) + ".",
+            "",
+        ]
+    for stage in STAGES:
+        t = stage_table(rows, stage)
+        if not t:
+            continue
+        md += [f"## Stage {STAGE_TITLES[stage]}", ""] + t + [""]
+        if stage in made:
+            md += [f"![{stage}](plots/{made[stage].name})", ""]
+    t = e2e_table(rows)
+    if t:
+        model = e2e_rows(rows)[0][0].get("model", "")
+        md += [
+            "## End to end",
+            "",
+            f"Model: {model}, random weights, built from a config (`benches/models.py`); greedy answers of exactly "
+            "T tokens (the special tokens' unembedding rows are zeroed so generation never stops early). "
+            "`floor` = scale-1.0 prompt + `generate` + the two extra scales' prompts and ONE batched "
+            "teacher-forced forward over them: what any implementation must run.",
+            "",
+        ]
+        md += t + [""]
+        md += (
+            ["Where the time goes (medians of each result's own `timings`):", ""] + e2e_breakdown(rows) + [""]
+        )
+        ft = forward_table(rows)
+        if ft:
+            md += ["### MSEA forward: one forward per scale vs one batched forward", ""] + ft + [""]
+        if "e2e" in made:
+            md += ["![end to end](plots/e2e.png)", ""]
+    t = tam_table(rows)
+    if t:
+        md += ["## TAM's official code vs ours", ""] + t + [""]
+    else:
+        md += [
+            "## TAM's official code vs ours",
+            "",
+            "Not run: set `TAM_SRC` to a checkout of xmed-lab/TAM (with cv2, PyMuPDF, scipy installed) and "
+            "rerun; `benches/test_bench_tam.py` then times its `TAM()` per token against our `tam` preset and "
+            "our default, and checks our `tam` maps equal TAM's uint8 maps.",
+            "",
+        ]
+    mt = memory_table(mem)
+    if mt:
+        method = {r.get("peak_method") for r in mem if "peak_method" in r}
+        md += (
+            [
+                "## Peak memory",
+                "",
+                "One child process per case and provider (`benches/memory.py`); the memory one call needs on top "
+                "of its inputs (and model): "
+                + (
+                    "CUDA `max_memory_allocated` minus the allocation before the call."
+                    if any("cuda_peak_mb" in r for r in mem)
+                    else f"peak RSS after the call minus RSS before it ({', '.join(sorted(method))})."
+                ),
+                "",
+            ]
+            + mt
+            + [""]
+        )
+    path = out / "RESULTS.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(md))
+    tmp.replace(path)
+    return path
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smallest sizes only")
+    ap.add_argument("--json", type=Path, help="read this pytest-benchmark JSON instead of running the suite")
+    ap.add_argument("--memory-json", type=Path, help="read this memory.py JSON instead of probing")
+    ap.add_argument("--skip-memory", action="store_true", help="no memory probe")
+    ap.add_argument("--out", type=Path, default=HERE, help="where RESULTS.md, plots/ and results/ go")
+    ap.add_argument("--pytest-args", default="", help="extra arguments for pytest (one string)")
+    args = ap.parse_args(argv)
+    out = args.out
+    results = out / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    suite_s = mem_s = 0.0
+    if args.json:
+        bench_json = args.json
+    else:
+        bench_json = results / "bench.json"
+        suite_s = run_suite(bench_json, args.quick, args.pytest_args.split())
+    mem: list[dict] = []
+    if args.memory_json:
+        mem = json.loads(args.memory_json.read_text())
+    elif not args.skip_memory:
+        mem_json = results / "memory.json"
+        mem_s = run_memory(mem_json, args.quick)
+        if mem_json.exists():
+            mem = json.loads(mem_json.read_text())
+    meta = results / "meta.json"
+    measured = None
+    if args.json is None:
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        meta.write_text(
+            json.dumps(
+                {"suite_s": suite_s, "memory_s": mem_s, "quick": args.quick, "date": now, "argv": argv}
+            )
+        )
+    elif meta.exists() and args.json.resolve() == (results / "bench.json").resolve():
+        old = json.loads(meta.read_text())  # re-rendering this directory's own results: keep its run times
+        suite_s, mem_s = old.get("suite_s", 0.0), mem_s or old.get("memory_s", 0.0)
+        measured = (old.get("date", "?"), old.get("argv", []))
+    rows, _ = load_bench(bench_json)
+    if not rows:
+        raise SystemExit(f"no benchmarks in {bench_json} (was the suite run with --benchmark-disable?)")
+    path = write_report(rows, mem, out, suite_s, mem_s, args.quick, argv, measured)
+    print(f"wrote {path} and {out / 'plots'} in {time.perf_counter() - t_all:.0f} s")
+    # a short summary on stdout
+    for g, p in e2e_rows(rows):
+        ref, fast, floor = _med(p, "reference"), _med(p, "fast"), _med(p, "floor")
+        print(
+            f"e2e {g['image']}px: reference {fmt_t(ref)}, fast {fmt_t(fast)}, floor {fmt_t(floor)}; "
+            f"reference/fast {fmt_r(ratio(ref, fast))}, fast/floor {fmt_r(ratio(fast, floor))}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""End-to-end and MSEA-forward benchmarks on a real-architecture Qwen2-VL.
+
+Full mode: Qwen2-VL-2B's dimensions (hidden 1536, vocabulary 151,936, tied embeddings) with 2 text and 2
+vision layers on the CPU (all 28 / 32 in bfloat16 on CUDA), images of 224 and 448 pixels (64 and 256 visual
+tokens at scale 1.0), greedy answers of exactly 20 tokens. Quick mode: the project's tiny Qwen2-VL.
+
+Groups: ``e2e | ...`` holds ``reference`` (``mmx_fast.reference.explain``), ``fast`` (``explain_fast``)
+and ``floor`` (prompt + ``generate`` + one batched forward over the extra scales; the medians of its two
+parts, ``generate`` alone and the extra-scale forward, go to ``extra_info``);
+``MSEA forward | ...`` holds one forward per scale (``reference``) vs one batched forward (``fast``).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+from benches.cases import quick_mode
+from benches.conftest import bench_timer, run_bench
+from benches.e2e import (
+    SUITE_PROVIDERS,
+    build_model,
+    default_spec,
+    e2e_callables,
+    e2e_cases,
+    forward_callables,
+)
+
+pytestmark = pytest.mark.benchmark(timer=bench_timer())
+CASES = e2e_cases(quick_mode())
+
+
+@pytest.fixture(scope="session")
+def e2e_model(quick, device):
+    spec = default_spec(quick, device)
+    model, processor = build_model(spec, str(device))
+    return spec, model, processor
+
+
+@pytest.fixture(scope="module")
+def _e2e(e2e_model):
+    cache: dict = {}
+
+    def get(case):
+        if case not in cache:
+            _, model, processor = e2e_model
+            cache[case] = e2e_callables(model, processor, case)
+        return cache[case]
+
+    return get
+
+
+def _info(spec, case, facts, device) -> dict:
+    return {
+        "kind": "e2e",
+        "model": spec.label,
+        "image": case.image,
+        "answer_tokens": case.answer_tokens,
+        "visual_tokens": facts["visual_tokens"],
+        "n": facts["visual_tokens"]["1.0"],
+        "grid": facts["grid"],
+        "prompt_len": facts["prompt_len"],
+        "device": str(device),
+    }
+
+
+@pytest.mark.parametrize("provider", SUITE_PROVIDERS)
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_e2e(benchmark, case, provider, e2e_model, _e2e, device):
+    spec, _, _ = e2e_model
+    fns, facts = _e2e(case)
+    group = f"e2e | {spec.label} | image {case.image}px, T={case.answer_tokens}"
+    facts["floor_parts"].clear()
+    facts["timings"].get(provider, []).clear()
+    out = run_bench(benchmark, fns[provider], group, provider, _info(spec, case, facts, device))
+    if provider == "floor" and facts["floor_parts"]:
+        gen, fwd = zip(*facts["floor_parts"])
+        benchmark.extra_info["floor_generate_s"] = statistics.median(gen)
+        benchmark.extra_info["floor_extra_forward_s"] = statistics.median(fwd)
+    if provider in ("reference", "fast"):
+        parts = facts["timings"][provider]
+        for key in sorted({k for t in parts for k in t}):
+            benchmark.extra_info[f"timings_{key}_s"] = statistics.median(t.get(key, 0.0) for t in parts)
+        assert out.maps.shape[0] == case.answer_tokens
+        assert torch.isfinite(out.maps).all()
+
+
+@pytest.mark.parametrize("provider", ("reference", "fast"))
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_msea_forward(benchmark, case, provider, e2e_model, device):
+    spec, model, processor = e2e_model
+    fns = forward_callables(model, processor, case)
+    group = f"MSEA forward | {spec.label} | image {case.image}px, T={case.answer_tokens}"
+    info = {"kind": "forward", "model": spec.label, "image": case.image, "answer_tokens": case.answer_tokens}
+    out = run_bench(benchmark, fns[provider], group, provider, {**info, "device": str(device)})
+    assert len(out) == 3
