@@ -2,9 +2,11 @@
 
 Same inputs and result as ``mmx_fast.reference.explain``; different execution:
 
-1. generation once at scale 1.0 (KV cache; batched and left-padded for several images);
-2. ONE padded, batched, teacher-forced forward over every scale of every image, keeping only the
-   last-layer normed hidden states (never all layers, never full-vocab logits over visual tokens);
+1. generation once at scale 1.0 (KV cache; batched and left-padded for several images), keeping the
+   last-layer normed states it computes on the way (a hook on the decoder), so scale 1.0 is not re-run;
+2. ONE padded, batched, teacher-forced forward over every other scale of every image (and over scale 1.0
+   too when the answer was forced), keeping only the last-layer normed hidden states (never all layers,
+   never full-vocab logits over visual tokens);
 3. stage A: one gather-GEMM for every scale and every needed vocab id (``ops.gather_logit_lens``);
 4. MSEA onto the canonical grid;
 5. stage B: streamed top-k rankings + RBO for every (target, context) pair (``ops.topk_rankings``,
@@ -121,14 +123,12 @@ class Explainer:
             None if a is None else resolve_answer(ad, b, a, cfg) for a, b in zip(answers, bases)
         ]
         todo = [i for i, a in enumerate(answer_ids) if a is None]
+        states_1: dict[int, torch.Tensor] = {}  # scale-1.0 states captured while generating
         if todo:
-            gen = (
-                ad.generate_batch([bases[i] for i in todo], cfg.max_new_tokens)
-                if len(todo) > 1
-                else [ad.generate(bases[todo[0]], cfg.max_new_tokens)]
-            )
-            for i, ids in zip(todo, gen):
+            gen, gen_states = ad.generate_with_states([bases[i] for i in todo], cfg.max_new_tokens)
+            for i, ids, st in zip(todo, gen, gen_states):
                 answer_ids[i] = ids
+                states_1[i] = st
         t_gen = time.perf_counter() - t0
 
         # 2. one batched teacher-forced forward over all scales of all images with a non-empty answer
@@ -138,10 +138,17 @@ class Explainer:
             if not answer_ids[i]:
                 continue
             for s in scales:
+                if s == 1.0 and i in states_1:  # generation already computed these states
+                    continue
                 row_of[(i, s)] = len(rows)
                 rows.append(b if s == 1.0 else ad.prepare(im, p, s))
                 row_answers.append(answer_ids[i])
         hidden = ad.forward_hidden_batch(rows, row_answers) if rows else []
+        for i, st in states_1.items():
+            if answer_ids[i]:
+                row_of[(i, 1.0)] = len(rows)
+                rows.append(bases[i])
+                hidden.append(st)
         for (i, s), r in row_of.items():
             check_finite_hidden(hidden[r], f"image {i} at scale {s}")
         t_fwd = time.perf_counter() - t1

@@ -222,3 +222,33 @@ def test_explain_methods_share_one_forward_and_equal_single_configs(family_model
         want = explain(model, processor, photo(), PROMPT, answer=ANSWER, config=cfg)
         assert got.config == cfg
         torch.testing.assert_close(got.maps, want.maps, atol=1e-4, rtol=0)
+
+
+def test_generation_states_replace_the_scale_one_forward(family_model):
+    """Generated answers reuse the states generation computed: the batched forward runs only the other
+    scales, and those states equal the teacher-forced ones."""
+    family, model, processor = family_model
+    from mmx_fast.adapters import get_adapter
+
+    ad = get_adapter(model, processor)
+    prompts = [ad.prepare(photo(), PROMPT, 1.0), ad.prepare(photo(90, 120, 1), "Where is the boat?", 1.0)]
+    for batch in (prompts[:1], prompts):
+        answers, states = ad.generate_with_states(batch, 6)
+        for p, a, st in zip(batch, answers, states):
+            assert st.shape[0] == p.length + len(a) - 1
+            if a:
+                want = ad.forward_hidden(p, a)[: p.length + len(a) - 1]
+                torch.testing.assert_close(st, want, atol=2e-5, rtol=0)
+    ex = Explainer(model, processor, ExplainConfig(method="msea-arc", max_new_tokens=5))
+    rows = []
+    orig = ex.adapter.forward_hidden_batch
+    ex.adapter.forward_hidden_batch = lambda r, a: rows.append(len(r)) or orig(r, a)
+    exp = ex.explain(photo(), PROMPT)
+    ex.adapter.forward_hidden_batch = orig
+    if exp.answer_ids:
+        assert rows == [2]  # scales 0.5 and 0.75 only
+        ref = explain(
+            model, processor, photo(), PROMPT, config=ExplainConfig(method="msea-arc", max_new_tokens=5)
+        )
+        assert ref.answer_ids == exp.answer_ids
+        torch.testing.assert_close(exp.maps, ref.maps, atol=1e-4, rtol=0)

@@ -320,6 +320,51 @@ class Adapter:
             answers.append(answer)
         return answers
 
+    def _decoder(self) -> Any:
+        """The text decoder whose output (``last_hidden_state``) is the final-normed states lm_head reads."""
+        get = getattr(self.model, "get_decoder", None)
+        dec = get() if callable(get) else None
+        if dec is None:
+            dec = self._base_model().language_model
+        return dec
+
+    @torch.no_grad()
+    def generate_with_states(
+        self, prompts: Sequence[PromptInputs], max_new_tokens: int
+    ) -> tuple[list[list[int]], list[torch.Tensor]]:
+        """Greedy answers (as ``generate`` / ``generate_batch``) plus the last-layer normed states that the
+        generation computed on the way, captured by a forward hook on the decoder (never
+        ``output_hidden_states``): per row [L_i + T_i - 1, d], i.e. every prompt position and every answer
+        position but the last (whose state predicts nothing we explain). These equal the teacher-forced
+        states of ``forward_hidden`` up to float rounding, so the scale-1.0 forward need not run again."""
+        captured: list[torch.Tensor] = []
+
+        def hook(_module, _args, output):
+            hs = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+            captured.append(hs.detach())
+
+        handle = self._decoder().register_forward_hook(hook)
+        try:
+            if len(prompts) == 1:
+                answers = [self.generate(prompts[0], max_new_tokens)]
+                width = prompts[0].length
+            else:
+                answers = self.generate_batch(prompts, max_new_tokens)
+                width = max(p.length for p in prompts)  # left padding: real tokens end at ``width``
+        finally:
+            handle.remove()
+        if not captured or captured[0].shape[1] != width:
+            raise RuntimeError(
+                f"could not capture the decoder's states during generation (got {len(captured)} calls); "
+                "use forward_hidden instead"
+            )
+        states = []
+        for i, (p, ans) in enumerate(zip(prompts, answers)):
+            parts = [captured[0][i, width - p.length :]]
+            parts += [captured[k][i, -1:] for k in range(1, len(ans))]
+            states.append(torch.cat(parts, 0))
+        return answers, states
+
     # --- image geometry --------------------------------------------------------------------------------
     @staticmethod
     def _check_scale(scale: float) -> float:
