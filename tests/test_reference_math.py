@@ -268,3 +268,23 @@ def test_msea_mean_and_max():
     assert torch.allclose(mx[0, 2:, :], torch.full((2, 4), 1.0, dtype=torch.float64))
     with pytest.raises(ValueError, match="aggregate"):
         msea_aggregate([s1], [(1.0, 1.0)], (4, 4), "median")
+
+
+def test_base_map_makes_the_first_target_well_defined():
+    """With no prompt context, target 0's interference map is A_0 (w_0 = 1); without A_0 there is nothing
+    to subtract and the map is just A_t, filtered and normalised."""
+    from mmx_fast.config import ExplainConfig
+    from mmx_fast.reference.explain import arc_reference
+
+    g = torch.Generator().manual_seed(7)
+    a_t = torch.rand(2, 6, 5, generator=g)
+    base = torch.rand(6, 5, generator=g)
+    ranks = torch.stack([torch.randperm(100, generator=g)[:50] for _ in range(2)])
+    empty_maps, empty_ranks = torch.zeros(0, 6, 5), torch.zeros(0, 50, dtype=torch.long)
+    cfg = ExplainConfig()
+    with_base = arc_reference(a_t, empty_maps, base, empty_ranks, ranks, cfg)
+    assert torch.allclose(with_base[0], refine_one(a_t[0], base[None], torch.ones(1)))
+    without = arc_reference(a_t, empty_maps, None, empty_ranks, ranks, cfg.with_(base="none"))
+    assert torch.allclose(without[0], normalize_max(rank_gaussian_filter(a_t[0])))
+    assert not torch.allclose(with_base[0], without[0])
+    assert not torch.isnan(with_base).any() and not torch.isnan(without).any()
