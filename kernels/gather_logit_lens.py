@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import check_device, is_interpreted, next_pow2
+
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -80,21 +82,12 @@ def _gather_logit_lens_kernel(
     tl.store(out, acc, mask=m_mask[:, None] & n_mask[None, :])
 
 
-# how @triton.jit built the kernels: Triton's CPU interpreter (TRITON_INTERPRET=1 when this module was
-# imported) or the GPU compiler
-INTERPRETED = type(_gather_logit_lens_kernel).__name__ == "InterpretedFunction"
+# how @triton.jit built the kernels: the CPU interpreter or the GPU compiler
+INTERPRETED = is_interpreted(_gather_logit_lens_kernel)
 
 
 def _check_device(device: torch.device) -> None:
-    if not INTERPRETED and device.type != "cuda":
-        raise ValueError(
-            f"tensors on {device} are not allowed: the Triton kernels were compiled for CUDA; for CPU tensors set "
-            "TRITON_INTERPRET=1 before mmx_fast.kernels is first imported"
-        )
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, int(x) - 1).bit_length()
+    check_device(device, INTERPRETED)
 
 
 def _block_sizes(m: int, n: int, d: int, on_cuda: bool, lowp: bool) -> tuple[int, int, int, int]:
@@ -102,11 +95,11 @@ def _block_sizes(m: int, n: int, d: int, on_cuda: bool, lowp: bool) -> tuple[int
 
     Under the interpreter every program costs ~0.4 ms, so blocks are as large as the problem allows."""
     if on_cuda:  # checked with ptxas for sm_90: no register spills at 8 warps
-        return min(64, max(16, _next_pow2(m))), 64, 64 if lowp else 32, 8
+        return min(64, max(16, next_pow2(m))), 64, 64 if lowp else 32, 8
     return (
-        min(64, max(16, _next_pow2(m))),
-        min(256, max(16, _next_pow2(n))),
-        min(128, max(16, _next_pow2(d))),
+        min(64, max(16, next_pow2(m))),
+        min(256, max(16, next_pow2(n))),
+        min(128, max(16, next_pow2(d))),
         4,
     )
 

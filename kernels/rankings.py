@@ -43,6 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import check_device, is_interpreted, next_pow2
+
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_K = 64
 
@@ -218,21 +220,12 @@ def _topk_merge_kernel(
     _store_ids(best, ids_ptr, offs_r, r_mask, k, stride_or, stride_ok, K)
 
 
-# how @triton.jit built the kernels: Triton's CPU interpreter (TRITON_INTERPRET=1 when this module was
-# imported) or the GPU compiler
-INTERPRETED = type(_topk_partial_kernel).__name__ == "InterpretedFunction"
+# how @triton.jit built the kernels: the CPU interpreter or the GPU compiler
+INTERPRETED = is_interpreted(_topk_partial_kernel)
 
 
 def _check_device(device: torch.device) -> None:
-    if not INTERPRETED and device.type != "cuda":
-        raise ValueError(
-            f"tensors on {device} are not allowed: the Triton kernels were compiled for CUDA; for CPU tensors set "
-            "TRITON_INTERPRET=1 before mmx_fast.kernels is first imported"
-        )
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, int(x) - 1).bit_length()
+    check_device(device, INTERPRETED)
 
 
 def _log2(x: int) -> int:
@@ -242,11 +235,11 @@ def _log2(x: int) -> int:
 def _topk_config(r: int, v: int, d: int, kp: int, on_cuda: bool) -> dict:
     """One config (no autotune). BLOCK_V >= K so a tile's top K exists; every block a power of two >= 16."""
     if on_cuda:  # checked with ptxas for sm_90: BLOCK_R 64 spills registers, 32 does not
-        block_r = min(32, max(16, _next_pow2(r)))
+        block_r = min(32, max(16, next_pow2(r)))
         return dict(BLOCK_R=block_r, BLOCK_V=max(128, kp), BLOCK_D=64, num_warps=8)
     # interpreter: ~0.4 ms per program plus per-op numpy cost; few big tiles
-    block_r = min(32, max(16, _next_pow2(r)))
-    return dict(BLOCK_R=block_r, BLOCK_V=max(256, kp), BLOCK_D=min(128, max(16, _next_pow2(d))), num_warps=4)
+    block_r = min(32, max(16, next_pow2(r)))
+    return dict(BLOCK_R=block_r, BLOCK_V=max(256, kp), BLOCK_D=min(128, max(16, next_pow2(d))), num_warps=4)
 
 
 def _num_splits(n_row_blocks: int, n_tiles: int, device: torch.device) -> int:
@@ -296,7 +289,7 @@ def topk_rankings(
     if d == 0:  # every logit is 0: ids 0..k-1
         return out.copy_(torch.arange(k, device=h.device).expand(r, k))
     on_cuda = h.device.type == "cuda" and not INTERPRETED
-    kp = max(16, _next_pow2(k))
+    kp = max(16, next_pow2(k))
     cfg = _topk_config(r, v, d, kp, on_cuda)
     block_r, block_v = cfg["BLOCK_R"], cfg["BLOCK_V"]
     n_rb = triton.cdiv(r, block_r)
@@ -340,7 +333,7 @@ def topk_rankings(
     if splits > 1:
         # register budget: MERGE_R x CHUNK_S*K packed candidates per program
         merge_r = 16
-        chunk_s = min(_next_pow2(splits), max(1, (512 if on_cuda else 4096) // kp))
+        chunk_s = min(next_pow2(splits), max(1, (512 if on_cuda else 4096) // kp))
         _topk_merge_kernel[(triton.cdiv(r, merge_r),)](
             cand,
             out,
@@ -437,8 +430,8 @@ def rbo_pairs(a: torch.Tensor, b: torch.Tensor, p: float = 0.9, variant: str = "
     if t_rows == 0 or c_rows == 0:
         return out
     on_cuda = a.device.type == "cuda" and not INTERPRETED
-    kp = _next_pow2(k)
-    block_c = min(32 if on_cuda else 64, _next_pow2(c_rows))
+    kp = next_pow2(k)
+    block_c = min(32 if on_cuda else 64, next_pow2(c_rows))
     grid = (t_rows, triton.cdiv(c_rows, block_c))
     _rbo_pairs_kernel[grid](
         a,

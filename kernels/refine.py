@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import check_device, is_interpreted, next_pow2
+
 # residual cells <= this fraction of max(a_t) are cancellation noise and count as zero; the same value as
 # mmx_fast.reference.arc.CANCELLATION_FLOOR (a test checks they agree)
 CANCELLATION_FLOOR = 1e-5
@@ -98,17 +100,12 @@ def _residual_kernel(
         tl.store(r_ptr + t * HW + offs, r, mask=hw_mask)
 
 
-# how @triton.jit built the kernels: Triton's CPU interpreter (TRITON_INTERPRET=1 when this module was
-# imported) or the GPU compiler
-INTERPRETED = type(_residual_kernel).__name__ == "InterpretedFunction"
+# how @triton.jit built the kernels: the CPU interpreter or the GPU compiler
+INTERPRETED = is_interpreted(_residual_kernel)
 
 
 def _check_device(device: torch.device) -> None:
-    if not INTERPRETED and device.type != "cuda":
-        raise ValueError(
-            f"tensors on {device} are not allowed: the Triton kernels were compiled for CUDA; for CPU tensors set "
-            "TRITON_INTERPRET=1 before mmx_fast.kernels is first imported"
-        )
+    check_device(device, INTERPRETED)
 
 
 @triton.jit
@@ -228,15 +225,11 @@ def _filter_normalize_kernel(
         tl.store(out_ptr + t * HW + offs, val * inv, mask=mask)
 
 
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, int(x) - 1).bit_length()
-
-
 def _block_sizes(c: int, hw: int, on_cuda: bool) -> tuple[int, int, int]:
     """One config: (BLOCK_C, BLOCK_HW, num_warps). No dots here, so blocks need only be powers of two."""
     if on_cuda:
-        return min(8, _next_pow2(max(c, 1))), min(1024, _next_pow2(hw)), 4
-    return min(32, _next_pow2(max(c, 1))), min(4096, _next_pow2(hw)), 1
+        return min(8, next_pow2(max(c, 1))), min(1024, next_pow2(hw)), 4
+    return min(32, next_pow2(max(c, 1))), min(4096, next_pow2(hw)), 1
 
 
 def refine(

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_flash_rule, rel_err
 
 from mmx_fast import native
 from mmx_fast.ops import torch_impl
@@ -63,18 +64,6 @@ def _build_error():
 def _needs_native(request, _build_error):
     if _build_error is not None and request.node.originalname not in _NO_BUILD_NEEDED:
         pytest.skip(_build_error)
-
-
-def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
-    ref = ref.double()
-    return float((x.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
-
-
-def assert_flash_rule(fast, plain, ref64, floor: float, what: str) -> None:
-    e_fast, e_plain = rel_err(fast, ref64), rel_err(plain, ref64)
-    assert e_fast <= 2 * e_plain + floor, (
-        f"{what}: native error {e_fast:.3g} > 2 x plain {e_plain:.3g} + {floor:g}"
-    )
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:

@@ -16,6 +16,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import assert_flash_rule, rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,19 +37,6 @@ DYN_GRIDS = ((9, 12), (13, 17), (17, 23))
 FIXED_GRID = (24, 24)
 FIXED_COVERAGES = ((0.5, 0.5), (0.75, 0.75), (1.0, 1.0))
 DTYPES = (torch.float32, torch.bfloat16)
-
-
-def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """max |x - ref| / max |ref| (float64)."""
-    ref = ref.double()
-    return float((x.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
-
-
-def assert_flash_rule(fast, plain, ref64, floor: float, what: str) -> None:
-    e_fast, e_plain = rel_err(fast, ref64), rel_err(plain, ref64)
-    assert e_fast <= 2 * e_plain + floor, (
-        f"{what}: fast error {e_fast:.3g} > 2 x plain error {e_plain:.3g} + {floor:g}"
-    )
 
 
 @pytest.fixture(autouse=True)
