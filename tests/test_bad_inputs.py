@@ -825,17 +825,17 @@ def test_eval_cli(case: EvalCase, eval_dirs, tmp_path, capsys):
     ids=["methods-unknown", "limit-zero", "limit-negative"],
 )
 def test_eval_standalone_entry_point(extra, match, eval_dirs, tmp_path, capsys):
-    """``python -m mmx_fast.eval`` uses plain argparse: usage + one error line, exit status 2."""
+    """``python -m mmx_fast.eval``: like ``mmx-fast eval``, one error line, exit status 2, nothing written."""
     from mmx_fast.eval import cli as eval_cli
 
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as info:
-        eval_cli.main(
-            ["--model", "tiny:qwen2_vl", "--data", str(eval_dirs["good"]), "--out", str(out), *extra]
-        )
-    assert info.value.code == 2
+    code = eval_cli.main(
+        ["--model", "tiny:qwen2_vl", "--data", str(eval_dirs["good"]), "--out", str(out), *extra]
+    )
+    assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert re.search(match, err[-1]), err
+    assert len(err) == 1 and err[0].startswith("mmx-fast eval: error: "), err
+    assert re.search(match, err[0]), err
     assert not out.exists()
 
 

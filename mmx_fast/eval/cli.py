@@ -194,10 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m mmx_fast.eval``: the same arguments as ``mmx-fast eval``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    parser = argparse.ArgumentParser(prog="python -m mmx_fast.eval")
+    from ..cli import _Parser  # usage errors as one line, like `mmx-fast eval`
+
+    parser = _Parser(prog="python -m mmx_fast.eval")
     add_arguments(parser)
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         return run(args)
     except KeyboardInterrupt:
         print(f"{PROG}: error: interrupted", file=sys.stderr)
