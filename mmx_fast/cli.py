@@ -552,7 +552,7 @@ def write_result(exp, out: Path, stem: str, *, note: str | None, meta: dict, inf
         atomic_write_bytes(
             tmp / "explanation.json", (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode()
         )
-        title = "mmx-fast demo (RANDOM-weight model)" if meta.get("random weights") == "yes" else None
+        title = "mmx-fast (RANDOM-weight model)" if meta.get("random weights") == "yes" else None
         write_report(exp, tmp / "report.html", title=title, note=note, meta=meta)
         for f in tmp.iterdir():
             chmod_like_open(f)

@@ -43,6 +43,9 @@ class Explanation:
     grid:          (Hc, Wc), the scale-1.0 visual-token grid.
     scale_maps:    on request (``keep_scale_maps``): {scale: float32 [T, h_s, w_s]} raw clipped logit-lens maps.
     raw_maps:      on request: float32 [T, Hc, Wc], the MSEA map A_t before mitigation / filter.
+    view_box:      the part of the image the grid shows, as fractions (x0, y0, x1, y1) of its width and
+                   height; None for the whole image. LLaVA's processor centre-crops, so its grid covers
+                   only the central square of a non-square photo, and overlays put the map there.
     """
 
     maps: torch.Tensor
@@ -55,6 +58,7 @@ class Explanation:
     scale_maps: dict[float, torch.Tensor] | None = None
     raw_maps: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    view_box: tuple[float, float, float, float] | None = None
 
     def __len__(self) -> int:
         return len(self.answer_ids)
@@ -89,14 +93,26 @@ class Explanation:
             img = img.resize(size, Image.BILINEAR)
         return img
 
+    def box_pixels(self) -> tuple[int, int, int, int]:
+        """``view_box`` in pixels of the image (left, top, right, bottom); the whole image when None."""
+        w, h = self.image.size
+        x0, y0, x1, y1 = self.view_box or (0.0, 0.0, 1.0, 1.0)
+        left, top = round(x0 * w), round(y0 * h)
+        return left, top, max(left + 1, round(x1 * w)), max(top + 1, round(y1 * h))
+
     def overlay(self, i: int, alpha: float = 0.5) -> Image.Image:
-        """Map i over the image (both at the image's size)."""
+        """Map i over the image, at the image's size, on the part of the image the grid shows
+        (``view_box``; outside it the image is left as it is)."""
         if self.image is None:
             raise ValueError("this Explanation carries no image; pass the image to explain() to get overlays")
         if not 0 <= alpha <= 1:
             raise ValueError(f"alpha={alpha} is not allowed; expected a number in [0, 1]")
-        heat = self.heatmap(i, size=self.image.size)
-        return Image.blend(self.image.convert("RGB"), heat, alpha)
+        base = self.image.convert("RGB")
+        left, top, right, bottom = self.box_pixels()
+        heat = self.heatmap(i, size=(right - left, bottom - top))
+        out = base.copy()
+        out.paste(Image.blend(base.crop((left, top, right, bottom)), heat, alpha), (left, top))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         cfg = self.config.to_dict() if hasattr(self.config, "to_dict") else self.config
@@ -105,6 +121,7 @@ class Explanation:
             "answer_ids": list(map(int, self.answer_ids)),
             "answer_tokens": list(self.answer_tokens),
             "grid": list(self.grid),
+            "view_box": list(self.view_box) if self.view_box else None,
             "config": cfg,
             "timings": dict(self.timings),
         }

@@ -158,10 +158,12 @@ class Explainer:
         for i, (im, p, b) in enumerate(zip(imgs, prompts, bases)):
             ids_i = answer_ids[i]
             tokens = ad.decode_tokens(ids_i)
+            box = ad.view_box(im)
             per_cfg = []
             for c in configs:
                 if not ids_i:
                     per_cfg.append(empty_explanation(b.grid, ids_i, tokens, p, c, im))
+                    per_cfg[-1].view_box = box
                     continue
                 t2 = time.perf_counter()
                 per_scale_prompts = [rows[row_of[(i, s)]] for s in c.scales]
@@ -170,6 +172,7 @@ class Explainer:
                 exp.answer_tokens = tokens
                 exp.prompt = p
                 exp.image = im
+                exp.view_box = box
                 exp.timings = {
                     "generate": t_gen / n,
                     "forward": t_fwd / n,

@@ -253,6 +253,7 @@ def render_report(
         timings=_table(timing_rows, "kv") if timing_rows else "<p>none recorded</p>",
         version=html.escape(version),
         css=_CSS,
+        boxcss=_box_css(exp) if photo is not None else "",
         js=_JS,
         data=data_json,
         n_tokens=str(T),
@@ -302,6 +303,19 @@ def _version() -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
+def _box_css(exp) -> str:
+    """Put the heatmaps on the part of the photo the grid shows (``Explanation.view_box``; LLaVA's
+    processor centre-crops) instead of stretching them over the whole photo."""
+    box = getattr(exp, "view_box", None)
+    if not box:
+        return ""
+    x0, y0, x1, y1 = (100.0 * float(v) for v in box)
+    return (
+        f" #heat:not(.solo), .strip .h {{ inset: auto; left: {x0:.4f}%; top: {y0:.4f}%;"
+        f" width: {x1 - x0:.4f}%; height: {y1 - y0:.4f}%; }}"
+    )
+
+
 _CSS = """
 :root { --ink:#1d2330; --muted:#5d6677; --line:#dde1e8; --bg:#f6f7f9; --card:#fff; --accent:#1f5fbf; }
 * { box-sizing: border-box; }
@@ -534,7 +548,7 @@ window.addEventListener("error", function (e) {
 });
 </script>
 <style>@@css@@</style>
-<style>.stage, .strip .s { aspect-ratio: @@aspect@@; }</style>
+<style>.stage, .strip .s { aspect-ratio: @@aspect@@; }@@boxcss@@</style>
 </head>
 <body data-tokens="@@n_tokens@@">
 <div class="wrap">

@@ -213,3 +213,22 @@ def test_base_vocab_id_chunked_equals_reference_including_ties():
     k = base_vocab_id(z, w)
     w[400] = w[k]  # an exact tie in a later chunk: the smaller id wins
     assert base_vocab_id_chunked(z, w, chunk=100) == base_vocab_id(z, w) == k
+
+
+def test_view_box_places_overlays_on_the_region_the_grid_shows(tmp_path):
+    """LLaVA's processor centre-crops: its grid shows the central square of a wide photo, and overlays /
+    reports put the map there; Qwen2-VL sees the whole image."""
+    wide = photo(200, 100)
+    model, processor = tiny_model("llava", seed=0)
+    for fn in (explain, explain_fast):
+        exp = fn(model, processor, wide, "What is in the image?", answer="A red house.")
+        assert exp.view_box == pytest.approx((0.25, 0.0, 0.75, 1.0), abs=0.02)
+        assert exp.box_pixels() == (50, 0, 150, 100)
+        over = np.asarray(exp.overlay(0))
+        src = np.asarray(wide)
+        assert np.array_equal(over[:, :50], src[:, :50]) and np.array_equal(over[:, 150:], src[:, 150:])
+        assert not np.array_equal(over[:, 50:150], src[:, 50:150])
+    exp.to_html(tmp_path / "r.html")
+    assert "left: 25.0000%" in (tmp_path / "r.html").read_text()
+    qm, qp = tiny_model("qwen2_vl", seed=0)
+    assert explain_fast(qm, qp, wide, "What is in the image?", answer="A red house.").view_box is None

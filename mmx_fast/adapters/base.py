@@ -366,6 +366,34 @@ class Adapter:
         return answers, states
 
     # --- image geometry --------------------------------------------------------------------------------
+    def view_box(self, image: Image.Image) -> tuple[float, float, float, float] | None:
+        """The part of ``image`` the scale-1.0 visual-token grid shows, as fractions (x0, y0, x1, y1); None
+        for the whole image. Dynamic-resolution families and processors that only resize show the whole
+        image; a processor that centre-crops (LLaVA's CLIP: resize the shortest edge, crop the centre)
+        shows the crop, found by running the processor's resize (crop off) on a blank image of that size."""
+        if self.dynamic_resolution:
+            return None
+        ip = getattr(self.processor, "image_processor", None)
+        if ip is None or not getattr(ip, "do_center_crop", False):
+            return None
+        crop = ip.crop_size
+        ch = crop["height"] if isinstance(crop, dict) else crop.height
+        cw = crop["width"] if isinstance(crop, dict) else crop.width
+        out = ip(
+            images=[Image.new("RGB", image.size)],
+            do_center_crop=False,
+            do_rescale=False,
+            do_normalize=False,
+            return_tensors=None,
+            **getattr(self, "processor_kwargs", {}),
+        )
+        arr = np.asarray(out["pixel_values"][0])
+        chw = arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3)
+        h, w = (arr.shape[1], arr.shape[2]) if chw else arr.shape[:2]
+        top, left = (h - ch) // 2, (w - cw) // 2
+        box = (max(0.0, left / w), max(0.0, top / h), min(1.0, (left + cw) / w), min(1.0, (top + ch) / h))
+        return None if box == (0.0, 0.0, 1.0, 1.0) else box
+
     @staticmethod
     def _check_scale(scale: float) -> float:
         scale = float(scale)

@@ -355,45 +355,11 @@ def model_view_box(
     adapter: Any, image: Any, cache: dict | None = None
 ) -> tuple[float, float, float, float] | None:
     """The part of the image the visual-token grid shows, as fractions (x0, y0, x1, y1); None for the whole
-    image. Dynamic-resolution families and processors that only resize show the whole image; a processor
-    that centre-crops (LLaVA's CLIP: resize the shortest edge, crop the centre) shows the crop, found by
-    running the processor's resize (crop off) on a blank image of the same size."""
-    if getattr(adapter, "dynamic_resolution", False):
-        return None
-    ip = getattr(adapter.processor, "image_processor", None)
-    if ip is None or not getattr(ip, "do_center_crop", False):
-        return None
+    image (see ``Adapter.view_box``), cached per image size."""
     key = tuple(image.size)
     if cache is not None and key in cache:
         return cache[key]
-    from PIL import Image
-
-    crop = ip.crop_size
-    ch = crop["height"] if isinstance(crop, dict) else crop.height
-    cw = crop["width"] if isinstance(crop, dict) else crop.width
-    out = ip(
-        images=[Image.new("RGB", image.size)],
-        do_center_crop=False,
-        do_rescale=False,
-        do_normalize=False,
-        return_tensors=None,
-        **getattr(adapter, "processor_kwargs", {}),
-    )
-    arr = np.asarray(out["pixel_values"][0])
-    h, w = (
-        (arr.shape[1], arr.shape[2])
-        if arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3)
-        else arr.shape[:2]
-    )
-    top, left = (h - ch) // 2, (w - cw) // 2
-    box = (
-        max(0.0, left / w),
-        max(0.0, top / h),
-        min(1.0, (left + cw) / w),
-        min(1.0, (top + ch) / h),
-    )
-    if box == (0.0, 0.0, 1.0, 1.0):
-        box = None
+    box = adapter.view_box(image)
     if cache is not None:
         cache[key] = box
     return box

@@ -157,7 +157,9 @@ def explain(
             f"top_k={config.top_k} is larger than the vocabulary ({w_u.shape[0]}); expected 1 <= top_k <= {w_u.shape[0]}"
         )
     if not answer_ids:
-        return empty_explanation(base.grid, answer_ids, tokens, prompt, config, img)
+        empty = empty_explanation(base.grid, answer_ids, tokens, prompt, config, img)
+        empty.view_box = adapter.view_box(img)
+        return empty
 
     # one teacher-forced forward per scale
     t1 = time.perf_counter()
@@ -213,6 +215,7 @@ def explain(
         scale_maps=scale_maps or None,
         raw_maps=a_t.to(torch.float32).clone() if config.keep_scale_maps else None,
         timings=timings,
+        view_box=adapter.view_box(img),
     )
 
 
