@@ -131,7 +131,8 @@ class Explainer:
                 states_1[i] = st
         t_gen = time.perf_counter() - t0
 
-        # 2. one batched teacher-forced forward over all scales of all images with a non-empty answer
+        # 2. one batched teacher-forced forward over every scale of every image with a non-empty answer,
+        #    except scale 1.0 where generation already produced the states
         t1 = time.perf_counter()
         rows, row_answers, row_of = [], [], {}
         for i, (im, p, b) in enumerate(zip(imgs, prompts, bases)):
