@@ -61,7 +61,7 @@ def qwen2vl_2b_like(
     ``max_pixels`` (side**2); a 224x224 image gives 8x8 = 64 visual tokens, 640x480 gives 17x23 = 391."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    from mmx_fast.testing import _build_qwen, tiny_tokenizer
+    from mmx_fast.testing import _build_qwen, set_greedy_generation, tiny_tokenizer
 
     tok = tiny_tokenizer("qwen2_vl")
     _, _, processor = _build_qwen("qwen2_vl", tok, max_image_side)
@@ -114,14 +114,7 @@ def qwen2vl_2b_like(
     with torch.no_grad():
         special = sorted(set(tok.added_tokens_decoder) | set(tok.all_special_ids))
         model.get_output_embeddings().weight[special] = 0
-    gen = model.generation_config
-    gen.eos_token_id = tok.eos_token_id
-    gen.pad_token_id = tok.pad_token_id
-    gen.bos_token_id = tok.bos_token_id
-    gen.do_sample = False
-    gen.temperature = None
-    gen.top_p = None
-    gen.top_k = None
+    set_greedy_generation(model, tok, tok.eos_token_id)
     return model, processor
 
 

@@ -27,9 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_device, is_interpreted, next_pow2
-
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+from ._common import check_states_and_unembedding, is_interpreted, next_pow2
 
 
 @triton.jit
@@ -86,10 +84,6 @@ def _gather_logit_lens_kernel(
 INTERPRETED = is_interpreted(_gather_logit_lens_kernel)
 
 
-def _check_device(device: torch.device) -> None:
-    check_device(device, INTERPRETED)
-
-
 def _block_sizes(m: int, n: int, d: int, on_cuda: bool, lowp: bool) -> tuple[int, int, int, int]:
     """One config (no autotune): (BLOCK_M, BLOCK_N, BLOCK_D, num_warps). Powers of two, >= 16 (dot operands).
 
@@ -110,26 +104,11 @@ def gather_logit_lens(z: torch.Tensor, w_u: torch.Tensor, ids: torch.Tensor) -> 
     z: [N, d] float32/float16/bfloat16 hidden states; w_u: [V, d] of the same kinds; ids: [M] integer vocab ids
     in [0, V). All on one device (CUDA, or CPU under ``TRITON_INTERPRET=1``). Accumulates in float32.
     """
-    if not isinstance(z, torch.Tensor) or z.dim() != 2:
-        raise ValueError(f"z must be a 2-D tensor [N, d]; got {getattr(z, 'shape', type(z))}")
-    if not isinstance(w_u, torch.Tensor) or w_u.dim() != 2:
-        raise ValueError(f"w_u must be a 2-D tensor [V, d]; got {getattr(w_u, 'shape', type(w_u))}")
-    if z.shape[1] != w_u.shape[1]:
-        raise ValueError(
-            f"hidden sizes differ: z is {tuple(z.shape)} and w_u is {tuple(w_u.shape)}; expected equal d"
-        )
-    for name, t in (("z", z), ("w_u", w_u)):
-        if t.dtype not in _FLOATS:
-            raise ValueError(
-                f"{name}.dtype={t.dtype} is not allowed; expected one of float32, float16, bfloat16"
-            )
+    check_states_and_unembedding("z", z, w_u, INTERPRETED)
     ids = torch.as_tensor(ids, device=w_u.device)
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise ValueError(f"ids must be integer vocabulary ids; got dtype {ids.dtype}")
     ids = ids.reshape(-1).to(torch.int64).contiguous()
-    if z.device != w_u.device:
-        raise ValueError(f"z is on {z.device} and w_u on {w_u.device}; expected one device")
-    _check_device(z.device)
     n, d = z.shape
     v = w_u.shape[0]
     m = ids.numel()

@@ -43,9 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_device, is_interpreted, next_pow2
+from ._common import check_device, check_states_and_unembedding, is_interpreted, next_pow2
 
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_K = 64
 
 
@@ -258,22 +257,7 @@ def topk_rankings(
     enough to fill the GPU on CUDA); with more than one, a second launch merges their candidates.
     NaN logits are not supported (their rank is unspecified).
     """
-    if not isinstance(h, torch.Tensor) or h.dim() != 2:
-        raise ValueError(f"h must be a 2-D tensor [R, d]; got {getattr(h, 'shape', type(h))}")
-    if not isinstance(w_u, torch.Tensor) or w_u.dim() != 2:
-        raise ValueError(f"w_u must be a 2-D tensor [V, d]; got {getattr(w_u, 'shape', type(w_u))}")
-    if h.shape[1] != w_u.shape[1]:
-        raise ValueError(
-            f"hidden sizes differ: h is {tuple(h.shape)} and w_u is {tuple(w_u.shape)}; expected equal d"
-        )
-    for name, t in (("h", h), ("w_u", w_u)):
-        if t.dtype not in _FLOATS:
-            raise ValueError(
-                f"{name}.dtype={t.dtype} is not allowed; expected one of float32, float16, bfloat16"
-            )
-    if h.device != w_u.device:
-        raise ValueError(f"h is on {h.device} and w_u on {w_u.device}; expected one device")
-    _check_device(h.device)
+    check_states_and_unembedding("h", h, w_u, INTERPRETED)
     r, d = h.shape
     v = w_u.shape[0]
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= min(_MAX_K, v):

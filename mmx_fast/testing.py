@@ -453,15 +453,20 @@ def tiny_model(
     model = model.to(dtype).eval()
     _silence_special_rows(model, tok)
 
+    set_greedy_generation(model, tok, tok.convert_tokens_to_ids(_SPECIALS[family]["eos"]))
+    return model, processor
+
+
+def set_greedy_generation(model, tok, eos_token_id: int) -> None:
+    """Greedy decoding with the family's stop and pad tokens (no sampling knobs left set)."""
     gen = model.generation_config
-    gen.eos_token_id = tok.convert_tokens_to_ids(_SPECIALS[family]["eos"])
+    gen.eos_token_id = eos_token_id
     gen.pad_token_id = tok.pad_token_id
     gen.bos_token_id = tok.bos_token_id
     gen.do_sample = False
     gen.temperature = None
     gen.top_p = None
     gen.top_k = None
-    return model, processor
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from helpers import write_jpeg, write_png_mask
 
 REPO = Path(__file__).resolve().parents[1]
 N_SAMPLES = 48  # ~0.1 s each on the tiny model: the run lasts seconds, long enough to be killed mid-way
@@ -36,20 +36,6 @@ def _kind(word):
 TYPER = CallableWordTyper(_kind, same_word=lambda a, b: (len(a) + len(b)) % 2 == 0, name="crash-typer")
 """
 
-try:  # the helpers of test_eval, when importable (tests/ is on sys.path under pytest's default import mode)
-    from test_eval import _jpeg, _png_mask
-except Exception:  # pragma: no cover - not importable (or broken mid-edit): the same helpers, re-created
-
-    def _jpeg(path: Path, h: int, w: int, seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(path, format="JPEG")
-
-    def _png_mask(path: Path, h: int, w: int, labels=(3, 5)) -> None:
-        m = np.zeros((h, w), np.uint8)
-        m[h // 6 : h // 2, w // 4 : (3 * w) // 4] = labels[0]
-        m[(2 * h) // 3 :, : w // 2] = labels[1]
-        Image.fromarray(m, mode="L").save(path)
-
 
 def make_dataset(root: Path, n: int) -> tuple[Path, list[str]]:
     """A GranDf-layout data set of ``n`` samples, every image and mask present."""
@@ -58,8 +44,8 @@ def make_dataset(root: Path, n: int) -> tuple[Path, list[str]]:
     items = []
     for k in range(n):
         h, w = 84 + 8 * (k % 3), 84 + 8 * (k % 4)
-        _jpeg(root / "images" / f"{k:03d}.jpg", h, w, 1000 + k)
-        _png_mask(root / "masks" / f"{k:03d}.png", h, w)
+        write_jpeg(root / "images" / f"{k:03d}.jpg", h, w, 1000 + k)
+        write_png_mask(root / "masks" / f"{k:03d}.png", h, w)
         items.append([f"images/{k:03d}.jpg", f"caption {k}", f"masks/{k:03d}.png", {"cat": 3, "dog": 5}])
     (root / "anno.json").write_text(json.dumps(items))
     return root, [it[0] for it in items]

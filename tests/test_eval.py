@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import write_jpeg, write_png_mask
 from PIL import Image
 
 from mmx_fast.eval import datasets as D
@@ -234,16 +235,6 @@ def test_pooling_is_over_values_not_images():
 
 # ----------------------------------------------------------------------------------------------------
 # loaders
-def _jpeg(path: Path, h: int, w: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(path, format="JPEG")
-
-
-def _png_mask(path: Path, h: int, w: int, labels=(3, 5)) -> None:
-    m = np.zeros((h, w), np.uint8)
-    m[h // 6 : h // 2, w // 4 : (3 * w) // 4] = labels[0]
-    m[(2 * h) // 3 :, : w // 2] = labels[1]
-    Image.fromarray(m, mode="L").save(path)
 
 
 def make_coco(root: Path) -> Path:
@@ -257,9 +248,9 @@ def make_coco(root: Path) -> Path:
     (root / D.COCO_CAPTIONS).write_text(json.dumps(caps))
     for k, i in enumerate(ids):
         if i != 632:  # image 632 is missing
-            _jpeg(root / "image" / f"{i:012d}.jpg", 48, 64, k)
+            write_jpeg(root / "image" / f"{i:012d}.jpg", 48, 64, k)
         if i != 285:  # mask 285 is missing
-            _png_mask(root / "seg_label" / f"{i:012d}.png", 48, 64, (1, 23))
+            write_png_mask(root / "seg_label" / f"{i:012d}.png", 48, 64, (1, 23))
     return root
 
 
@@ -273,9 +264,9 @@ def make_anno(root: Path, n: int = 5, sizes=None) -> Path:
         (root / "images").mkdir(exist_ok=True)
         (root / "masks").mkdir(exist_ok=True)
         if k != 2:  # sample 2 has no image
-            _jpeg(root / img, h, w, 100 + k)
+            write_jpeg(root / img, h, w, 100 + k)
         if k != 3:  # sample 3 has no mask
-            _png_mask(root / mask, h, w)
+            write_png_mask(root / mask, h, w)
         items.append([img, f"caption {k}", mask, {"cat": 3, "dog": 5}])
     (root / "anno.json").write_text(json.dumps(items))
     return root
@@ -345,7 +336,7 @@ def test_jsonl_append_resume_ignores_and_cuts_partial_line(tmp_path):
     assert [r["id"] for r in recs] == ["a", "b"] and bad == 0
 
 
-def test_model_view_box_for_centre_cropping_processor():
+def test_view_box_for_centre_cropping_processor():
     from mmx_fast.fast import Explainer
     from mmx_fast.testing import tiny_model
 
@@ -353,10 +344,10 @@ def test_model_view_box_for_centre_cropping_processor():
     ad = Explainer(model, proc, "logit-lens").adapter
     img = Image.new("RGB", (200, 90))
     # CLIP: shortest edge 90 -> 112, so 200 -> 248; centre crop 112 starts at (248 - 112) // 2 = 68
-    assert R.model_view_box(ad, img) == pytest.approx((68 / 248, 0.0, 180 / 248, 1.0))
-    assert R.model_view_box(ad, Image.new("RGB", (50, 50))) is None  # square: the crop is the whole image
+    assert ad.view_box(img) == pytest.approx((68 / 248, 0.0, 180 / 248, 1.0))
+    assert ad.view_box(Image.new("RGB", (50, 50))) is None  # square: the crop is the whole image
     model, proc = tiny_model("qwen2_vl")
-    assert R.model_view_box(Explainer(model, proc, "logit-lens").adapter, img) is None
+    assert Explainer(model, proc, "logit-lens").adapter.view_box(img) is None
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_flash_rule, rel_err
+from helpers import assert_flash_rule, refine_case, refine_reference, rel_err, structured_maps
 
 from mmx_fast import native
 from mmx_fast.ops import torch_impl
@@ -149,7 +149,7 @@ def test_non_contiguous_inputs():
         rtol=0,
         atol=2e-6,
     )
-    a_t, ctx, weights = _refine_case((9, 11), 3)
+    a_t, ctx, weights = refine_case((9, 11), 3)
     got = native.refine(a_t.transpose(1, 2).contiguous().transpose(1, 2), ctx, weights.T.contiguous().T)
     torch.testing.assert_close(got, native.refine(a_t, ctx, weights), rtol=0, atol=0)
 
@@ -238,22 +238,10 @@ def test_filter_sorting_network_on_two_valued_windows():
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
 
 
-def _structured_maps(t: int, grid, seed: int) -> torch.Tensor:
-    """Smooth non-negative maps with exact zeros, constant patches (constant windows) and all-zero maps."""
-    g = torch.Generator().manual_seed(seed)
-    h, w = grid
-    x = torch.randn(t, 1, h, w, generator=g)
-    x = torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)[:, 0]
-    x = (x + 0.1).clamp_min(0)
-    x[:, : h // 3, : w // 3] = 0.7
-    x[::7] = 0
-    return x
-
-
 @pytest.mark.parametrize("grid", [(17, 23), (24, 24), (1, 1), (1, 6), (5, 1), (2, 3)], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES + (torch.float64,), ids=str)
 def test_rank_gaussian_filter_matches_reference(grid, dtype):
-    x = (_structured_maps(9, grid, 11) - 0.05).to(dtype)  # negative cells: mean <= 0 windows give 0
+    x = (structured_maps(9, grid, 11) - 0.05).to(dtype)  # negative cells: mean <= 0 windows give 0
     x[1] = 0.5  # a constant map: the median everywhere
     got = native.rank_gaussian_filter(x)
     assert got.shape == x.shape and got.dtype == dtype
@@ -275,45 +263,15 @@ def test_rank_gaussian_filter_extreme_scales(scale):
     assert torch.isfinite(got).all() and rel_err(got, ref) < 4e-6
 
 
-def _refine_case(grid, seed: int, t: int = 11, c_prompt: int = 6):
-    """t targets, c_prompt + t + 1 context maps (prompt, answer, base map), weights 1 - r masked to each
-    target's context, plus edge cases: all-zero weights, an all-zero target, a constant target without
-    context, a target equal to 2x its interference map (everything cancels)."""
-    c = c_prompt + t + 1
-    a_t = _structured_maps(t, grid, seed)
-    ctx = torch.cat(
-        [_structured_maps(c_prompt, grid, seed + 1), a_t, _structured_maps(1, grid, seed + 2) + 0.05]
-    )
-    g = torch.Generator().manual_seed(seed + 3)
-    weights = torch.rand(t, c, generator=g)
-    allowed = torch.arange(c)[None, :] < (c_prompt + torch.arange(t))[:, None]
-    allowed[:, -1] = True
-    weights = weights * allowed
-    weights[3] = 0
-    a_t[5] = 0
-    a_t[6] = 1.25
-    weights[6] = 0
-    weights[8] = 0
-    weights[8, 0] = 0.4
-    a_t[8] = 2 * ctx[0]
-    return a_t, ctx, weights
-
-
-def _refine_reference(a_t, ctx, weights, apply_filter):
-    return torch.stack(
-        [ref_arc.refine_one(a_t[i], ctx, weights[i], apply_filter) for i in range(a_t.shape[0])]
-    )
-
-
 @pytest.mark.parametrize("apply_filter", [True, False], ids=["filter", "nofilter"])
 @pytest.mark.parametrize("grid", [(17, 23), (24, 24), (9, 1), (2, 2)], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_refine_matches_reference(grid, dtype, apply_filter):
-    a_t, ctx, weights = (x.to(dtype) for x in _refine_case(grid, 21))
+    a_t, ctx, weights = (x.to(dtype) for x in refine_case(grid, 21))
     got = native.refine(a_t, ctx, weights, apply_filter)
     assert got.shape == a_t.shape and got.dtype == torch.float32
-    ref64 = _refine_reference(a_t.double(), ctx.double(), weights.double(), apply_filter)
-    plain = _refine_reference(a_t, ctx, weights, apply_filter)
+    ref64 = refine_reference(a_t.double(), ctx.double(), weights.double(), apply_filter)
+    plain = refine_reference(a_t, ctx, weights, apply_filter)
     assert_flash_rule(got, plain, ref64, 1e-5, f"refine {dtype}")
     assert float((got.double() - ref64).abs().max()) < 2e-5
     z = torch.zeros(grid)
@@ -336,7 +294,7 @@ def test_refine_degenerate_inputs():
     neg = native.refine(-a_t, ctx[:0], torch.zeros(3, 0))  # all-negative targets, no context: zero, never NaN
     assert torch.equal(neg, torch.zeros_like(neg))
     neg = native.refine(-a_t, ctx, torch.ones(3, 2))  # negative beta: a positive residual survives
-    ref = _refine_reference(-a_t.double(), ctx.double(), torch.ones(3, 2, dtype=torch.float64), True)
+    ref = refine_reference(-a_t.double(), ctx.double(), torch.ones(3, 2, dtype=torch.float64), True)
     torch.testing.assert_close(neg.double(), ref, rtol=0, atol=2e-6)
     assert neg.amax() == 1
     with pytest.raises(RuntimeError, match=r"weights \[T, C\] = \[3, 2\]"):
@@ -345,7 +303,7 @@ def test_refine_degenerate_inputs():
 
 def test_native_agrees_with_vectorised_path():
     """The two CPU backends side by side at the realistic refine / RBO sizes (a sanity check of both)."""
-    a_t, ctx, weights = _refine_case((17, 23), 5, t=50, c_prompt=20)
+    a_t, ctx, weights = refine_case((17, 23), 5, t=50, c_prompt=20)
     for flt in (True, False):
         torch.testing.assert_close(
             native.refine(a_t, ctx, weights, flt),
@@ -366,8 +324,8 @@ def test_results_identical_for_one_and_two_threads():
     g = torch.Generator().manual_seed(8)
     h, w = torch.randn(9, 64, generator=g), torch.randn(5000, 64, generator=g).bfloat16()
     a, b = _rankings(17, K, 90, 5), _rankings(23, K, 90, 6)
-    a_t, ctx, weights = _refine_case((17, 23), 9)
-    x = _structured_maps(7, (24, 24), 2)
+    a_t, ctx, weights = refine_case((17, 23), 9)
+    x = structured_maps(7, (24, 24), 2)
 
     def run():
         return (
@@ -438,7 +396,7 @@ def test_cuda_impls_match_cpu():
     g = torch.Generator().manual_seed(2)
     h, w = torch.randn(7, 64, generator=g), torch.randn(3000, 64, generator=g)
     a, b = _rankings(5, K, 70, 1), _rankings(9, K, 70, 2)
-    a_t, ctx, weights = _refine_case((17, 23), 3)
+    a_t, ctx, weights = refine_case((17, 23), 3)
     cpu = (native.topk_rankings(h, w, K), native.rbo_pairs(a, b), native.refine(a_t, ctx, weights))
     cuda = (
         native.topk_rankings(h.cuda(), w.cuda(), K),

@@ -16,7 +16,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import assert_flash_rule, rel_err
+from helpers import assert_flash_rule, refine_case, refine_reference, rel_err, structured_maps
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -270,22 +270,10 @@ def test_sort9_network_sorts_everything():
         assert v == sorted(bits)
 
 
-def _structured_maps(t: int, grid, seed: int) -> torch.Tensor:
-    """Smooth non-negative maps with exact zeros, constant patches and a few hot spots."""
-    g = torch.Generator().manual_seed(seed)
-    h, w = grid
-    x = torch.randn(t, 1, h, w, generator=g)
-    x = torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)[:, 0]
-    x = (x + 0.1).clamp_min(0)
-    x[:, : h // 3, : w // 3] = 0.7  # constant windows
-    x[::7] = 0  # some all-zero maps
-    return x
-
-
 @pytest.mark.parametrize("grid", [DYN_GRIDS[-1], FIXED_GRID], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES + (torch.float64,), ids=str)
 def test_rank_gaussian_filter_matches_reference(grid, dtype):
-    x = _structured_maps(N_ANSWER, grid, 11) - 0.05  # negative cells too: mean <= 0 windows give 0
+    x = structured_maps(N_ANSWER, grid, 11) - 0.05  # negative cells too: mean <= 0 windows give 0
     x = x.to(dtype)
     fast = ops.rank_gaussian_filter(x)
     assert fast.shape == x.shape and fast.dtype == dtype
@@ -331,45 +319,15 @@ def test_rank_gaussian_filter_random(seed, h, w, scale):
 # --------------------------------------------------------------------------------------------------
 
 
-def _refine_case(grid, seed: int):
-    """50 targets, 71 context maps (20 prompt + 50 answer + base map), weights 1 - r masked to each
-    target's context, with the edge cases: a target with all-zero weights, an all-zero target map, a
-    target identical to its interference (everything cancels), a constant target map."""
-    t, c = N_ANSWER, N_TEXT + 1
-    a_t = _structured_maps(t, grid, seed)
-    ctx = torch.cat(
-        [_structured_maps(N_PROMPT, grid, seed + 1), a_t, _structured_maps(1, grid, seed + 2) + 0.05]
-    )
-    g = torch.Generator().manual_seed(seed + 3)
-    weights = torch.rand(t, c, generator=g)
-    allowed = torch.arange(c)[None, :] < (N_PROMPT + torch.arange(t))[:, None]
-    allowed[:, -1] = True  # base map
-    weights = weights * allowed
-    weights[3] = 0  # no weight at all: ahat = 0, beta = 0
-    a_t[5] = 0  # zero target map
-    a_t[6] = 1.25  # constant target map without context: stays constant, normalised to 1
-    weights[6] = 0
-    weights[8] = 0
-    weights[8, 0] = 0.4
-    a_t[8] = 2 * ctx[0]  # a_t = 2 ahat: the residual is all zero
-    return a_t, ctx, weights
-
-
-def _refine_reference(a_t, ctx, weights, apply_filter):
-    return torch.stack(
-        [ref_arc.refine_one(a_t[i], ctx, weights[i], apply_filter) for i in range(a_t.shape[0])]
-    )
-
-
 @pytest.mark.parametrize("apply_filter", [True, False], ids=["filter", "nofilter"])
 @pytest.mark.parametrize("grid", [DYN_GRIDS[-1], FIXED_GRID], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_refine_matches_reference(grid, dtype, apply_filter):
-    a_t, ctx, weights = (x.to(dtype) for x in _refine_case(grid, 21))
+    a_t, ctx, weights = (x.to(dtype) for x in refine_case(grid, 21, t=N_ANSWER, c_prompt=N_PROMPT))
     fast = ops.refine(a_t, ctx, weights, apply_filter)
     assert fast.shape == a_t.shape and fast.dtype == torch.float32
-    ref64 = _refine_reference(a_t.double(), ctx.double(), weights.double(), apply_filter)
-    plain = _refine_reference(a_t, ctx, weights, apply_filter)
+    ref64 = refine_reference(a_t.double(), ctx.double(), weights.double(), apply_filter)
+    plain = refine_reference(a_t, ctx, weights, apply_filter)
     assert_flash_rule(fast, plain, ref64, 1e-5, f"refine {dtype}")
     assert float((fast.double() - ref64).abs().max()) < (2e-5 if dtype == torch.float32 else 1e-2)
     # edge cases are exact
@@ -466,7 +424,7 @@ def test_stages_chained_match_reference(vocab, text_hidden, ref_rankings):
         lambda ps, c, g: ref_msea.msea_aggregate(ps, c, g),
         ref_rankings[torch.float32],
         lambda a, b: ref_rbo.rbo(a[:, None], b[None], 0.9, "ext"),
-        lambda a, c, wt: _refine_reference(a, c, wt, True),
+        lambda a, c, wt: refine_reference(a, c, wt, True),
     )
     assert torch.equal(fast_rank, ref_rankings[torch.float32])
     torch.testing.assert_close(fast, ref, rtol=0, atol=2e-5)

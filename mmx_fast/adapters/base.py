@@ -376,11 +376,17 @@ class Adapter:
         ip = getattr(self.processor, "image_processor", None)
         if ip is None or not getattr(ip, "do_center_crop", False):
             return None
+        cache = self.__dict__.setdefault("_view_boxes", {})  # it depends only on the image size
+        if image.size not in cache:
+            cache[image.size] = self._crop_box(ip, image.size)
+        return cache[image.size]
+
+    def _crop_box(self, ip, size: tuple[int, int]) -> tuple[float, float, float, float] | None:
         crop = ip.crop_size
         ch = crop["height"] if isinstance(crop, dict) else crop.height
         cw = crop["width"] if isinstance(crop, dict) else crop.width
         out = ip(
-            images=[Image.new("RGB", image.size)],
+            images=[Image.new("RGB", size)],
             do_center_crop=False,
             do_rescale=False,
             do_normalize=False,

@@ -351,18 +351,6 @@ def select_records(
 # --------------------------------------------------------------------------------------------------------
 # one sample
 # --------------------------------------------------------------------------------------------------------
-def model_view_box(
-    adapter: Any, image: Any, cache: dict | None = None
-) -> tuple[float, float, float, float] | None:
-    """The part of the image the visual-token grid shows, as fractions (x0, y0, x1, y1); None for the whole
-    image (see ``Adapter.view_box``), cached per image size."""
-    key = tuple(image.size)
-    if cache is not None and key in cache:
-        return cache[key]
-    box = adapter.view_box(image)
-    if cache is not None:
-        cache[key] = box
-    return box
 
 
 def generate_answer(
@@ -407,7 +395,6 @@ class Runner:
     include_stop_token: bool = False
     backend: str = "auto"
     explainers: dict[str, Any] = field(default_factory=dict)
-    _box_cache: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from ..config import ExplainConfig
@@ -445,7 +432,7 @@ class Runner:
             mask = load_mask(sample.mask) if sample.mask_exists else None
             box = None
             if self.placement == "crop" and mask is not None:
-                box = box_in_mask(model_view_box(ad, image, self._box_cache), mask.shape)
+                box = box_in_mask(ad.view_box(image), mask.shape)
             methods: dict[str, Any] = {}
             times = {"generate": round(t_gen, 4)}
             arrays: dict[str, np.ndarray] = {"answer_ids": np.asarray(explained, dtype=np.int64)}
