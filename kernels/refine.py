@@ -194,6 +194,16 @@ def _rank_gaussian(row_ptr, offs, mask, H, W):
 
 
 @triton.jit
+def _filtered_chunk(row, offs, mask, H, W, APPLY_FILTER: tl.constexpr):
+    """One chunk of a residual map, rank-Gaussian filtered or as stored. The second (normalising) pass
+    recomputes it rather than re-reading a buffer the first pass wrote, so no program ever reads its own
+    unsynchronised writes."""
+    if APPLY_FILTER:
+        return _rank_gaussian(row, offs, mask, H, W)
+    return tl.load(row + offs, mask=mask, other=0.0)
+
+
+@triton.jit
 def _filter_normalize_kernel(
     r_ptr,
     out_ptr,
@@ -209,19 +219,13 @@ def _filter_normalize_kernel(
     for s0 in range(0, HW, BLOCK_HW):
         offs = s0 + tl.arange(0, BLOCK_HW)
         mask = offs < HW
-        if APPLY_FILTER:
-            val = _rank_gaussian(row, offs, mask, H, W)
-        else:
-            val = tl.load(row + offs, mask=mask, other=0.0)
+        val = _filtered_chunk(row, offs, mask, H, W, APPLY_FILTER)
         vmax = tl.maximum(vmax, tl.max(tl.where(mask, val, 0.0), axis=0))
     inv = tl.where(vmax > 0.0, 1.0 / tl.where(vmax > 0.0, vmax, 1.0), 0.0)
     for s0 in range(0, HW, BLOCK_HW):
         offs = s0 + tl.arange(0, BLOCK_HW)
         mask = offs < HW
-        if APPLY_FILTER:
-            val = _rank_gaussian(row, offs, mask, H, W)
-        else:
-            val = tl.load(row + offs, mask=mask, other=0.0)
+        val = _filtered_chunk(row, offs, mask, H, W, APPLY_FILTER)
         tl.store(out_ptr + t * HW + offs, val * inv, mask=mask)
 
 
