@@ -265,7 +265,7 @@ def stage_callables(
             rank_prompt = topk_ranking(h[:p], w_u, TOP_K)
             rank_answer = topk_ranking(h[p:], w_u, TOP_K)
             rs = []
-            for i in range(t):  # as reference.explain.arc_reference, one target at a time
+            for i in range(t):  # as reference.oracle.arc_reference, one target at a time
                 ctx = torch.cat([rank_prompt, rank_answer[:i]], 0)
                 rs.append(rbo(ctx, rank_answer[i].expand_as(ctx), p=RBO_P, variant="ext"))
             _sync(device)

@@ -8,8 +8,6 @@ group's ``extra_info`` records whether our ``tam`` maps equal TAM's uint8 maps.
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import pytest
 import torch
@@ -26,13 +24,14 @@ CASES = e2e_cases(quick_mode())
 PROVIDERS = ("tam-official", "ours-tam", "ours-default")
 
 
-def attribute(explainer, base, prompts_s, hidden_s, answer, w_u):
-    """``Explainer._attribute`` (the attribution stages on given hidden states), whichever of its two
-    signatures this checkout has (with or without a leading config argument)."""
-    params = list(inspect.signature(explainer._attribute).parameters)
-    if params and params[0] in ("cfg", "config"):
-        return explainer._attribute(explainer.config, base, prompts_s, hidden_s, answer, w_u)
-    return explainer._attribute(base, prompts_s, hidden_s, answer, w_u)
+def attribute(explainer, base, prompts_s, hidden_s, answer):
+    """``mmx_fast.fast.attribute`` (the attribution step on given hidden states), with ``explainer``'s config."""
+    from mmx_fast.fast import attribute as fast_attribute
+    from mmx_fast.pipeline import Answer, Item, ScaleStates
+
+    item = Item(image=base.image, prompt=PROMPT, answer=answer, base=base)
+    per_scale = [ScaleStates(p, h) for p, h in zip(prompts_s, hidden_s)]
+    return fast_attribute(explainer.adapter, explainer.config, item, Answer(answer, []), per_scale)
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +64,11 @@ def _tam_inputs(quick, device):
 
         @torch.no_grad()
         def ours_tam():
-            return attribute(tam_ex, base, [base], [h1], answer, w_u).maps
+            return attribute(tam_ex, base, [base], [h1], answer).maps
 
         @torch.no_grad()
         def ours_default():
-            return attribute(default_ex, base, rows, hidden, answer, w_u).maps
+            return attribute(default_ex, base, rows, hidden, answer).maps
 
         fns = {"tam-official": official, "ours-tam": ours_tam, "ours-default": ours_default}
         cache[case] = (spec, fns, base)

@@ -37,7 +37,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -614,7 +614,7 @@ def run_explain(
                 exp = explainer.explain(image, prompt, answer)
             except (ValueError, TypeError) as e:
                 raise CliError(f"{path}: {e}") from None
-            exp.timings = {"load_model": t_load, **exp.timings}
+            exp = replace(exp, timings={"load_model": t_load, **exp.timings})
             bar.set_description(f"{stem}: writing")
             meta = {
                 "model": model,

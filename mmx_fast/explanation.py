@@ -33,9 +33,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-@dataclass
+@dataclass(frozen=True)
 class Explanation:
-    """One explained answer.
+    """One explained answer, built once by ``mmx_fast.pipeline.build_result`` and never changed afterwards
+    (``dataclasses.replace`` gives a changed copy).
 
     maps:          float32 [T, Hc, Wc] in [0, 1], one map per answer token, on the canonical grid.
     answer_ids:    the T answer token ids (stop token excluded).

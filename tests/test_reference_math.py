@@ -274,7 +274,7 @@ def test_base_map_makes_the_first_target_well_defined():
     """With no prompt context, target 0's interference map is A_0 (w_0 = 1); without A_0 there is nothing
     to subtract and the map is just A_t, filtered and normalised."""
     from mmx_fast.config import ExplainConfig
-    from mmx_fast.reference.explain import arc_reference
+    from mmx_fast.reference.oracle import arc_reference
 
     g = torch.Generator().manual_seed(7)
     a_t = torch.rand(2, 6, 5, generator=g)

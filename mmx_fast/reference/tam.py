@@ -28,9 +28,15 @@ applied.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from numpy.lib.stride_tricks import sliding_window_view
+
+if TYPE_CHECKING:
+    from ..pipeline import TextSide
 
 
 def tam_rank_gaussian_filter(img: np.ndarray) -> np.ndarray:
@@ -156,3 +162,70 @@ def tam_token_strings(
 
     prompt = strings(prompt_ids)
     return prompt + strings(answer_ids), len(prompt)
+
+
+# --------------------------------------------------------------------------------------------------
+# TAM as a mitigation step: the ``tam`` preset of both explain paths runs exactly this (it must equal
+# TAM to the uint8, so the fast path has no fused version of it)
+# --------------------------------------------------------------------------------------------------
+
+
+def tam_logits(h1: torch.Tensor, w_u: torch.Tensor) -> torch.Tensor:
+    """What TAM consumes: ``lm_head`` logits of every position in the model's dtype, then ``.float()``."""
+    return F.linear(h1.to(w_u.dtype), w_u).float().cpu()
+
+
+def tam_extra_classes(tokenizer, text: TextSide, h1: torch.Tensor, w_u: torch.Tensor) -> list[int]:
+    """Classes TAM asks for beyond the answer / prompt ids: the argmax at the first prompt position, the
+    last prompt token, and the tokens at positions start + u for every prompt string u."""
+    s, _ = text.span
+    argmax_s = int(torch.argmax(F.linear(h1[s : s + 1].to(w_u.dtype), w_u).float()))
+    _, p_strings = tam_token_strings(tokenizer, text.prompt_ids, text.answer_ids)
+    extra = [argmax_s, text.seq_ids[text.prompt_len - 1]]
+    extra += [text.seq_ids[s + u] for u in range(1, p_strings) if s + u < len(text.seq_ids)]
+    return extra
+
+
+def tam_mitigation(
+    tokenizer,
+    text: TextSide,
+    h1: torch.Tensor,
+    w_u: torch.Tensor,
+    visual_positions: torch.Tensor,
+    grid: tuple[int, int],
+    by_id: dict[int, torch.Tensor],
+    scales: tuple[float, ...],
+    apply_filter: bool,
+) -> torch.Tensor:
+    """TAM's mitigation (``mitigation="tam"``) for every answer token, float32 [T, H, W] = uint8 / 255;
+    exact TAM when scales == (1.0,) and the filter is on.
+
+    h1: the scale-1.0 hidden states; by_id: {vocab id: flat float32 MSEA map} for MSEA + TAM combinations
+    (single scale: the image scores are TAM's own, the clipped logits at the visual positions)."""
+    logits = tam_logits(h1, w_u)
+    scores_pos = logits.clamp_min(0)
+    vis = visual_positions.cpu()
+    if scales == (1.0,):
+
+        def image_scores(c: int) -> np.ndarray:
+            return scores_pos[vis, c].numpy()
+    else:
+
+        def image_scores(c: int) -> np.ndarray:
+            return by_id[c].numpy().astype(np.float32)
+
+    txt_all, p_strings = tam_token_strings(tokenizer, text.prompt_ids, text.answer_ids)
+    maps = tam_maps(
+        seq_ids=text.seq_ids,
+        prompt_len=text.prompt_len,
+        prompt_span=text.span,
+        num_answer=len(text.answer_ids),
+        class_scores=lambda c: scores_pos[:, c].numpy(),
+        image_scores=image_scores,
+        argmax_at=lambda pos: int(torch.argmax(logits[pos])),
+        txt_all=txt_all,
+        num_prompt_strings=p_strings,
+        grid=grid,
+        apply_filter=apply_filter,
+    )
+    return torch.from_numpy(maps.astype(np.float32) / 255.0)

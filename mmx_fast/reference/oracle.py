@@ -1,0 +1,156 @@
+"""The oracle ``explain``: the paper's equations, one token and one scale at a time, in plain torch.
+
+This is what the fast path is tested against. It favours being obviously right over being quick: one
+forward per scale, the [L, V] logits where TAM needs them, a Python loop over targets. It runs the steps of
+``mmx_fast.pipeline`` (load inputs -> answers -> plan forwards -> hidden states -> attribute -> result), as
+``mmx_fast.fast.Explainer`` does; only ``hidden_states`` and ``attribute`` are its own.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..adapters.base import Adapter
+from ..config import ExplainConfig
+from ..explanation import Explanation
+from ..pipeline import (
+    Answer,
+    Attribution,
+    Forward,
+    Item,
+    ScaleStates,
+    Stopwatch,
+    TextSide,
+    build_result,
+    check_config,
+    collect_states,
+    load_inputs,
+    map_ids,
+    plan_forwards,
+    resolve_answers,
+    states_at,
+    text_side,
+)
+from .arc import arc_weights, refine_one
+from .filters import normalize_max, rank_gaussian_filter
+from .logit_lens import base_vocab_id, logit_lens_maps
+from .msea import msea_aggregate
+from .rbo import rbo, topk_ranking
+from .tam import tam_extra_classes, tam_mitigation
+
+
+@torch.no_grad()
+def explain(
+    model, processor, image, prompt: str, answer=None, config: ExplainConfig | None = None
+) -> Explanation:
+    """Explain every answer token of ``model`` for (``image``, ``prompt``).
+
+    image: PIL image, numpy H x W x 3 uint8 array, or path (any mode is converted to RGB).
+    answer: None (generate greedily at scale 1.0), a str (forced answer text) or a list of token ids.
+    Returns an ``Explanation`` with maps [T, Hc, Wc] in [0, 1].
+    """
+    from ..adapters import get_adapter
+
+    config = check_config(config)
+    adapter = get_adapter(model, processor)
+    clock = Stopwatch()
+    (item,) = load_inputs(adapter, [image], [prompt], [answer], [config])
+    (ans,) = resolve_answers(adapter, [item], config.max_new_tokens, keep_states=False)
+    clock.lap("generate")
+    if not ans.ids:
+        return build_result(adapter, item, ans, config, None, {})
+    plan = plan_forwards(adapter, [item], [ans], config.scales)
+    states = hidden_states(adapter, [item], [ans], plan)
+    clock.lap("forward")
+    attribution = attribute(adapter, config, item, ans, states_at(states, 0, config.scales))
+    clock.lap("attribution")
+    return build_result(adapter, item, ans, config, attribution, clock.laps)
+
+
+def hidden_states(
+    adapter: Adapter, items: list[Item], answers: list[Answer], plan: list[Forward]
+) -> dict[tuple[int, float], ScaleStates]:
+    """One teacher-forced forward per planned row, one row at a time."""
+    hidden = [adapter.forward_hidden(f.inputs, f.answer_ids) for f in plan]
+    return collect_states(items, answers, plan, hidden)
+
+
+def attribute(
+    adapter: Adapter, config: ExplainConfig, item: Item, answer: Answer, per_scale: list[ScaleStates]
+) -> Attribution:
+    """Eq. 2/4 per scale, Eq. 3/5 onto the canonical grid (MSEA), then the mitigation."""
+    w_u = adapter.lm_head_weight()
+    base = item.base
+    text = text_side(base, answer.ids)
+    h1 = per_scale[config.scales.index(1.0)].hidden.to(w_u.device)
+    k0 = base_vocab_id(h1[base.visual_positions], w_u)
+    tam = config.mitigation == "tam"
+    extra = tam_extra_classes(adapter.tokenizer, text, h1, w_u) if tam else []
+    ids = torch.tensor(map_ids(text, k0, extra), dtype=torch.long)
+
+    scale_maps = [logit_lens_grid(st, w_u, ids) for st in per_scale]
+    maps = msea_aggregate(scale_maps, [st.inputs.coverage for st in per_scale], base.grid, config.aggregate)
+    T, P = len(answer.ids), len(text.prompt_ids)
+    a_t, prompt_maps, base_map = maps[:T], maps[T : T + P], maps[T + P]
+
+    if config.mitigation == "none":
+        refined = normalize_max(rank_gaussian_filter(a_t) if config.filter else a_t)
+    elif config.mitigation == "arc":
+        rank_prompt, rank_answer = rankings(text, h1, w_u, config.top_k)
+        base_map = base_map if config.base == "argmin" else None
+        refined = arc_reference(a_t, prompt_maps, base_map, rank_prompt, rank_answer, config)
+    else:
+        by_id = {int(i): maps[k].reshape(-1) for k, i in enumerate(ids.tolist())}
+        refined = tam_mitigation(
+            adapter.tokenizer,
+            text,
+            h1,
+            w_u,
+            base.visual_positions,
+            base.grid,
+            by_id,
+            config.scales,
+            config.filter,
+        )
+    keep = config.keep_scale_maps
+    return Attribution(
+        maps=refined,
+        raw_maps=a_t if keep else None,
+        scale_maps={s: m[:T] for s, m in zip(config.scales, scale_maps)} if keep else None,
+    )
+
+
+def logit_lens_grid(st: ScaleStates, w_u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Eq. 2/4 at one scale: the clipped logit-lens map of every id over this scale's grid, [M, h, w]."""
+    z = st.hidden.to(w_u.device)[st.inputs.visual_positions]
+    return logit_lens_maps(z, w_u, ids).reshape(len(ids), *st.inputs.grid).cpu()
+
+
+def rankings(
+    text: TextSide, h1: torch.Tensor, w_u: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k rankings of the positions predicting each prompt token and each answer token."""
+    pred_prompt, pred_answer = text.predicting_positions()
+    return topk_ranking(h1[pred_prompt], w_u, k).cpu(), topk_ranking(h1[pred_answer], w_u, k).cpu()
+
+
+def arc_reference(
+    a_t: torch.Tensor,
+    prompt_maps: torch.Tensor,
+    base_map: torch.Tensor | None,
+    rank_prompt: torch.Tensor,
+    rank_answer: torch.Tensor,
+    config: ExplainConfig,
+) -> torch.Tensor:
+    """ARC for every target t, one at a time (Eq. 6-9), then G and normalisation. a_t: [T, H, W]."""
+    out = []
+    for t in range(a_t.shape[0]):
+        ctx_maps = [prompt_maps, a_t[:t]]
+        ctx_ranks = torch.cat([rank_prompt, rank_answer[:t]], 0)
+        r = rbo(ctx_ranks, rank_answer[t].expand_as(ctx_ranks), p=config.rbo_p, variant=config.rbo_variant)
+        w = arc_weights(r).to(torch.float32)
+        if base_map is not None:  # A_0 with r_0 = 0, so w_0 = 1
+            ctx_maps.append(base_map[None])
+            w = torch.cat([w, torch.ones(1)])
+        out.append(refine_one(a_t[t], torch.cat(ctx_maps, 0), w, apply_filter=config.filter))
+    return torch.stack(out, 0) if out else a_t.new_zeros(a_t.shape)
