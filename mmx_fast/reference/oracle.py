@@ -96,7 +96,7 @@ def attribute(
     if config.mitigation == "none":
         refined = normalize_max(rank_gaussian_filter(a_t) if config.filter else a_t)
     elif config.mitigation == "arc":
-        rank_prompt, rank_answer = rankings(text, h1, w_u, config.top_k)
+        rank_prompt, rank_answer = text_rankings(text, h1, w_u, config.top_k)
         base_map = base_map if config.base == "argmin" else None
         refined = arc_reference(a_t, prompt_maps, base_map, rank_prompt, rank_answer, config)
     else:
@@ -126,7 +126,7 @@ def logit_lens_grid(st: ScaleStates, w_u: torch.Tensor, ids: torch.Tensor) -> to
     return logit_lens_maps(z, w_u, ids).reshape(len(ids), *st.inputs.grid).cpu()
 
 
-def rankings(
+def text_rankings(
     text: TextSide, h1: torch.Tensor, w_u: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k rankings of the positions predicting each prompt token and each answer token."""
