@@ -17,13 +17,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .explanation import Explanation
+# an ``mmx_fast.Explanation``; not imported, not even for type checking, so that ``explanation`` -> ``io``
+# stays the only direction between the two modules
+Explanation = Any
 
 MAPS_FILE = "maps.npz"
 JSON_FILE = "explanation.json"
