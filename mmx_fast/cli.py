@@ -302,6 +302,18 @@ def load_model(source, device: str, torch_dtype):
         raise CliError(f"--{e}") from None
 
 
+def _report_meta(*, source, image_path: Path, forced: bool, device: str, dtype: str) -> dict[str, str]:
+    """The report's "Run" rows."""
+    return {
+        "model": source.spec,
+        "random weights": "yes" if source.tiny else "no",
+        "image": str(image_path),
+        "answer": "forced (--answer)" if forced else "generated (greedy)",
+        "device": device,
+        "dtype": dtype,
+    }
+
+
 def _explanation_json(exp, *, source, image_path: Path, forced: bool, device: str, dtype: str) -> dict:
     from . import __version__
     from .io import overlay_name
@@ -400,23 +412,15 @@ def run_explain(
                 raise CliError(f"{path}: {e}") from None
             exp = dataclasses.replace(exp, timings={"load_model": t_load, **exp.timings})
             bar.set_description(f"{stem}: writing")
-            meta = {
-                "model": model,
-                "random weights": "yes" if source.tiny else "no",
-                "image": str(path),
-                "answer": "forced (--answer)" if answer is not None else "generated (greedy)",
-                "device": device,
-                "dtype": dtype_name,
-            }
-            info = _explanation_json(
+            run = {"source": source, "image_path": path, "forced": answer is not None, "device": device}
+            folder = write_result(
                 exp,
-                source=source,
-                image_path=path,
-                forced=answer is not None,
-                device=device,
-                dtype=dtype_name,
+                out_dir,
+                stem,
+                note=note,
+                meta=_report_meta(**run, dtype=dtype_name),
+                info=_explanation_json(exp, **run, dtype=dtype_name),
             )
-            folder = write_result(exp, out_dir, stem, note=note, meta=meta, info=info)
             reports.append(folder / "report.html")
             bar.update(1)
         bar.set_description("done")

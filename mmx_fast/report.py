@@ -153,6 +153,64 @@ def _views(exp) -> list[dict[str, Any]]:
     return views
 
 
+def _chips_html(tokens: list[str], ids: list[int]) -> str:
+    """The answer as chips, rendered server-side so the page reads without script (one chip per token; the
+    chips of one word are grouped so that a word never wraps inside)."""
+    words: list[list[str]] = []
+    for i, tok in enumerate(tokens):
+        text, starts_word = _chip_text(tok)
+        tip = f"#{i} \u00b7 id {ids[i]} \u00b7 {json.dumps(tok, ensure_ascii=False)}"
+        chip = (
+            f'<button type="button" class="chip" data-i="{i}" aria-pressed="false" '
+            f'title="{html.escape(tip)}">{html.escape(text)}</button>'
+        )
+        if starts_word or not words:
+            words.append([])
+        words[-1].append(chip)
+    if not words:
+        return "<p class='empty'>The answer is empty: there is nothing to explain.</p>"
+    return "".join(f'<span class="word">{"".join(w)}</span>' for w in words)
+
+
+def _view_controls(views: list[dict[str, Any]], mitigation: Any) -> tuple[str, str]:
+    """(the radio buttons choosing the map shown, the side-by-side toggle or "" when there is one view)."""
+    radios = []
+    for k, v in enumerate(views):
+        checked = " checked" if k == 0 else ""
+        radios.append(
+            f'<label title="{html.escape(v["help"])}"><input type="radio" name="view" value="{v["key"]}"{checked}>'
+            f" {html.escape(v['label'])}</label>"
+        )
+    compare_html = (
+        '<label class="toggle"><input type="checkbox" id="compare"> show the per-scale maps and the map before '
+        f"{html.escape(_MITIGATION_LABELS.get(mitigation, 'mitigation'))} side by side</label>"
+        if len(views) > 1
+        else ""
+    )
+    return "".join(radios), compare_html
+
+
+def _stage_html(photo: str | None, size, grid, first_map: str) -> tuple[str, str]:
+    """(the CSS aspect ratio of the viewer, its images): the photo with the heatmap over it, or the heatmap
+    alone when the explanation carries no image."""
+    if photo is not None:
+        inner = (
+            f'<img id="base" alt="the input image" src="{photo}">'
+            f'<img id="heat" alt="heatmap of the selected token" src="{first_map}">'
+        )
+        return f"{size[0]} / {size[1]}", inner
+    inner = f'<img id="heat" class="solo" alt="heatmap of the selected token" src="{first_map}">'
+    return f"{grid[1]} / {grid[0]}", inner
+
+
+def _run_rows(meta: dict[str, Any] | None, grid, n_tokens: int, size) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = list((meta or {}).items())
+    rows += [("visual grid (scale 1.0)", f"{grid[0]} \u00d7 {grid[1]}"), ("answer tokens", n_tokens)]
+    if size is not None:
+        rows.append(("image size", f"{size[0]} \u00d7 {size[1]}"))
+    return rows
+
+
 def render_report(
     exp, title: str | None = None, note: str | None = None, meta: dict[str, Any] | None = None
 ) -> str:
@@ -171,63 +229,9 @@ def render_report(
     photo, size = _photo_uri(exp.image)
     if title is None:
         title = f"Token-level visual attribution ({method_label})"
-
-    # chips, rendered server-side so the page reads without script
-    # (one chip per token; the chips of one word are grouped so that a word never wraps inside)
-    words: list[list[str]] = []
-    for i, tok in enumerate(tokens):
-        text, starts_word = _chip_text(tok)
-        tip = f"#{i} \u00b7 id {ids[i]} \u00b7 {json.dumps(tok, ensure_ascii=False)}"
-        chip = (
-            f'<button type="button" class="chip" data-i="{i}" aria-pressed="false" '
-            f'title="{html.escape(tip)}">{html.escape(text)}</button>'
-        )
-        if starts_word or not words:
-            words.append([])
-        words[-1].append(chip)
-    chips_html = (
-        "".join(f'<span class="word">{"".join(w)}</span>' for w in words)
-        if words
-        else "<p class='empty'>The answer is empty: there is nothing to explain.</p>"
-    )
-
-    radios = []
-    for k, v in enumerate(views):
-        checked = " checked" if k == 0 else ""
-        radios.append(
-            f'<label title="{html.escape(v["help"])}"><input type="radio" name="view" value="{v["key"]}"{checked}>'
-            f" {html.escape(v['label'])}</label>"
-        )
-    has_extra_views = len(views) > 1
-    compare_html = (
-        '<label class="toggle"><input type="checkbox" id="compare"> show the per-scale maps and the map before '
-        f"{html.escape(_MITIGATION_LABELS.get(cfg_dict.get('mitigation'), 'mitigation'))} side by side</label>"
-        if has_extra_views
-        else ""
-    )
-
-    if photo is not None:
-        aspect = f"{size[0]} / {size[1]}"
-        stage_inner = (
-            f'<img id="base" alt="the input image" src="{photo}">'
-            f'<img id="heat" alt="heatmap of the selected token" src="{views[0]["maps"][0] if T else ""}">'
-        )
-    else:
-        aspect = f"{grid[1]} / {grid[0]}"
-        stage_inner = f'<img id="heat" class="solo" alt="heatmap of the selected token" src="{views[0]["maps"][0] if T else ""}">'
-
-    cfg_rows = list(cfg_dict.items())
-    run_rows: list[tuple[str, Any]] = []
-    for k, v in (meta or {}).items():
-        run_rows.append((k, v))
-    run_rows += [
-        ("visual grid (scale 1.0)", f"{grid[0]} \u00d7 {grid[1]}"),
-        ("answer tokens", T),
-    ]
-    if size is not None:
-        run_rows.append(("image size", f"{size[0]} \u00d7 {size[1]}"))
+    radios, compare_html = _view_controls(views, cfg_dict.get("mitigation"))
+    aspect, stage_inner = _stage_html(photo, size, grid, views[0]["maps"][0] if T else "")
     timing_rows = [(k, f"{1000 * float(v):.1f} ms") for k, v in (exp.timings or {}).items()]
-
     note_html = (
         f'<div class="note" role="note"><strong>Note.</strong> {html.escape(note)}</div>' if note else ""
     )
@@ -236,9 +240,6 @@ def render_report(
         "ids": ids,
         "views": [{"key": v["key"], "label": v["label"], "maps": v["maps"]} for v in views],
     }
-    data_json = json.dumps(data, ensure_ascii=True, separators=(",", ":")).replace("</", "<\\/")
-    version = _version()
-
     values = dict(
         title=html.escape(title),
         subtitle=html.escape(
@@ -248,17 +249,17 @@ def render_report(
         aspect=aspect,
         stage=stage_inner,
         prompt=html.escape(exp.prompt or ""),
-        chips=chips_html,
-        radios="".join(radios),
+        chips=_chips_html(tokens, ids),
+        radios=radios,
         compare=compare_html,
-        config=_table(cfg_rows, "kv"),
-        run=_table(run_rows, "kv"),
+        config=_table(list(cfg_dict.items()), "kv"),
+        run=_table(_run_rows(meta, grid, T, size), "kv"),
         timings=_table(timing_rows, "kv") if timing_rows else "<p>none recorded</p>",
-        version=html.escape(version),
+        version=html.escape(_version()),
         css=_asset("report.css"),
         boxcss=_box_css(exp) if photo is not None else "",
         js=_asset("report.js"),
-        data=data_json,
+        data=json.dumps(data, ensure_ascii=True, separators=(",", ":")).replace("</", "<\\/"),
         n_tokens=str(T),
     )
     return re.sub(r"@@(\w+)@@", lambda m: values[m.group(1)], _asset("report.html"))
