@@ -274,7 +274,8 @@ def _resolve_device(device: str, dtype: str, source):
     try:
         device = resolve_device(device)
     except ValueError as e:
-        raise CliError(f"--device {device}: {str(e).split(': ', 1)[-1]}") from None
+        why = str(e).split(": ", 1)[-1].replace("use cpu or auto", "use --device cpu or auto")
+        raise CliError(f"--device {device}: {why}") from None
     torch_dtype = resolve_dtype(dtype, device.split(":")[0], source.checkpoint_dtype)
     return device, str(torch_dtype).removeprefix("torch."), torch_dtype
 
