@@ -3,6 +3,8 @@
 from mmx_fast import ExplainConfig, explain_fast
 exp = explain_fast(model, processor, image, "Describe the image.")
 exp.maps  # [T, Hc, Wc] in [0, 1], one map per answer token
+
+model, processor = mmx_fast.load("path/to/model")  # offline; dtype follows the checkpoint
 """
 
 from .config import METHODS, ExplainConfig
@@ -16,7 +18,11 @@ def __getattr__(name):  # lazy: importing the package must not import transforme
         from . import fast
 
         return getattr(fast, name)
+    if name == "load":
+        from .loading import load
+
+        return load
     raise AttributeError(f"module 'mmx_fast' has no attribute {name!r}")
 
 
-__all__ = ["METHODS", "ExplainConfig", "Explainer", "Explanation", "explain_fast", "__version__"]
+__all__ = ["METHODS", "ExplainConfig", "Explainer", "Explanation", "explain_fast", "load", "__version__"]

@@ -30,26 +30,21 @@ ever downloaded.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import re
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .cli_common import CliError, OneLineParser, check_out_dir, one_line
+from .loading import TINY_PREFIX
+
 PROG = "mmx-fast"
-TINY_PREFIX = "tiny:"
 SUPPORTED_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava", "internvl")
-PROCESSOR_CLASSES = {
-    "qwen2_vl": "Qwen2VLProcessor",
-    "qwen2_5_vl": "Qwen2_5_VLProcessor",
-    "llava": "LlavaProcessor",
-    "internvl": "InternVLProcessor",
-}
 
 DEMO_IMAGE = "grace_hopper.jpg"
 DEMO_PROMPT = "Who is in the picture?"
@@ -72,28 +67,8 @@ def random_weights_note(family: str, forced: bool) -> str:
     )
 
 
-class CliError(Exception):
-    """A user-facing error: printed as one line, ``mmx-fast: error: <message>``."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with usage errors raised as ``CliError`` (one line on stderr) instead of usage + exit."""
-
-    def error(self, message: str):  # type: ignore[override]
-        hint = f" (see {self.prog} --help)"
-        raise CliError(message + hint)
-
-
-def _one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", str(text)).strip()
-
-
 def _print_error(message: str) -> None:
-    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr, flush=True)
+    print(f"{PROG}: error: {one_line(message)}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -123,10 +98,10 @@ def _scale(text: str) -> float:
     return value
 
 
-def build_parser() -> _Parser:
+def build_parser() -> OneLineParser:
     from . import METHODS, __version__
 
-    parser = _Parser(
+    parser = OneLineParser(
         prog=PROG,
         description="Token-level visual attribution for multimodal LLMs (MSEA + ARC on TAM).",
     )
@@ -186,7 +161,8 @@ def build_parser() -> _Parser:
         "--dtype",
         choices=("auto", "float32", "bfloat16", "float16"),
         default="auto",
-        help="model weights' dtype (default: bfloat16 on a GPU that supports it, else float32)",
+        help="model weights' dtype (default: the checkpoint's own dtype from its config.json; when it declares "
+        "none, bfloat16 on a GPU that supports it, else float32)",
     )
     ex.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     ex.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -291,220 +267,64 @@ def _unique_stems(paths: list[Path]) -> list[str]:
     return out
 
 
-def _check_out_dir(text: str) -> Path:
-    """The output folder must be a folder we can create files in (or be creatable); nothing is created."""
-    out = Path(text).expanduser()
-    if out.exists() and not out.is_dir():
-        raise CliError(f"--out {text!r} exists and is not a directory")
-    probe = out
-    while not probe.exists():
-        parent = probe.parent
-        if parent == probe:
-            break
-        probe = parent
-    if not probe.is_dir():
-        raise CliError(f"--out {text!r} cannot be created: {str(probe)!r} is not a directory")
+def _resolve_device(device: str, dtype: str, source):
+    """(device, dtype name, torch dtype) for ``--device`` / ``--dtype`` (``mmx_fast.loading`` decides "auto")."""
+    from .loading import resolve_device, resolve_dtype
+
     try:
-        fd, name = tempfile.mkstemp(prefix=".mmx-fast-probe-", dir=probe)
-        os.close(fd)
-        os.unlink(name)
-    except OSError as e:
-        where = "" if probe == out else f" (its nearest existing parent {str(probe)!r} is not writable)"
-        raise CliError(f"--out {text!r} is not writable{where}: {e.strerror or e}") from None
-    return out
+        device = resolve_device(device)
+    except ValueError as e:
+        why = str(e).split(": ", 1)[-1].replace("use cpu or auto", "use --device cpu or auto")
+        raise CliError(f"--device {device}: {why}") from None
+    torch_dtype = resolve_dtype(dtype, device.split(":")[0], source.checkpoint_dtype)
+    return device, str(torch_dtype).removeprefix("torch."), torch_dtype
 
 
-def _resolve_device(device: str, dtype: str):
-    import torch
+def _resolve_model(spec: str):
+    """``mmx_fast.loading.resolve_model``, its errors phrased for the ``--model`` option."""
+    from .loading import ModelLoadError, resolve_model
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise CliError(
-            "--device cuda: no CUDA GPU is available to torch on this machine; use --device cpu or auto"
-        )
-    if dtype == "auto":
-        dtype = "bfloat16" if device == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    return device, dtype, getattr(torch, dtype)
-
-
-@dataclass
-class ModelSource:
-    spec: str  # what the user passed
-    family: str  # model_type
-    location: str | None  # folder or cached hub id; None for tiny models
-    tiny: bool
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
-
-
-def _resolve_model(spec: str) -> ModelSource:
-    """Where the model comes from and its family, checked without loading any weights."""
-    supported = ", ".join(SUPPORTED_FAMILIES)
-    if not spec.strip():
-        raise CliError("--model is empty; pass a local model folder or tiny:qwen2_vl")
-    if spec.startswith(TINY_PREFIX):
-        family = spec[len(TINY_PREFIX) :]
-        if family not in SUPPORTED_FAMILIES:
-            choices = ", ".join(TINY_PREFIX + f for f in SUPPORTED_FAMILIES)
-            raise CliError(
-                f"--model {spec!r}: unsupported tiny model family {family!r}; choose one of {choices}"
-            )
-        return ModelSource(spec, family, None, True)
-
-    path = Path(spec).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise CliError(f"--model {spec!r} is a file; expected a model folder containing config.json")
-        cfg_path = path / "config.json"
-        if not cfg_path.is_file():
-            raise CliError(
-                f"--model {spec!r} has no config.json; expected a transformers model folder "
-                "(as written by save_pretrained)"
-            )
-        try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CliError(f"--model {spec!r}: cannot read config.json ({e})") from None
-        model_type = cfg.get("model_type") if isinstance(cfg, dict) else None
-        if not model_type:
-            raise CliError(
-                f"--model {spec!r}: config.json has no model_type; expected a transformers model folder"
-            )
-        location = str(path)
-    else:
-        offline_hint = (
-            "mmx-fast works offline and never downloads a model: pass --model PATH to a local model folder "
-            "(one with config.json, e.g. saved with save_pretrained), or tiny:qwen2_vl for a random-weight test model"
-        )
-        if not _HUB_ID.match(spec) or spec.startswith((".", "~")):
-            raise CliError(f"--model {spec!r}: no such folder; {offline_hint}")
-        try:
-            from transformers import AutoConfig
-
-            model_type = AutoConfig.from_pretrained(spec, local_files_only=True).model_type
-        except Exception:  # not in the local cache (OSError), or a cached config transformers cannot read
-            raise CliError(
-                f"--model {spec!r} is not a local folder and is not available offline in the Hugging Face "
-                f"cache; {offline_hint}"
-            ) from None
-        location = spec
-    if model_type not in SUPPORTED_FAMILIES:
-        raise CliError(
-            f"--model {spec!r}: unsupported model family {model_type!r}; supported families: {supported}"
-        )
-    return ModelSource(spec, model_type, location, False)
+    try:
+        return resolve_model(spec)
+    except ModelLoadError as e:
+        raise CliError(f"--{e}") from None
 
 
 # ---------------------------------------------------------------------------------------------------
-# model loading
-def _torchvision_free_processor_class(family: str):
-    """The family's processor class, loading its tokenizer and image processor with the Auto classes and
-    skipping the video processor (which needs torchvision; see ENV.md)."""
-    import transformers
-    from transformers import AutoImageProcessor, AutoTokenizer
-
-    from .testing import _no_video_processor_class
-
-    cls = getattr(transformers, PROCESSOR_CLASSES[family])
-    base = _no_video_processor_class(cls) if "video_processor" in cls.get_attributes() else cls
-
-    def _get_arguments_from_pretrained(klass, path, processor_dict=None, **kwargs):
-        kwargs.pop("subfolder", None)
-        args = []
-        for name in klass.get_attributes():
-            if name == "video_processor":
-                args.append(None)
-            elif name == "tokenizer":
-                args.append(AutoTokenizer.from_pretrained(path, **kwargs))
-            elif name == "image_processor":
-                args.append(AutoImageProcessor.from_pretrained(path, **kwargs))
-            else:
-                raise ValueError(f"{cls.__name__} needs a {name}, which mmx-fast cannot load")
-        return args
-
-    return type(
-        cls.__name__, (base,), {"_get_arguments_from_pretrained": classmethod(_get_arguments_from_pretrained)}
-    )
-
-
-def _load_processor(source: ModelSource):
-    from transformers import AutoProcessor
+# model loading and writing one result folder atomically
+def load_model(source, device: str, torch_dtype):
+    """(model, processor) in eval mode on ``device``, through ``mmx_fast.load``; errors as ``CliError``."""
+    from .loading import ModelLoadError, load, quiet_transformers
 
     try:
-        return AutoProcessor.from_pretrained(source.location, local_files_only=True)
-    except Exception as first:  # typically: the video processor needs torchvision
-        try:
-            return _torchvision_free_processor_class(source.family).from_pretrained(
-                source.location, local_files_only=True
-            )
-        except Exception:
-            raise CliError(f"--model {source.spec!r}: cannot load the processor ({first})") from None
+        with quiet_transformers():
+            return load(source, device=device, dtype=torch_dtype)
+    except ModelLoadError as e:
+        raise CliError(f"--{e}") from None
 
 
-def load_model(source: ModelSource, device: str, torch_dtype):
-    """(model, processor) in eval mode on ``device``."""
-    if source.tiny:
-        from .testing import tiny_model
-
-        model, processor = tiny_model(source.family, dtype=torch_dtype)
-        return model.to(device).eval(), processor
-
-    import transformers
-    from transformers import AutoModelForImageTextToText
-
-    log = transformers.utils.logging
-    verbosity, bars = log.get_verbosity(), log.is_progress_bar_enabled()
-    log.set_verbosity_error()
-    log.disable_progress_bar()
-    try:
-        processor = _load_processor(source)
-        try:
-            model = AutoModelForImageTextToText.from_pretrained(
-                source.location, local_files_only=True, dtype=torch_dtype
-            )
-        except Exception as e:
-            raise CliError(f"--model {source.spec!r}: cannot load the model ({e})") from None
-    finally:
-        log.set_verbosity(verbosity)
-        if bars:
-            log.enable_progress_bar()
-    return model.to(device).eval(), processor
-
-
-# ---------------------------------------------------------------------------------------------------
-# writing one result folder atomically
-def _npz_bytes(exp) -> bytes:
-    import io
-
-    import numpy as np
-
-    arrays = {
-        "maps": exp.maps.numpy().astype(np.float32),
-        "grid": np.asarray(exp.grid, dtype=np.int64),
-        "answer_ids": np.asarray(exp.answer_ids, dtype=np.int64),
+def _report_meta(*, source, image_path: Path, forced: bool, device: str, dtype: str) -> dict[str, str]:
+    """The report's "Run" rows."""
+    return {
+        "model": source.spec,
+        "random weights": "yes" if source.tiny else "no",
+        "image": str(image_path),
+        "answer": "forced (--answer)" if forced else "generated (greedy)",
+        "device": device,
+        "dtype": dtype,
     }
-    if exp.raw_maps is not None:
-        arrays["raw_maps"] = exp.raw_maps.numpy().astype(np.float32)
-    for s, m in sorted((exp.scale_maps or {}).items()):
-        arrays[f"scale_{float(s)}"] = m.numpy().astype(np.float32)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
 
 
-def _explanation_json(
-    exp, *, source: ModelSource, image_path: Path, forced: bool, device: str, dtype: str
-) -> dict:
+def _explanation_json(exp, *, source, image_path: Path, forced: bool, device: str, dtype: str) -> dict:
     from . import __version__
+    from .io import overlay_name
 
     info = exp.to_dict()
     n = len(exp.answer_ids)
     info["answer"] = exp.answer_text
     info["answer_forced"] = forced
     info["tokens"] = [
-        {"index": i, "id": int(t), "text": s, "overlay": f"token_{i:03d}.png"}
+        {"index": i, "id": int(t), "text": s, "overlay": overlay_name(i)}
         for i, (t, s) in enumerate(zip(exp.answer_ids, exp.answer_tokens))
     ]
     info["model"] = {"id": source.spec, "family": source.family, "random_weights": source.tiny}
@@ -514,51 +334,28 @@ def _explanation_json(
         "report": "report.html",
         "maps": "maps.npz",
         "maps_shape": [n, *map(int, exp.grid)],
-        "overlays": [f"token_{i:03d}.png" for i in range(n)],
+        "overlays": [overlay_name(i) for i in range(n)],
     }
     info["mmx_fast_version"] = __version__
     return info
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished folder ``tmp`` to ``final``, replacing an older result there."""
-    if not os.path.lexists(final):
-        os.rename(tmp, final)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".mmx-fast-old", dir=final.parent))
-    os.rmdir(old)
-    os.rename(final, old)
-    try:
-        os.rename(tmp, final)
-    except BaseException:
-        os.rename(old, final)
-        raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink()
-
-
 def write_result(exp, out: Path, stem: str, *, note: str | None, meta: dict, info: dict) -> Path:
     """OUT/<stem>/ with report.html, maps.npz, explanation.json and token_XXX.png, all or nothing."""
-    from .explanation import atomic_write_bytes
-    from .report import chmod_like_open, write_report
+    from .io import chmod_like_open, replace_dir, save
+    from .report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".mmx-fast-tmp", dir=out))
     try:
-        exp.save(tmp, overlays=True)
-        atomic_write_bytes(tmp / "maps.npz", _npz_bytes(exp))
-        atomic_write_bytes(
-            tmp / "explanation.json", (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode()
-        )
+        save(exp, tmp, overlays=True, info=info)
         title = "mmx-fast (RANDOM-weight model)" if meta.get("random weights") == "yes" else None
         write_report(exp, tmp / "report.html", title=title, note=note, meta=meta)
         for f in tmp.iterdir():
             chmod_like_open(f)
         chmod_like_open(tmp, directory=True)
         final = out / stem
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -587,9 +384,9 @@ def run_explain(
     if answer is not None and not answer.strip():
         raise CliError("--answer is empty; omit it to explain the model's own answer")
     loaded = _load_images(images)
-    out_dir = _check_out_dir(out)
+    out_dir = check_out_dir(out)
     source = _resolve_model(model)
-    device, dtype_name, torch_dtype = _resolve_device(device, dtype)
+    device, dtype_name, torch_dtype = _resolve_device(device, dtype, source)
     if source.tiny and note is None:
         note = random_weights_note(source.family, forced=answer is not None)
     stems = _unique_stems([p for p, _ in loaded])
@@ -614,25 +411,17 @@ def run_explain(
                 exp = explainer.explain(image, prompt, answer)
             except (ValueError, TypeError) as e:
                 raise CliError(f"{path}: {e}") from None
-            exp = replace(exp, timings={"load_model": t_load, **exp.timings})
+            exp = dataclasses.replace(exp, timings={"load_model": t_load, **exp.timings})
             bar.set_description(f"{stem}: writing")
-            meta = {
-                "model": model,
-                "random weights": "yes" if source.tiny else "no",
-                "image": str(path),
-                "answer": "forced (--answer)" if answer is not None else "generated (greedy)",
-                "device": device,
-                "dtype": dtype_name,
-            }
-            info = _explanation_json(
+            run = {"source": source, "image_path": path, "forced": answer is not None, "device": device}
+            folder = write_result(
                 exp,
-                source=source,
-                image_path=path,
-                forced=answer is not None,
-                device=device,
-                dtype=dtype_name,
+                out_dir,
+                stem,
+                note=note,
+                meta=_report_meta(**run, dtype=dtype_name),
+                info=_explanation_json(exp, **run, dtype=dtype_name),
             )
-            folder = write_result(exp, out_dir, stem, note=note, meta=meta, info=info)
             reports.append(folder / "report.html")
             bar.update(1)
         bar.set_description("done")

@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from .loading import accept_missing_video_processor
+
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava", "internvl")
 
 _HIDDEN = 64
@@ -307,7 +309,7 @@ def _build_qwen(family: str, tok, image_size: int | None):
         config = Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
         model_cls, proc_cls = Qwen2VLForConditionalGeneration, Qwen2VLProcessor
 
-    processor = _no_video_processor_class(proc_cls)(
+    processor = accept_missing_video_processor(proc_cls)(
         image_processor=Qwen2VLImageProcessorPil(**improc_kwargs),
         tokenizer=tok,
         video_processor=None,
@@ -398,7 +400,7 @@ def _build_internvl(tok, image_size: int | None):
         image_mean=list(_IMAGENET_MEAN),
         image_std=list(_IMAGENET_STD),
     )
-    processor = _no_video_processor_class(InternVLProcessor)(
+    processor = accept_missing_video_processor(InternVLProcessor)(
         image_processor=image_processor,
         tokenizer=tok,
         video_processor=None,
@@ -406,19 +408,6 @@ def _build_internvl(tok, image_size: int | None):
         chat_template=_TEMPLATES["internvl"],
     )
     return config, InternVLForConditionalGeneration, processor
-
-
-@functools.cache
-def _no_video_processor_class(cls: type) -> type:
-    """``cls`` with its processor-class check relaxed to accept ``video_processor=None`` (torchvision-free
-    transformers cannot build the video processors; see ENV.md)."""
-
-    def check_argument_for_proper_class(self, argument_name, argument):
-        if argument_name == "video_processor" and argument is None:
-            return None
-        return cls.check_argument_for_proper_class(self, argument_name, argument)
-
-    return type(cls.__name__, (cls,), {"check_argument_for_proper_class": check_argument_for_proper_class})
 
 
 def tiny_model(

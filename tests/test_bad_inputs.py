@@ -779,7 +779,7 @@ EVAL_CASES = [
     EvalCase(
         "tiny-family-misspelt-writes-nothing",
         _ev("good", "--model", "tiny:qwen2vl"),
-        r"unknown tiny family 'qwen2vl'",
+        r"unsupported tiny model family 'qwen2vl'",
     ),
 ]
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 
+from ..cli_common import CliError, OneLineParser, check_out_dir, one_line
 from .datasets import LAYOUTS
 from .metrics import MERGES, PLACEMENTS
 
@@ -128,16 +128,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def _user_error(message: str):
-    """``mmx_fast.cli.CliError`` when available (one-line error, exit status 2), else ValueError."""
-    try:
-        from ..cli import CliError
-
-        return CliError(message)
-    except Exception:  # the main CLI is not importable: standalone use
-        return ValueError(message)
-
-
 def options_from_args(args: argparse.Namespace):
     from .run import EvalOptions
 
@@ -172,18 +162,16 @@ def run(args: argparse.Namespace) -> int:
         opts.check()
         if not os.path.isdir(opts.data):
             raise ValueError(f"--data {opts.data!r} is not a folder")
-        from ..cli import CliError, _check_out_dir
-
         try:
-            _check_out_dir(opts.out)
+            check_out_dir(opts.out)
         except CliError as e:
             raise ValueError(str(e)) from None
     except ValueError as e:
-        raise _user_error(str(e)) from None
+        raise CliError(str(e)) from None
     try:
         summary = run_eval(opts)
     except ValueError as e:  # set-up problems: the data set, the output folder's settings, the word typer
-        raise _user_error(str(e)) from None
+        raise CliError(str(e)) from None
     if summary is None:  # not rank 0
         return 0
     c = summary["counts"]
@@ -194,9 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m mmx_fast.eval``: the same arguments as ``mmx-fast eval``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from ..cli import _Parser  # usage errors as one line, like `mmx-fast eval`
-
-    parser = _Parser(prog="python -m mmx_fast.eval")
+    parser = OneLineParser(prog="python -m mmx_fast.eval")  # usage errors as one line, like `mmx-fast eval`
     add_arguments(parser)
     try:
         args = parser.parse_args(argv)
@@ -208,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("MMX_FAST_DEBUG", "").strip() not in ("", "0"):
             raise
         code = getattr(e, "code", None)
-        msg = re.sub(r"\s+", " ", str(e)).strip()
+        msg = one_line(str(e))
         if not isinstance(code, int):
             msg = f"{type(e).__name__}: {msg} (set MMX_FAST_DEBUG=1 for a traceback)"
             code = 1

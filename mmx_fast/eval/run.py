@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from ..explanation import atomic_write_bytes
+from ..io import atomic_write_bytes
 from .datasets import EvalDataset, Sample, load_dataset, load_mask
 from .metrics import MERGES, PLACEMENTS, box_in_mask, evaluate_sample, pool
 from .words import WordTyper, get_word_typer, group_words, retokenization_mismatch, token_pieces, word_labels
@@ -172,59 +172,29 @@ def resolve_device(device: str, local_rank: int = 0) -> str:
     return device
 
 
-def _torch_dtype(dtype: str):
-    import torch
-
-    if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
-        raise ValueError(f"dtype={dtype!r} is not a torch dtype; expected auto, float32, bfloat16 or float16")
-    return getattr(torch, dtype)
-
-
 def check_model_spec(spec: str, dtype: str = "auto") -> None:
     """Validate --model and --dtype without loading weights (so a bad run writes nothing)."""
+    from ..loading import ModelLoadError, resolve_dtype, resolve_model
+
     if dtype != "auto":
-        _torch_dtype(dtype)
-    if spec.startswith("tiny:"):
-        from ..testing import FAMILIES
-
-        family = spec[len("tiny:") :]
-        if family not in FAMILIES:
-            raise ValueError(
-                f"model {spec!r}: unknown tiny family {family!r}; expected tiny:" + " / tiny:".join(FAMILIES)
-            )
-        return
-    from ..cli import CliError, _resolve_model
-
+        resolve_dtype(dtype, "cpu")
     try:
-        _resolve_model(spec)
-    except CliError as e:
-        raise ValueError(str(e)) from None
+        resolve_model(spec)
+    except ModelLoadError as e:
+        raise ValueError(f"--{e}") from None
 
 
 def load_model(spec: str, device: str = "cpu", dtype: str = "auto"):
-    """(model, processor) for ``spec``: ``tiny:<family>`` (``mmx_fast.testing.tiny_model``, random weights) or
-    a local folder / cached hub id (transformers ``from_pretrained`` with ``local_files_only=True``, through
-    ``mmx_fast.cli``'s loader, which also handles processors whose video processor needs torchvision)."""
-    import torch
+    """(model, processor) for ``spec`` through ``mmx_fast.load``: ``tiny:<family>`` (random weights) or a
+    local folder / cached hub id (``local_files_only``; processors load without torchvision). ``dtype="auto"``
+    follows the checkpoint's own dtype."""
+    from ..loading import ModelLoadError, load, quiet_transformers
 
-    if dtype == "auto":
-        dt = torch.bfloat16 if device.startswith("cuda") and not spec.startswith("tiny:") else torch.float32
-    else:
-        dt = _torch_dtype(dtype)
-    if spec.startswith("tiny:"):
-        from ..testing import FAMILIES, tiny_model
-
-        family = spec[len("tiny:") :]
-        if family not in FAMILIES:
-            raise ValueError(
-                f"model {spec!r}: unknown tiny family {family!r}; expected tiny:" + " / tiny:".join(FAMILIES)
-            )
-        model, processor = tiny_model(family, dtype=dt)
-        return model.to(device).eval(), processor
-    from ..cli import _resolve_model
-    from ..cli import load_model as cli_load_model
-
-    return cli_load_model(_resolve_model(spec), device, dt)
+    try:
+        with quiet_transformers():
+            return load(spec, device=device, dtype=dtype)
+    except ModelLoadError as e:
+        raise ValueError(f"--{e}") from None
 
 
 # --------------------------------------------------------------------------------------------------------

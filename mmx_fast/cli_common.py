@@ -1,0 +1,58 @@
+"""What both command lines (``mmx-fast`` in ``mmx_fast.cli`` and ``mmx-fast eval`` in ``mmx_fast.eval.cli``)
+share: the one-line user error, the argument parser that raises it, and the output-folder check.
+
+It imports nothing else from mmx_fast, so ``cli`` and ``eval`` both depend on it and never on each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import tempfile
+from pathlib import Path
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, ``<prog>: error: <message>``, exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with usage errors raised as ``CliError`` (one line on stderr) instead of usage + exit."""
+
+    def error(self, message: str):  # type: ignore[override]
+        hint = f" (see {self.prog} --help)"
+        raise CliError(message + hint)
+
+
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines included) collapsed to one space."""
+    return re.sub(r"\s+", " ", str(text)).strip()
+
+
+def check_out_dir(text: str) -> Path:
+    """The output folder must be a folder we can create files in (or be creatable); nothing is created.
+    Raises ``CliError`` naming ``--out`` otherwise."""
+    out = Path(text).expanduser()
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {text!r} exists and is not a directory")
+    probe = out
+    while not probe.exists():
+        parent = probe.parent
+        if parent == probe:
+            break
+        probe = parent
+    if not probe.is_dir():
+        raise CliError(f"--out {text!r} cannot be created: {str(probe)!r} is not a directory")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".mmx-fast-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        where = "" if probe == out else f" (its nearest existing parent {str(probe)!r} is not writable)"
+        raise CliError(f"--out {text!r} is not writable{where}: {e.strerror or e}") from None
+    return out

@@ -1,0 +1,333 @@
+"""``mmx_fast.load``: the one model loader, shared by the Python API, the CLI and ``mmx-fast eval``.
+
+    model, processor = mmx_fast.load("path/to/Qwen2-VL-2B-Instruct")             # a local folder
+    model, processor = mmx_fast.load("Qwen/Qwen2-VL-2B-Instruct", device="cuda")  # already in the HF cache
+    model, processor = mmx_fast.load("tiny:llava")                                # tiny, RANDOM weights
+
+Nothing is ever downloaded (``local_files_only=True``). Supported families: those the adapters support
+(``mmx_fast.adapters.supported_model_types()``: qwen2_vl, qwen2_5_vl, llava, internvl).
+
+- ``dtype="auto"`` follows the checkpoint's own dtype (``dtype`` / ``torch_dtype`` in its config.json): a
+  bf16 checkpoint stays bf16, also on the CPU. A checkpoint that declares none loads as bfloat16 on a CUDA GPU
+  that supports it, else float32. ``tiny:`` models are float32 checkpoints.
+- ``device_map`` is passed to ``from_pretrained`` as is (e.g. ``"auto"`` to spread a model over several GPUs);
+  the model is then not moved, and ``device`` must stay ``"auto"``.
+- ``attn_implementation="auto"`` picks ``flash_attention_2`` only when flash-attn is installed, the device is
+  CUDA and the dtype is float16 / bfloat16 (:func:`choose_attn_implementation`); otherwise ``sdpa``.
+- Processors load without torchvision: transformers' ``AutoProcessor`` needs torchvision for the video
+  processor of Qwen2-VL / InternVL; when it fails, the processor is built from its tokenizer and image
+  processor (public Auto classes, ``get_processor_dict`` and ``from_args_and_dict``) with no video processor
+  (see :func:`accept_missing_video_processor`, the one place that relies on a transformers internal).
+
+Bad input raises :class:`ModelLoadError` (a ``ValueError``) whose message starts with ``model '<spec>'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TINY_PREFIX = "tiny:"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+PROCESSOR_CLASSES = {
+    "qwen2_vl": "Qwen2VLProcessor",
+    "qwen2_5_vl": "Qwen2_5_VLProcessor",
+    "llava": "LlavaProcessor",
+    "internvl": "InternVLProcessor",
+}
+OFFLINE_HINT = (
+    "mmx-fast works offline and never downloads a model: pass a local model folder "
+    "(one with config.json, e.g. saved with save_pretrained), or tiny:qwen2_vl for a random-weight test model"
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+
+
+class ModelLoadError(ValueError):
+    """A model that cannot be loaded; the message names it (``model '<spec>' ...``) and what is allowed."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from, found without loading any weights."""
+
+    spec: str  # what the user passed
+    family: str  # config.model_type
+    location: str | None  # folder or cached hub id; None for tiny models
+    tiny: bool
+    checkpoint_dtype: str | None = None  # the dtype the checkpoint declares (float32 for tiny models)
+
+
+def supported_families() -> list[str]:
+    from .adapters import supported_model_types
+
+    return list(supported_model_types())
+
+
+def _declared_dtype(cfg: dict[str, Any]) -> str | None:
+    """The dtype a config.json declares (top level, else its text config), as a torch dtype name."""
+    for d in (cfg, cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}):
+        for key in ("dtype", "torch_dtype"):
+            value = d.get(key)
+            if isinstance(value, str) and value:
+                return value.removeprefix("torch.")
+    return None
+
+
+def resolve_model(spec: str) -> ModelSource:
+    """Where the model ``spec`` comes from and its family, checked without loading any weights."""
+    families = supported_families()
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelLoadError(f"model {spec!r} is empty; pass a local model folder or tiny:qwen2_vl")
+    if spec.startswith(TINY_PREFIX):
+        family = spec[len(TINY_PREFIX) :]
+        if family not in families:
+            choices = ", ".join(TINY_PREFIX + f for f in families)
+            raise ModelLoadError(
+                f"model {spec!r}: unsupported tiny model family {family!r}; choose one of {choices}"
+            )
+        return ModelSource(spec, family, None, True, "float32")
+
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"model {spec!r} is a file; expected a model folder containing config.json")
+        cfg_path = path / "config.json"
+        if not cfg_path.is_file():
+            raise ModelLoadError(
+                f"model {spec!r} has no config.json; expected a transformers model folder "
+                "(as written by save_pretrained)"
+            )
+        try:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelLoadError(f"model {spec!r}: cannot read config.json ({e})") from None
+        if not isinstance(cfg, dict) or not cfg.get("model_type"):
+            raise ModelLoadError(
+                f"model {spec!r}: config.json has no model_type; expected a transformers model folder"
+            )
+        model_type, declared, location = cfg["model_type"], _declared_dtype(cfg), str(path)
+    else:
+        if not _HUB_ID.match(spec) or spec.startswith((".", "~")):
+            raise ModelLoadError(f"model {spec!r}: no such folder; {OFFLINE_HINT}")
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(spec, local_files_only=True)
+        except Exception:  # not in the local cache (OSError), or a cached config transformers cannot read
+            raise ModelLoadError(
+                f"model {spec!r} is not a local folder and is not available offline in the Hugging Face "
+                f"cache; {OFFLINE_HINT}"
+            ) from None
+        model_type, declared, location = config.model_type, _declared_dtype(config.to_dict()), spec
+    if model_type not in families:
+        raise ModelLoadError(
+            f"model {spec!r}: unsupported model family {model_type!r}; supported families: {', '.join(families)}"
+        )
+    return ModelSource(spec, model_type, location, False, declared)
+
+
+# ---------------------------------------------------------------------------------------------------
+# device, dtype, attention
+def resolve_device(device: Any = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; a CUDA device without a GPU is an
+    error. Returns the device as a string (``"cpu"``, ``"cuda"``, ``"cuda:1"``)."""
+    import torch
+
+    if device is None or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not allowed; expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r}: no CUDA GPU is available to torch on this machine; use cpu or auto"
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r} is not allowed; expected auto, cpu, cuda or cuda:N")
+    return str(dev)
+
+
+def resolve_dtype(dtype: Any, device_type: str, checkpoint_dtype: str | None = None):
+    """The torch dtype to load with: an explicit dtype as given; ``"auto"`` -> the checkpoint's declared dtype
+    (float32 / bfloat16 / float16), else bfloat16 on a CUDA GPU that supports it, else float32."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if checkpoint_dtype in ("float32", "bfloat16", "float16"):
+            return getattr(torch, checkpoint_dtype)
+        if device_type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype in DTYPES:
+        return getattr(torch, dtype)
+    raise ValueError(f"dtype={dtype!r} is not allowed; expected one of {', '.join(DTYPES)} or a torch.dtype")
+
+
+def flash_attn_installed() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def choose_attn_implementation(requested: str, *, device_type: str, dtype, flash_attn: bool) -> str:
+    """The attention implementation to load with. ``"auto"``: ``flash_attention_2`` when flash-attn is
+    installed (``flash_attn``), ``device_type`` is ``"cuda"`` and ``dtype`` is float16 / bfloat16 (flash-attn
+    supports nothing else); otherwise ``sdpa``. Any other allowed value is returned as is."""
+    import torch
+
+    if requested not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(
+            f"attn_implementation={requested!r} is not allowed; expected one of {', '.join(ATTN_IMPLEMENTATIONS)}"
+        )
+    if requested != "auto":
+        return requested
+    if flash_attn and device_type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        return "flash_attention_2"
+    return "sdpa"
+
+
+# ---------------------------------------------------------------------------------------------------
+# processors without torchvision
+@functools.cache
+def accept_missing_video_processor(cls: type) -> type:
+    """``cls`` (a transformers processor class) accepting ``video_processor=None``.
+
+    The ONE place that relies on a transformers internal: ``ProcessorMixin.__init__`` checks every component
+    with ``check_argument_for_proper_class`` and rejects a missing video processor, and transformers can only
+    build video processors with torchvision. No public switch skips that check (transformers 5.x), so this
+    subclass overrides it for ``video_processor`` only; images and text are processed by the real class.
+    """
+
+    def check_argument_for_proper_class(self, argument_name, argument):
+        if argument_name == "video_processor" and argument is None:
+            return None
+        return cls.check_argument_for_proper_class(self, argument_name, argument)
+
+    return type(cls.__name__, (cls,), {"check_argument_for_proper_class": check_argument_for_proper_class})
+
+
+def processor_without_video(location: str, family: str):
+    """The family's processor built from its tokenizer and image processor (Auto classes) and the saved
+    processor settings (``get_processor_dict``), with no video processor (so no torchvision)."""
+    import transformers
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    cls = getattr(transformers, PROCESSOR_CLASSES[family])
+    names = cls.get_attributes()
+    if "video_processor" in names:
+        cls = accept_missing_video_processor(cls)
+    processor_dict, kwargs = cls.get_processor_dict(location, local_files_only=True)
+    args = []
+    for name in names:
+        if name == "tokenizer":
+            args.append(AutoTokenizer.from_pretrained(location, local_files_only=True))
+        elif name == "image_processor":
+            args.append(AutoImageProcessor.from_pretrained(location, local_files_only=True))
+        elif name == "video_processor":
+            args.append(None)
+        else:
+            raise ValueError(f"{cls.__name__} needs a {name}, which mmx-fast cannot load")
+    return cls.from_args_and_dict(args, processor_dict, **kwargs)
+
+
+def load_processor(source: ModelSource):
+    """The processor of a model folder / cached hub id: ``AutoProcessor``, or without torchvision
+    :func:`processor_without_video`."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(source.location, local_files_only=True)
+    except Exception as first:  # typically: the video processor needs torchvision
+        try:
+            return processor_without_video(source.location, source.family)
+        except Exception:
+            raise ModelLoadError(f"model {source.spec!r}: cannot load the processor ({first})") from None
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' warnings and progress bars inside the block (the CLI's output stays clean)."""
+    import transformers
+
+    log = transformers.utils.logging
+    verbosity, bars = log.get_verbosity(), log.is_progress_bar_enabled()
+    log.set_verbosity_error()
+    log.disable_progress_bar()
+    try:
+        yield
+    finally:
+        log.set_verbosity(verbosity)
+        if bars:
+            log.enable_progress_bar()
+
+
+# ---------------------------------------------------------------------------------------------------
+def load(
+    model_id_or_path: str | ModelSource,
+    device: Any = "auto",
+    dtype: Any = "auto",
+    device_map: Any = None,
+    attn_implementation: str = "auto",
+):
+    """``(model, processor)`` for a local model folder, a Hugging Face id already in the local cache, or
+    ``tiny:<family>`` (a tiny random-weight test model); the model is in eval mode on ``device``.
+
+    Args:
+        model_id_or_path: folder (with config.json), cached hub id, ``tiny:<family>``, or a ``ModelSource``
+            from :func:`resolve_model`.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        dtype: ``"auto"`` (the checkpoint's dtype; see the module docstring), ``"float32"``, ``"bfloat16"``,
+            ``"float16"`` or a ``torch.dtype``.
+        device_map: passed to ``from_pretrained`` (e.g. ``"auto"``); the model is then left where it is placed.
+        attn_implementation: ``"auto"`` (:func:`choose_attn_implementation`), ``"sdpa"``, ``"eager"``,
+            ``"flash_attention_2"``.
+
+    Raises ``ModelLoadError`` (bad model) or ``ValueError`` (bad option). Nothing is downloaded.
+    """
+    import torch
+
+    source = (
+        model_id_or_path if isinstance(model_id_or_path, ModelSource) else resolve_model(model_id_or_path)
+    )
+    if device_map is not None and device not in (None, "auto"):
+        raise ValueError(f"pass device={device!r} or device_map={device_map!r}, not both")
+    if device_map is not None and source.tiny:
+        raise ValueError(
+            f"device_map={device_map!r} is only for checkpoints loaded from disk, not {source.spec!r}"
+        )
+    if device_map is None:
+        device = resolve_device(device)
+        device_type = torch.device(device).type
+    else:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_dtype = resolve_dtype(dtype, device_type, source.checkpoint_dtype)
+    attn = choose_attn_implementation(
+        attn_implementation, device_type=device_type, dtype=torch_dtype, flash_attn=flash_attn_installed()
+    )
+    if source.tiny:
+        from .testing import tiny_model
+
+        model, processor = tiny_model(source.family, dtype=torch_dtype, attn_implementation=attn)
+        return model.to(device).eval(), processor
+
+    from transformers import AutoModelForImageTextToText
+
+    processor = load_processor(source)
+    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch_dtype, "attn_implementation": attn}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(source.location, **kwargs)
+    except Exception as e:
+        raise ModelLoadError(f"model {source.spec!r}: cannot load the model ({e})") from None
+    if device_map is None:
+        model = model.to(device)
+    return model.eval(), processor
