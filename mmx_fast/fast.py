@@ -7,10 +7,10 @@ Same inputs and result as ``mmx_fast.reference.explain``; different execution:
 2. ONE padded, batched, teacher-forced forward over every other scale of every image (and over scale 1.0
    too when the answer was forced), keeping only the last-layer normed hidden states (never all layers,
    never full-vocab logits over visual tokens);
-3. stage A: one gather-GEMM for every scale and every needed vocab id (``ops.gather_logit_lens``);
+3. stage A: one gather-GEMM for every scale and every needed vocab id (``ops.logit_lens``);
 4. MSEA onto the canonical grid;
-5. stage B: streamed top-k rankings + RBO for every (target, context) pair (``ops.topk_rankings``,
-   ``ops.rbo_pairs``);
+5. stage B: streamed top-k rankings + RBO for every (target, context) pair (``ops.rankings_topk``,
+   ``ops.rankings_rbo``);
 6. stage C: interference map, beta, ReLU, rank Gaussian filter and normalisation for all targets at
    once (``ops.refine``).
 
@@ -41,7 +41,6 @@ from .reference.explain import (
     tam_extra_classes,
     tam_reference,
 )
-from .reference.filters import normalize_max
 
 
 def _maybe_flash_attention(model) -> None:
@@ -202,24 +201,26 @@ class Explainer:
         # stage A: every scale's visual tokens x every needed id, one launch
         zs = [h.to(dev)[p.visual_positions.to(dev)] for h, p in zip(hidden_s, prompts_s)]
         if ops.resolve_backend(backend, dev) == "triton":  # one launch over all scales
-            flat = ops.gather_logit_lens(torch.cat(zs, 0), w_u, ids, backend=backend)  # [M, sum N_s]
+            flat = ops.logit_lens(torch.cat(zs, 0), w_u, ids, backend=backend)  # [M, sum N_s]
             flats = flat.split([z.shape[0] for z in zs], dim=1)
         else:  # on the CPU a GEMM per scale avoids copying every scale's states into one buffer
-            flats = [ops.gather_logit_lens(z, w_u, ids, backend=backend) for z in zs]
+            flats = [ops.logit_lens(z, w_u, ids, backend=backend) for z in zs]
         per_scale = [f.reshape(len(ids), *p.grid) for f, p in zip(flats, prompts_s)]
         coverages = [p.coverage for p in prompts_s]
-        maps = ops.msea_aggregate(per_scale, coverages, tuple(base.grid), cfg.aggregate, backend=backend)
+        maps = ops.msea(per_scale, coverages, tuple(base.grid), cfg.aggregate, backend=backend)
         a_t, prompt_maps, base_map = maps[:T], maps[T : T + P], maps[T + P : T + P + 1]
 
         if cfg.mitigation == "none":
-            refined = ops.rank_gaussian_filter(a_t, backend=backend) if cfg.filter else a_t
-            refined = normalize_max(refined)
+            refined = ops.refine_filter(a_t, backend=backend) if cfg.filter else a_t
+            refined = ops.refine_normalize(refined)
         elif cfg.mitigation == "arc":
             # stage B: rankings of every predicting position, then RBO of each target vs every context
             pred_prompt, pred_answer = text.predicting_positions()
-            ranks = ops.topk_rankings(h1[pred_prompt + pred_answer], w_u, cfg.top_k, backend=backend)
+            ranks = ops.rankings_topk(h1[pred_prompt + pred_answer], w_u, cfg.top_k, backend=backend)
             rank_ctx, rank_ans = ranks, ranks[P:]
-            r = ops.rbo_pairs(rank_ans, rank_ctx, cfg.rbo_p, cfg.rbo_variant, backend=backend)  # [T, P + T]
+            r = ops.rankings_rbo(
+                rank_ans, rank_ctx, cfg.rbo_p, cfg.rbo_variant, backend=backend
+            )  # [T, P + T]
             w = 1 - r
             # causal context: target t sees the prompt and the answer tokens before it
             causal = torch.ones_like(w, dtype=torch.bool)

@@ -17,11 +17,10 @@ from ..adapters.base import Adapter, PromptInputs
 from ..config import ExplainConfig
 from ..explanation import Explanation
 from ..images import load_image
-from .arc import arc_weights, refine_one
-from .filters import normalize_max, rank_gaussian_filter
 from .logit_lens import base_vocab_id, logit_lens_maps
 from .msea import msea_aggregate
-from .rbo import rbo, topk_ranking
+from .rankings import rbo, topk_ranking
+from .refine import arc_weights, normalize_max, rank_gaussian_filter, refine_one
 from .tam import tam_maps, tam_token_strings
 
 

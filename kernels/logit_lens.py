@@ -1,4 +1,4 @@
-"""Stage A: gathered logit-lens maps (paper Eq. 2 and 4; DESIGN.md 1.1 and 2.3).
+"""Stage ``logit_lens``: gathered logit-lens maps (paper Eq. 2 and 4; docs/design.md §1.1 and §2.3).
 
 Computes, for visual-token hidden states ``z`` [N, d], the unembedding ``W_U`` [V, d] and vocabulary ids
 ``ids`` [M]::
@@ -31,7 +31,7 @@ from ._common import check_states_and_unembedding, is_interpreted, next_pow2
 
 
 @triton.jit
-def _gather_logit_lens_kernel(
+def _logit_lens_kernel(
     z_ptr,
     w_ptr,
     ids_ptr,
@@ -81,7 +81,7 @@ def _gather_logit_lens_kernel(
 
 
 # how @triton.jit built the kernels: the CPU interpreter or the GPU compiler
-INTERPRETED = is_interpreted(_gather_logit_lens_kernel)
+INTERPRETED = is_interpreted(_logit_lens_kernel)
 
 
 def _block_sizes(m: int, n: int, d: int, on_cuda: bool, lowp: bool) -> tuple[int, int, int, int]:
@@ -98,7 +98,7 @@ def _block_sizes(m: int, n: int, d: int, on_cuda: bool, lowp: bool) -> tuple[int
     )
 
 
-def gather_logit_lens(z: torch.Tensor, w_u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def logit_lens(z: torch.Tensor, w_u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """``clamp(W_U[ids] @ z.T, min=0)`` as float32 [M, N], with the W_U rows gathered inside the kernel.
 
     z: [N, d] float32/float16/bfloat16 hidden states; w_u: [V, d] of the same kinds; ids: [M] integer vocab ids
@@ -123,7 +123,7 @@ def gather_logit_lens(z: torch.Tensor, w_u: torch.Tensor, ids: torch.Tensor) -> 
     lowp = on_cuda and z.dtype == w_u.dtype and z.dtype in (torch.float16, torch.bfloat16)
     block_m, block_n, block_d, num_warps = _block_sizes(m, n, d, on_cuda, lowp)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
-    _gather_logit_lens_kernel[grid](
+    _logit_lens_kernel[grid](
         z,
         w_u,
         ids,
