@@ -7,8 +7,8 @@
 
 Installs nothing and needs no network: PyTorch, Triton and transformers must already be there. Steps:
 
-1. ``pytest tests -k cuda`` (the CUDA tests of tests/test_kernels.py and tests/test_ops.py; skipped
-   without CUDA or with ``--no-tests``).
+1. ``pytest tests -k cuda`` (the CUDA tests of tests/test_kernels.py, tests/test_native.py and the
+   triton-cuda cases of tests/test_stage_*.py; skipped without CUDA or with ``--no-tests``).
 2. Every stage (logit_lens, rankings = top-k + RBO, refine, refine_filter, msea) at realistic sizes for
    the providers ``reference``, ``torch`` and ``triton`` (CUDA; on the CPU ``reference``, ``fast`` =
    ``backend="auto"`` and ``torch`` if auto picks the native kernels):
@@ -281,6 +281,13 @@ def main(argv=None) -> int:
     if not args.no_stages:
         log("stages:")
         only = tuple(x.strip() for x in args.stages.split(",") if x.strip())
+        from benches.cases import STAGES
+
+        unknown = [x for x in only if x not in STAGES]
+        if unknown:
+            raise SystemExit(
+                f"--stages {','.join(unknown)} is not allowed; expected some of {','.join(STAGES)}"
+            )
         rows += stage_rows(args.quick, only or None)
     if not args.no_e2e:
         log("end to end:")

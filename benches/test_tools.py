@@ -39,7 +39,10 @@ def test_report_renders_from_json(tmp_path):
         info = dict(
             kind="stage", stage="refine", model=None, vocab=None, hidden=None, n=n, t=50, device="cpu"
         )
-        rows += [_bench(f"C n={n}", "reference", ref, **info), _bench(f"C n={n}", "fast", fast, **info)]
+        rows += [
+            _bench(f"refine n={n}", "reference", ref, **info),
+            _bench(f"refine n={n}", "fast", fast, **info),
+        ]
     e2e = dict(kind="e2e", model="m", image=224, answer_tokens=20, n=64, device="cpu")
     e2e["visual_tokens"] = {"0.5": 16, "0.75": 36, "1.0": 64}
     rows += [
@@ -70,12 +73,12 @@ def test_report_renders_from_json(tmp_path):
     assert "| 400 | 50 | 30.0 ms | 4.00 ms | 7.50x |" in text
     assert "reference / fast = **1.25x**, fast / floor = **1.14x**" in text
     assert "| 12 MB | 4 MB | — | — | 3.00x |" in text
-    assert (tmp_path / "plots" / "stage_C.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "stage_refine.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "e2e.png").stat().st_size > 1000
 
 
 def test_gpu_check_quick(capsys):
-    assert gpu_check.main(["--quick", "--stages", "C,msea"]) == 0
+    assert gpu_check.main(["--quick", "--stages", "refine,msea"]) == 0
     out = capsys.readouterr().out
     assert "| section | case | provider |" in out
     assert "end to end" in out and "one batched forward" in out
