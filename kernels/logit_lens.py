@@ -7,6 +7,11 @@ Computes, for visual-token hidden states ``z`` [N, d], the unembedding ``W_U`` [
 
 i.e. ``clamp(W_U[ids] @ z.T, min=0)``, the reference ``mmx_fast.reference.logit_lens.logit_lens_maps``.
 
+Plain PyTorch version (the vectorised ``torch`` backend, ``mmx_fast/ops/logit_lens.py``)::
+
+    rows = w_u.index_select(0, ids).float()                              # copies M * d of W_U
+    out = (rows @ z.float().T).clamp_min_(0)
+
 Each program owns a BLOCK_M x BLOCK_N tile of the output. It loads its BLOCK_M ids once and then streams the
 hidden dimension in BLOCK_D slices: the W_U rows are gathered by index straight from W_U (``W_U[ids]`` is never
 copied on the host), ``z`` is read as a strided tile, and ``tl.dot`` accumulates in float32.

@@ -1,5 +1,13 @@
 """Stage ``rankings``: next-token rankings and rank-biased overlap (paper Eq. 6-7; docs/design.md §1.3 and §2.5).
 
+Plain PyTorch version (the reference; the vectorised ``torch`` backend is ``mmx_fast/ops/rankings.py``)::
+
+    logits = h.float() @ w_u.float().T                                   # [R, V]: R * V floats written
+    ranks = torch.sort(logits, dim=-1, descending=True, stable=True).indices[:, :k]
+    rbo[t, c] = sum_d c_d * X_d(a[t], b[c])          # X_d: ids in both depth-d prefixes; [..., k, k] compares
+
+It materialises the [R, V] logits (R * V * 4 bytes: 30 MB for R = 50, V = 151,936) and sorts them all.
+
 ``rankings_topk(h, w_u, k)``: the ``k`` vocabulary ids with the largest logits ``h @ W_U.T`` per row, best
 first, ties toward the smaller vocabulary id -- exactly ``mmx_fast.reference.rankings.topk_ranking``. The [R, V]
 logits never exist in memory:

@@ -14,6 +14,11 @@ repeated, a size-1 dim repeats), the 9 window values sorted (a 25-comparator sor
 mean and population std; mean <= 0 gives 0; sigma = std / mean, weights exp(-r^2 / (2 sigma^2)) over rank
 offsets r = -4..4, normalised; where 2 sigma^2 is 0 (a constant window, or underflow) the window median.
 
+Plain PyTorch version (the reference ``refine_one`` looped over targets; the vectorised ``torch`` backend is
+``mmx_fast/ops/refine.py``): per target, a weighted sum over the C context maps, two dot products, the
+residual, the filter (an unfold + sort of every 3x3 window) and the normalisation, each a separate pass over
+[H, W] tensors in memory.
+
 Two launches, one program per target in each (a target's map is small: a few hundred to a few thousand
 cells, streamed in BLOCK_HW chunks):
 
