@@ -15,6 +15,11 @@ An operation without an implementation for the resolved backend (``msea`` everyw
 ``native``, ``refine_filter`` on ``triton``) runs the torch implementation on the tensors' device, as do
 empty inputs.
 
+The stage words name both a module (``mmx_fast/ops/refine.py``) and a public function (``ops.refine``): the
+attribute ``mmx_fast.ops.refine`` is the function. Reach a torch implementation with ``from
+mmx_fast.ops.refine import refine_torch`` (or ``importlib.import_module("mmx_fast.ops.refine")``), or
+through ``DISPATCH["refine"]["torch"]``.
+
 Every public function checks its arguments once here (so every backend fails the same way, with a message
 that names the bad value); the kernel launchers and the C++ entry points keep only cheap invariant checks.
 Shared constants come from :mod:`mmx_fast.constants` and are passed in.
