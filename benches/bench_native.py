@@ -1,4 +1,4 @@
-"""Native C++ kernels (mmx_fast.native) vs the vectorised torch path (mmx_fast.ops.torch_impl), side by side.
+"""Native C++ kernels (mmx_fast.native) vs the vectorised torch path (the ``torch`` entries of mmx_fast.ops.DISPATCH), side by side.
 
     python benches/bench_native.py [--reps N] [--threads N] [--quick]
 
@@ -21,8 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmx_fast import native  # noqa: E402
-from mmx_fast.ops import torch_impl  # noqa: E402
+from mmx_fast import (
+    native,  # noqa: E402
+    ops,  # noqa: E402
+)
+from mmx_fast.ops.rankings import rankings_topk_torch  # noqa: E402
+from mmx_fast.ops.refine import refine_torch  # noqa: E402
 
 
 def _interleaved(fns: dict, reps: int) -> dict:
@@ -64,30 +68,30 @@ def main(argv=None) -> int:
     w = torch.randn(v, d, generator=gen) * 0.02
     for dtype in (torch.float32, torch.bfloat16):
         hh, ww = h.to(dtype), w.to(dtype)
-        assert torch.equal(native.topk_rankings(hh, ww, k), torch_impl.topk_rankings(hh, ww, k))
+        assert torch.equal(native.rankings_topk(hh, ww, k), rankings_topk_torch(hh, ww, k))
         med = _interleaved(
             {
-                "torch": partial(torch_impl.topk_rankings, hh, ww, k),
-                "native": partial(native.topk_rankings, hh, ww, k),
+                "torch": partial(rankings_topk_torch, hh, ww, k),
+                "native": partial(native.rankings_topk, hh, ww, k),
             },
             args.reps,
         )
-        rows.append((f"topk_rankings R={r} d={d} V={v} k={k} {str(dtype)[6:]}", med))
+        rows.append((f"rankings_topk R={r} d={d} V={v} k={k} {str(dtype)[6:]}", med))
 
     t, c, k = 50, 70, 50
     a = _rankings(t, k, 400, gen)
     b = _rankings(c, k, 400, gen)
     assert torch.allclose(
-        native.rbo_pairs(a, b, 0.9, "ext"), torch_impl.rbo_pairs(a, b, 0.9, "ext"), atol=1e-6
+        native.rankings_rbo(a, b, 0.9, "ext"), ops.rankings_rbo(a, b, 0.9, "ext", backend="torch"), atol=1e-6
     )
     med = _interleaved(
         {
-            "torch": lambda: torch_impl.rbo_pairs(a, b, 0.9, "ext"),
-            "native": lambda: native.rbo_pairs(a, b, 0.9, "ext"),
+            "torch": lambda: ops.rankings_rbo(a, b, 0.9, "ext", backend="torch"),
+            "native": lambda: native.rankings_rbo(a, b, 0.9, "ext"),
         },
         args.reps * 5,
     )
-    rows.append((f"rbo_pairs T={t} C={c} k={k}", med))
+    rows.append((f"rankings_rbo T={t} C={c} k={k}", med))
 
     t, c = 50, 71
     for hgt, wid in ((24, 24), (17, 23)):
@@ -95,11 +99,11 @@ def main(argv=None) -> int:
         ctx = torch.rand(c, hgt, wid, generator=gen)
         wts = torch.rand(t, c, generator=gen)
         for flt in (True, False):
-            err = (native.refine(a_t, ctx, wts, flt) - torch_impl.refine(a_t, ctx, wts, flt)).abs().max()
+            err = (native.refine(a_t, ctx, wts, flt) - refine_torch(a_t, ctx, wts, flt)).abs().max()
             assert float(err) < 1e-4, float(err)
             med = _interleaved(
                 {
-                    "torch": partial(torch_impl.refine, a_t, ctx, wts, flt),
+                    "torch": partial(refine_torch, a_t, ctx, wts, flt),
                     "native": partial(native.refine, a_t, ctx, wts, flt),
                 },
                 args.reps * 5,

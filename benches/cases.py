@@ -11,15 +11,15 @@ one zero-argument callable per provider:
 - ``torch`` / ``triton`` / ``native``: ``mmx_fast.ops`` with that backend forced (the suites add ``torch``
   whenever ``auto`` picks something else, so the vectorised torch path is always measured).
 
-Stages (DESIGN 2):
+Stages (docs/design.md §2), one word each as in mmx_fast.ops, kernels/, csrc/ and tests/test_stage_*.py:
 
-- ``A``  gather logit lens: ``clamp(W_U[ids] @ Z.T, 0)`` for the visual tokens of the three default scales
+- ``logit_lens``  gathered logit lens: ``clamp(W_U[ids] @ Z.T, 0)`` for the visual tokens of the three default scales
   (0.5, 0.75, 1.0; about 1.81 n tokens in all for n at scale 1.0) and M = T + P + 1 ids.
-- ``B``  rankings + RBO: top-50 of ``h @ W_U.T`` for the P + T predicting positions, then RBO of each
+- ``rankings``  top-k + RBO: top-50 of ``h @ W_U.T`` for the P + T predicting positions, then RBO of each
   answer token against its context (the reference: per target, as ``arc_reference``).
-- ``C``  refine: interference map, beta, ReLU, rank Gaussian filter, max-normalisation for the T targets
+- ``refine``  interference map, beta, ReLU, rank Gaussian filter, max-normalisation for the T targets
   on the canonical grid (n cells), with P + T + 1 context maps.
-- ``filter``  the rank Gaussian filter alone on [T, H, W].
+- ``refine_filter``  the rank Gaussian filter alone on [T, H, W].
 - ``msea``  MSEA resize + mean over the three scales for M maps.
 
 Sizes: n visual tokens at scale 1.0 (100 to 4,000), T answer tokens (10 to 200), P = 20 prompt tokens, the
@@ -49,16 +49,16 @@ T_FIXED = 50  # the T at which n is swept
 QUICK_N = (100,)
 QUICK_T = (10,)
 
-STAGES = ("A", "B", "C", "filter", "msea")
+STAGES = ("logit_lens", "rankings", "refine", "refine_filter", "msea")
 STAGE_TITLES = {
-    "A": "A: gather logit lens",
-    "B": "B: rankings + RBO",
-    "C": "C: refine (ARC + filter + norm)",
-    "filter": "rank Gaussian filter",
-    "msea": "MSEA aggregate",
+    "logit_lens": "logit_lens: gathered logit lens",
+    "rankings": "rankings: top-k + RBO",
+    "refine": "refine: ARC + filter + norm",
+    "refine_filter": "refine_filter: rank Gaussian filter",
+    "msea": "msea: MSEA aggregate",
 }
 # Which stages depend on the model's (vocabulary, hidden) shape.
-MODEL_STAGES = ("A", "B")
+MODEL_STAGES = ("logit_lens", "rankings")
 
 
 def quick_mode(default: bool = False) -> bool:
@@ -74,8 +74,8 @@ def quick_mode(default: bool = False) -> bool:
 @dataclass(frozen=True)
 class StageCase:
     stage: str
-    model: str | None  # key of MODEL_SHAPES, for stages A and B
-    n: int | None  # visual tokens at scale 1.0 (stages A, C, filter, msea)
+    model: str | None  # key of MODEL_SHAPES, for stages logit_lens and rankings
+    n: int | None  # visual tokens at scale 1.0 (stages logit_lens, refine, refine_filter, msea)
     t: int  # answer tokens
 
     @property
@@ -128,11 +128,11 @@ def stage_cases(stage: str, quick: bool) -> list[StageCase]:
     models = tuple(MODEL_SHAPES) if stage in MODEL_STAGES else (None,)
     out: list[StageCase] = []
     for model in models:
-        if stage == "B":  # independent of n
+        if stage == "rankings":  # independent of n
             out += [StageCase(stage, model, None, t) for t in ts]
             continue
         sizes = [(n, t_fix) for n in ns]
-        if stage in ("A", "C"):
+        if stage in ("logit_lens", "refine"):
             sizes += [(n_fix, t) for t in ts if (n_fix, t) not in sizes]
         out += [StageCase(stage, model, n, t) for n, t in sizes]
     return out
@@ -169,7 +169,10 @@ def unembedding(model: str, device: str, dtype: torch.dtype) -> torch.Tensor:
 
 
 # Stages each non-torch backend implements; the others run the torch code under that backend.
-BACKEND_STAGES = {"native": ("B", "C", "filter"), "triton": ("A", "B", "C")}
+BACKEND_STAGES = {
+    "native": ("rankings", "refine", "refine_filter"),
+    "triton": ("logit_lens", "rankings", "refine"),
+}
 
 
 def auto_backend(device) -> str:
@@ -197,7 +200,7 @@ def reference_skip_reason(case: StageCase, device) -> str | None:
     the fast provider still runs there. None: run it."""
     if torch.device(device).type != "cpu":
         return None
-    if case.stage == "B" and case.model == "qwen2vl" and case.t >= 200:
+    if case.stage == "rankings" and case.model == "qwen2vl" and case.t >= 200:
         return "reference rankings sort 220 x 151,936 full logits (~10 s a call on this CPU)"
     return None
 
@@ -213,11 +216,11 @@ def stage_callables(
     """Inputs of ``case`` built once on ``device``; one zero-argument callable per provider. Callables
     synchronise CUDA before returning, so wall-clock timers measure the work."""
     from mmx_fast import ops
-    from mmx_fast.reference.arc import refine_one
-    from mmx_fast.reference.filters import rank_gaussian_filter as ref_filter
     from mmx_fast.reference.logit_lens import logit_lens_maps
     from mmx_fast.reference.msea import msea_aggregate as ref_msea
-    from mmx_fast.reference.rbo import rbo, topk_ranking
+    from mmx_fast.reference.rankings import rbo, topk_ranking
+    from mmx_fast.reference.refine import rank_gaussian_filter as ref_filter
+    from mmx_fast.reference.refine import refine_one
 
     device = torch.device(device or default_device())
     dtype = dtype or default_dtype(device)
@@ -235,7 +238,7 @@ def stage_callables(
     def backend_of(provider: str) -> str:
         return "auto" if provider == "fast" else provider
 
-    if case.stage == "A":
+    if case.stage == "logit_lens":
         w_u = unembedding(case.model, str(device), dtype)
         counts = scale_token_counts(case.n, SCALES)
         zs = [randn(c, case.hidden) for c in counts]
@@ -248,7 +251,7 @@ def stage_callables(
 
         def make_fast_a(backend):
             def fast_a():
-                out = ops.gather_logit_lens(torch.cat(zs, 0), w_u, ids, backend=backend)
+                out = ops.logit_lens(torch.cat(zs, 0), w_u, ids, backend=backend)
                 _sync(device)
                 return out
 
@@ -257,7 +260,7 @@ def stage_callables(
         for prov in providers:
             fns[prov] = ref_a if prov == "reference" else make_fast_a(backend_of(prov))
 
-    elif case.stage == "B":
+    elif case.stage == "rankings":
         w_u = unembedding(case.model, str(device), dtype)
         h = randn(p + t, case.hidden)
 
@@ -273,8 +276,8 @@ def stage_callables(
 
         def make_fast_b(backend):
             def fast_b():
-                ranks = ops.topk_rankings(h, w_u, TOP_K, backend=backend)
-                r = ops.rbo_pairs(ranks[p:], ranks, RBO_P, "ext", backend=backend)
+                ranks = ops.rankings_topk(h, w_u, TOP_K, backend=backend)
+                r = ops.rankings_rbo(ranks[p:], ranks, RBO_P, "ext", backend=backend)
                 _sync(device)
                 return ranks, r
 
@@ -283,7 +286,7 @@ def stage_callables(
         for prov in providers:
             fns[prov] = ref_b if prov == "reference" else make_fast_b(backend_of(prov))
 
-    elif case.stage == "C":
+    elif case.stage == "refine":
         hh, ww = grid_for(case.n)
         a_t = rand(t, hh, ww)
         prompt_maps = rand(p, hh, ww)
@@ -317,7 +320,7 @@ def stage_callables(
         for prov in providers:
             fns[prov] = ref_c if prov == "reference" else make_fast_c(backend_of(prov))
 
-    elif case.stage == "filter":
+    elif case.stage == "refine_filter":
         hh, ww = grid_for(case.n)
         x = torch.relu(rand(t, hh, ww) - 0.2)
 
@@ -328,7 +331,7 @@ def stage_callables(
 
         def make_fast_f(backend):
             def fast_f():
-                res = ops.rank_gaussian_filter(x, backend=backend)
+                res = ops.refine_filter(x, backend=backend)
                 _sync(device)
                 return res
 
@@ -351,7 +354,7 @@ def stage_callables(
 
         def make_fast_m(backend):
             def fast_m():
-                res = ops.msea_aggregate(per_scale, covs, grid, "mean", backend=backend)
+                res = ops.msea(per_scale, covs, grid, "mean", backend=backend)
                 _sync(device)
                 return res
 
@@ -367,10 +370,10 @@ def stage_callables(
 def check_agreement(case: StageCase, ref_out, fast_out) -> None:
     """Raise AssertionError when the fast output does not match the reference's for ``case`` (so the
     benchmark compares equivalent work)."""
-    if case.stage == "A":
+    if case.stage == "logit_lens":
         ref = torch.cat(ref_out, 1).float()
         torch.testing.assert_close(fast_out.float(), ref, rtol=2e-2, atol=2e-2 * float(ref.abs().max()))
-    elif case.stage == "B":
+    elif case.stage == "rankings":
         ranks_ref, rs = ref_out
         ranks, r = fast_out
         assert torch.equal(ranks.cpu(), ranks_ref.cpu()), "rankings differ from the reference's"

@@ -6,7 +6,7 @@ tokens; see ``models.py`` for why the length is exact):
 - ``reference``: ``mmx_fast.reference.explain`` (default config: msea-arc, scales 0.5 / 0.75 / 1.0);
 - ``fast``: ``mmx_fast.explain_fast``, same arguments;
 - ``floor``: what no implementation can avoid: the scale-1.0 prompt, ``generate`` of the answer, the two
-  extra scales' prompts and ONE batched teacher-forced forward over them (DESIGN 5's
+  extra scales' prompts and ONE batched teacher-forced forward over them (docs/design.md §5's
   "generate alone plus the extra-scale prefill");
 - ``generate``: ``generate`` alone (with the scale-1.0 prompt).
 

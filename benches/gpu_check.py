@@ -7,9 +7,9 @@
 
 Installs nothing and needs no network: PyTorch, Triton and transformers must already be there. Steps:
 
-1. ``pytest tests -k cuda`` (the CUDA tests of tests/test_kernels.py and tests/test_ops.py; skipped
-   without CUDA or with ``--no-tests``).
-2. Every stage (A gather logit lens, B rankings + RBO, C refine, filter, MSEA) at realistic sizes for
+1. ``pytest tests -k cuda`` (the CUDA tests of tests/test_kernels.py, tests/test_native.py and the
+   triton-cuda cases of tests/test_stage_*.py; skipped without CUDA or with ``--no-tests``).
+2. Every stage (logit_lens, rankings = top-k + RBO, refine, refine_filter, msea) at realistic sizes for
    the providers ``reference``, ``torch`` and ``triton`` (CUDA; on the CPU ``reference``, ``fast`` =
    ``backend="auto"`` and ``torch`` if auto picks the native kernels):
    medians from ``triton.testing.do_bench`` on CUDA, of repeated wall-clock runs on the CPU; peak extra
@@ -123,9 +123,9 @@ def stage_rows(quick: bool, stages: tuple[str, ...] | None = None) -> list[dict]
             from mmx_fast import ops
 
             ops.resolve_backend("triton", "cuda")
-            from mmx_fast.ops import _load_kernels_package
+            from mmx_fast.kernels_loader import kernels_package
 
-            if not getattr(_load_kernels_package(), "HAS_TRITON", False):
+            if not getattr(kernels_package(), "HAS_TRITON", False):
                 raise RuntimeError("mmx_fast.kernels has HAS_TRITON False")
         except Exception as err:
             log(f"triton provider unavailable ({err!r}); timing reference and torch only")
@@ -259,7 +259,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-tests", action="store_true", help="skip pytest tests -k cuda")
     ap.add_argument("--no-stages", action="store_true")
     ap.add_argument(
-        "--stages", default="", help="comma-separated stages to time (A,B,C,filter,msea); default all"
+        "--stages",
+        default="",
+        help="comma-separated stages to time (logit_lens,rankings,refine,refine_filter,msea); default all",
     )
     ap.add_argument("--no-e2e", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
@@ -279,6 +281,13 @@ def main(argv=None) -> int:
     if not args.no_stages:
         log("stages:")
         only = tuple(x.strip() for x in args.stages.split(",") if x.strip())
+        from benches.cases import STAGES
+
+        unknown = [x for x in only if x not in STAGES]
+        if unknown:
+            raise SystemExit(
+                f"--stages {','.join(unknown)} is not allowed; expected some of {','.join(STAGES)}"
+            )
         rows += stage_rows(args.quick, only or None)
     if not args.no_e2e:
         log("end to end:")

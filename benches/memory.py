@@ -35,16 +35,20 @@ if str(ROOT) not in sys.path:
 def memory_cases(quick: bool) -> list[dict]:
     """(case, provider) pairs to measure, as JSON-able dicts."""
     if quick:
-        stages = [("A", "qwen2vl", 100, 10), ("B", "qwen2vl", None, 10), ("C", None, 100, 10)]
+        stages = [
+            ("logit_lens", "qwen2vl", 100, 10),
+            ("rankings", "qwen2vl", None, 10),
+            ("refine", None, 100, 10),
+        ]
         e2e = [(112, 4)]
     else:
         stages = [
-            ("A", "qwen2vl", 400, 50),
-            ("A", "qwen2vl", 4000, 200),
-            ("B", "qwen2vl", None, 50),
-            ("B", "qwen2vl", None, 200),
-            ("C", None, 400, 50),
-            ("C", None, 4000, 200),
+            ("logit_lens", "qwen2vl", 400, 50),
+            ("logit_lens", "qwen2vl", 4000, 200),
+            ("rankings", "qwen2vl", None, 50),
+            ("rankings", "qwen2vl", None, 200),
+            ("refine", None, 400, 50),
+            ("refine", None, 4000, 200),
         ]
         e2e = [(224, 20)]
     from benches.cases import default_device, stage_providers

@@ -177,8 +177,8 @@ def stage_table(rows: list[dict], stage: str) -> list[str]:
     groups = by_group(srows)
     if not groups:
         return []
-    has_model = stage in ("A", "B")
-    has_n = stage != "B"
+    has_model = stage in ("logit_lens", "rankings")
+    has_n = stage != "rankings"
     has_torch = any("torch" in p for p in groups.values())
     head = (["model (V x d)"] if has_model else []) + (["n"] if has_n else []) + ["T"]
     head += ["reference", _fast_label([r for r in srows if r["provider"] == "fast"])]
@@ -380,14 +380,14 @@ def stage_plot(rows: list[dict], stage: str, path: Path) -> bool:
                 out.append(Series(label, [p[0] for p in pts], [p[1] for p in pts], color, dashed=mi > 0))
         return out
 
-    if stage != "B":
+    if stage != "rankings":
         sub = [r for r in rs if r["t"] == t_fix]
         panels.append(
             Panel(f"vs visual tokens (T={t_fix})", "visual tokens at scale 1.0 (n)", series=series(sub, "n"))
         )
     sub = [r for r in rs if r.get("n") in (None, n_fix)]
     if len({r["t"] for r in sub}) > 1:
-        label = "vs answer tokens" + (f" (n={n_fix})" if stage != "B" else "")
+        label = "vs answer tokens" + (f" (n={n_fix})" if stage != "rankings" else "")
         panels.append(Panel(label, "answer tokens (T)", series=series(sub, "t")))
     if not panels:
         return False
@@ -523,7 +523,13 @@ def write_report(
     # headline
     md += ["## Headline", ""]
     head = []
-    for stage, model in (("A", "qwen2vl"), ("A", "llava"), ("B", "qwen2vl"), ("B", "llava"), ("C", None)):
+    for stage, model in (
+        ("logit_lens", "qwen2vl"),
+        ("logit_lens", "llava"),
+        ("rankings", "qwen2vl"),
+        ("rankings", "llava"),
+        ("refine", None),
+    ):
         g, r = headline_stage(rows, stage, model)
         if g is None:
             continue

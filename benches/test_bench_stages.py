@@ -1,6 +1,6 @@
 """Per-stage benchmarks: reference vs fast, side by side per size (``benchmark.group``).
 
-Stages A (gather logit lens), B (rankings + RBO), C (refine), and the filter and MSEA aggregation on their
+Stages logit_lens, rankings (top-k + RBO), refine, refine_filter (the rank Gaussian filter) and msea on their
 own; sizes in ``benches/cases.py``. Providers: ``reference``, ``fast`` (``backend="auto"``) and, when auto
 picks the native C++ kernels (CPU) or Triton (CUDA), ``torch`` (the vectorised torch path). In quick mode each case also checks that the fast output agrees with
 the reference's, so the two providers are known to do the same work.

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not quick_mode(), reason="tool smoke tests run i
 
 
 def test_memory_probe_one_case():
-    case = {"type": "stage", "stage": "C", "model": None, "n": 100, "t": 10, "provider": "fast"}
+    case = {"type": "stage", "stage": "refine", "model": None, "n": 100, "t": 10, "provider": "fast"}
     rows = memory.measure([case], timeout_s=300, log=lambda *_: None)
     assert "error" not in rows[0], rows[0]
     assert rows[0]["peak_extra_mb"] >= 0 and rows[0]["ru_maxrss_mb"] > 0
@@ -36,8 +36,13 @@ def _bench(group, provider, median, **info):
 def test_report_renders_from_json(tmp_path):
     rows = []
     for n, (ref, fast) in {100: (0.01, 0.002), 400: (0.03, 0.004)}.items():
-        info = dict(kind="stage", stage="C", model=None, vocab=None, hidden=None, n=n, t=50, device="cpu")
-        rows += [_bench(f"C n={n}", "reference", ref, **info), _bench(f"C n={n}", "fast", fast, **info)]
+        info = dict(
+            kind="stage", stage="refine", model=None, vocab=None, hidden=None, n=n, t=50, device="cpu"
+        )
+        rows += [
+            _bench(f"refine n={n}", "reference", ref, **info),
+            _bench(f"refine n={n}", "fast", fast, **info),
+        ]
     e2e = dict(kind="e2e", model="m", image=224, answer_tokens=20, n=64, device="cpu")
     e2e["visual_tokens"] = {"0.5": 16, "0.75": 36, "1.0": 64}
     rows += [
@@ -50,7 +55,7 @@ def test_report_renders_from_json(tmp_path):
     mem = [
         {
             "type": "stage",
-            "stage": "C",
+            "stage": "refine",
             "model": None,
             "n": 400,
             "t": 50,
@@ -68,12 +73,12 @@ def test_report_renders_from_json(tmp_path):
     assert "| 400 | 50 | 30.0 ms | 4.00 ms | 7.50x |" in text
     assert "reference / fast = **1.25x**, fast / floor = **1.14x**" in text
     assert "| 12 MB | 4 MB | — | — | 3.00x |" in text
-    assert (tmp_path / "plots" / "stage_C.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "stage_refine.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "e2e.png").stat().st_size > 1000
 
 
 def test_gpu_check_quick(capsys):
-    assert gpu_check.main(["--quick", "--stages", "C,msea"]) == 0
+    assert gpu_check.main(["--quick", "--stages", "refine,msea"]) == 0
     out = capsys.readouterr().out
     assert "| section | case | provider |" in out
     assert "end to end" in out and "one batched forward" in out

@@ -1,4 +1,5 @@
-// Native CPU kernels of the fused stages (DESIGN.md 2), registered as torch custom ops mmx_fast::*.
+// Native CPU kernels of the fused stages (docs/design.md §2), registered as torch custom ops mmx_fast::*.
+// One section per stage word (rankings, refine), as in mmx_fast/ops and kernels/.
 //
 // One translation unit (first-use JIT build: keep it short to compile). ATen for tensors and for the
 // float32 GEMM of a vocabulary tile (at::mm, i.e. the same BLAS routine and layout as the reference's
@@ -10,10 +11,13 @@
 // torch.get_num_threads().
 //
 // Ops (see mmx_fast/native.py for the Python wrappers and the fake / CUDA registrations):
-//   topk_rankings(Tensor h, Tensor w_u, int k, int tile=0) -> Tensor           int64 [R, k]
-//   rbo_pairs(Tensor a, Tensor b, float p, str variant) -> Tensor              float32 [T, C]
-//   refine(Tensor a_t, Tensor ctx, Tensor weights, bool apply_filter) -> Tensor float32 [T, H, W]
-//   rank_gaussian_filter(Tensor x) -> Tensor                                   x's dtype [..., H, W]
+//   rankings_topk(Tensor h, Tensor w_u, int k, int tile=0) -> Tensor                     int64 [R, k]
+//   rankings_rbo(Tensor a, Tensor b, float p, str variant) -> Tensor                     float32 [T, C]
+//   refine(Tensor a_t, Tensor ctx, Tensor weights, bool apply_filter, float cancellation_floor) -> Tensor
+//                                                                                        float32 [T, H, W]
+//   refine_filter(Tensor x) -> Tensor                                                    x's dtype [..., H, W]
+// Arguments are validated once in mmx_fast/ops/__init__.py; the TORCH_CHECKs here guard the invariants
+// the loops rely on. Shared constants (the cancellation floor) are passed in from mmx_fast/constants.py.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -43,9 +47,6 @@
 namespace mmx_fast {
 namespace {
 
-// Residual cells at or below this fraction of max(A_t) count as zero (mmx_fast.reference.arc).
-constexpr double kCancellationFloor = 1e-5;
-
 int num_threads_for(int64_t work_items) {
   int64_t n = at::get_num_threads();
   if (n < 1) n = 1;
@@ -54,7 +55,7 @@ int num_threads_for(int64_t work_items) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Stage B1: streaming top-k rankings
+// Stage rankings (top-k): streaming top-k rankings
 // ------------------------------------------------------------------------------------------------
 
 // A 64-bit key whose unsigned order is (logit descending, vocab id ascending), with the semantics of
@@ -121,11 +122,11 @@ int64_t default_tile(int64_t d, bool upcast) {
   return (t + 63) / 64 * 64;
 }
 
-at::Tensor topk_rankings_cpu(const at::Tensor& h, const at::Tensor& w_u, int64_t k, int64_t tile) {
+at::Tensor rankings_topk_cpu(const at::Tensor& h, const at::Tensor& w_u, int64_t k, int64_t tile) {
   TORCH_CHECK(h.dim() == 2 && w_u.dim() == 2 && h.size(1) == w_u.size(1),
-              "topk_rankings needs h [R, d] and w_u [V, d]; got ", h.sizes(), " and ", w_u.sizes());
+              "rankings_topk needs h [R, d] and w_u [V, d]; got ", h.sizes(), " and ", w_u.sizes());
   TORCH_CHECK(h.is_floating_point() && w_u.is_floating_point(),
-              "topk_rankings needs floating-point h and w_u; got ", h.scalar_type(), " and ",
+              "rankings_topk needs floating-point h and w_u; got ", h.scalar_type(), " and ",
               w_u.scalar_type());
   const int64_t r = h.size(0), v = w_u.size(0), d = h.size(1);
   TORCH_CHECK(k >= 1 && k <= v, "top_k=", k, " is not allowed; expected 1 <= top_k <= vocabulary size ", v);
@@ -208,10 +209,10 @@ at::Tensor topk_rankings_cpu(const at::Tensor& h, const at::Tensor& w_u, int64_t
 }
 
 // ------------------------------------------------------------------------------------------------
-// Stage B2: RBO of every (target, context) pair
+// Stage rankings (RBO): RBO of every (target, context) pair
 // ------------------------------------------------------------------------------------------------
 
-// c_d (d = 1..k) with RBO = sum_d c_d X_d; the same formulas as mmx_fast.reference.rbo.rbo_weights.
+// c_d (d = 1..k) with RBO = sum_d c_d X_d; the same formulas as mmx_fast.reference.rankings.rbo_weights.
 std::vector<double> rbo_weights(int64_t k, double p, const std::string& variant) {
   std::vector<double> c(static_cast<size_t>(k));
   for (int64_t i = 0; i < k; ++i) {
@@ -230,14 +231,14 @@ std::vector<double> rbo_weights(int64_t k, double p, const std::string& variant)
   return c;
 }
 
-at::Tensor rbo_pairs_cpu(const at::Tensor& a, const at::Tensor& b, double p, c10::string_view variant) {
-  TORCH_CHECK(a.dim() == 2 && b.dim() == 2, "rbo_pairs needs a [T, k] and b [C, k]; got ", a.sizes(),
+at::Tensor rankings_rbo_cpu(const at::Tensor& a, const at::Tensor& b, double p, c10::string_view variant) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2, "rankings_rbo needs a [T, k] and b [C, k]; got ", a.sizes(),
               " and ", b.sizes());
   TORCH_CHECK(!a.is_floating_point() && !b.is_floating_point() && !a.is_complex() && !b.is_complex() &&
                   a.scalar_type() != at::kBool && b.scalar_type() != at::kBool,
-              "rbo_pairs takes integer id lists; got ", a.scalar_type(), " and ", b.scalar_type());
+              "rankings_rbo takes integer id lists; got ", a.scalar_type(), " and ", b.scalar_type());
   TORCH_CHECK(a.size(1) == b.size(1) && a.size(1) >= 1,
-              "rbo_pairs needs two non-empty lists of equal depth; got ", a.size(1), " and ", b.size(1));
+              "rankings_rbo needs two non-empty lists of equal depth; got ", a.size(1), " and ", b.size(1));
   TORCH_CHECK(p > 0.0 && p < 1.0, "rbo_p=", p, " is not allowed; expected a number strictly between 0 and 1");
   const int64_t t = a.size(0), c = b.size(0), k = a.size(1);
   const std::vector<double> cw = rbo_weights(k, p, std::string(variant));
@@ -308,7 +309,7 @@ at::Tensor rbo_pairs_cpu(const at::Tensor& a, const at::Tensor& b, double p, c10
 }
 
 // ------------------------------------------------------------------------------------------------
-// Rank Gaussian filter (TAM, kernel 3) and stage C (refine)
+// Stage refine: rank Gaussian filter (TAM, kernel 3), ARC, normalisation
 // ------------------------------------------------------------------------------------------------
 
 #define MMX_CSWAP(i, j)                     \
@@ -385,10 +386,10 @@ void filter_one(const double* src, double* dst, int64_t hh, int64_t ww, const in
   filter_map(src, dst, hh, ww, yp, yn, xp, xn);
 }
 
-at::Tensor rank_gaussian_filter_cpu(const at::Tensor& x) {
+at::Tensor refine_filter_cpu(const at::Tensor& x) {
   TORCH_CHECK(x.dim() >= 2 && x.size(-1) >= 1 && x.size(-2) >= 1,
-              "rank_gaussian_filter needs [..., H, W] with H, W >= 1; got ", x.sizes());
-  TORCH_CHECK(x.is_floating_point(), "rank_gaussian_filter needs a floating-point tensor; got ",
+              "refine_filter needs [..., H, W] with H, W >= 1; got ", x.sizes());
+  TORCH_CHECK(x.is_floating_point(), "refine_filter needs a floating-point tensor; got ",
               x.scalar_type());
   const int64_t hh = x.size(-2), ww = x.size(-1), hw = hh * ww;
   const at::Tensor xd = x.to(at::kDouble).contiguous();
@@ -406,12 +407,12 @@ at::Tensor rank_gaussian_filter_cpu(const at::Tensor& x) {
   return out.to(x.scalar_type());
 }
 
-// One target of stage C: out[hw] = normalize(G(floor(relu(a - beta ahat)))). ahat is accumulated in float32
+// One target of stage refine: out[hw] = normalize(G(floor(relu(a - beta ahat)))). ahat is accumulated in float32
 // over the contexts in index order (as a GEMM would, but in a fixed order); the dot products, the
 // residual and the filter are computed in double. Scratch: ahat (float, hw), res and filt (double, hw).
 MMX_MULTIVERSION
 void refine_target(const float* a, const float* ctx, const float* w, int64_t c, int64_t hh, int64_t ww,
-                   bool apply_filter, const int64_t* yp, const int64_t* yn, const int64_t* xp,
+                   bool apply_filter, double cancellation_floor, const int64_t* yp, const int64_t* yn, const int64_t* xp,
                    const int64_t* xn, float* ahat, double* res, double* filt, float* out) {
   const int64_t hw = hh * ww;
   // Interference map (Eq. 8): sum_j w_j A_j / sum_j w_j, zero when the sum is <= 0.
@@ -437,7 +438,7 @@ void refine_target(const float* a, const float* ctx, const float* w, int64_t c, 
     amax = std::max(amax, a[i]);
   }
   const double beta = den > 0.0 ? num / den : 0.0;
-  const double floor = kCancellationFloor * static_cast<double>(amax);
+  const double floor = cancellation_floor * static_cast<double>(amax);
   for (int64_t i = 0; i < hw; ++i) {
     const double r = std::max(static_cast<double>(a[i]) - beta * static_cast<double>(ahat[i]), 0.0);
     res[i] = r > floor ? r : 0.0;
@@ -457,7 +458,7 @@ void refine_target(const float* a, const float* ctx, const float* w, int64_t c, 
 }
 
 at::Tensor refine_cpu(const at::Tensor& a_t, const at::Tensor& ctx, const at::Tensor& weights,
-                      bool apply_filter) {
+                      bool apply_filter, double cancellation_floor) {
   TORCH_CHECK(a_t.dim() == 3, "refine needs a_t [T, H, W]; got ", a_t.sizes());
   TORCH_CHECK(ctx.dim() == 3 && ctx.size(1) == a_t.size(1) && ctx.size(2) == a_t.size(2),
               "refine needs ctx [C, H, W] on the grid of a_t; got ", ctx.sizes(), " and ", a_t.sizes());
@@ -487,8 +488,8 @@ at::Tensor refine_cpu(const at::Tensor& a_t, const at::Tensor& ctx, const at::Te
     std::vector<double> res(static_cast<size_t>(hw)), filt(static_cast<size_t>(hw));
 #pragma omp for schedule(static)
     for (int64_t ti = 0; ti < t; ++ti) {
-      refine_target(ap + ti * hw, cp, wp + ti * c, c, hh, ww, apply_filter, yp.data(), yn.data(), xp.data(),
-                    xn.data(), ahat.data(), res.data(), filt.data(), op + ti * hw);
+      refine_target(ap + ti * hw, cp, wp + ti * c, c, hh, ww, apply_filter, cancellation_floor, yp.data(),
+                    yn.data(), xp.data(), xn.data(), ahat.data(), res.data(), filt.data(), op + ti * hw);
     }
   }
   return out;
@@ -497,17 +498,17 @@ at::Tensor refine_cpu(const at::Tensor& a_t, const at::Tensor& ctx, const at::Te
 }  // namespace
 
 TORCH_LIBRARY(mmx_fast, m) {
-  m.def("topk_rankings(Tensor h, Tensor w_u, int k, int tile=0) -> Tensor");
-  m.def("rbo_pairs(Tensor a, Tensor b, float p=0.9, str variant=\"ext\") -> Tensor");
-  m.def("refine(Tensor a_t, Tensor ctx, Tensor weights, bool apply_filter=True) -> Tensor");
-  m.def("rank_gaussian_filter(Tensor x) -> Tensor");
+  m.def("rankings_topk(Tensor h, Tensor w_u, int k, int tile=0) -> Tensor");
+  m.def("rankings_rbo(Tensor a, Tensor b, float p=0.9, str variant=\"ext\") -> Tensor");
+  m.def("refine(Tensor a_t, Tensor ctx, Tensor weights, bool apply_filter, float cancellation_floor) -> Tensor");
+  m.def("refine_filter(Tensor x) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(mmx_fast, CPU, m) {
-  m.impl("topk_rankings", &topk_rankings_cpu);
-  m.impl("rbo_pairs", &rbo_pairs_cpu);
+  m.impl("rankings_topk", &rankings_topk_cpu);
+  m.impl("rankings_rbo", &rankings_rbo_cpu);
   m.impl("refine", &refine_cpu);
-  m.impl("rank_gaussian_filter", &rank_gaussian_filter_cpu);
+  m.impl("refine_filter", &refine_filter_cpu);
 }
 
 }  // namespace mmx_fast

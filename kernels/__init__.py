@@ -1,9 +1,9 @@
-"""Triton kernels for the fused stages of the attribution engine (DESIGN.md 2), shipped as ``mmx_fast.kernels``.
+"""Triton kernels for the fused stages of the attribution engine (docs/design.md §2), shipped as ``mmx_fast.kernels``.
 
-- :func:`gather_logit_lens` (stage A): ``clamp(W_U[ids] @ z.T, 0)`` with the W_U rows gathered inside the kernel.
-- :func:`topk_rankings` (stage B): top-k vocabulary ids of ``h @ W_U.T`` per row, streamed over vocabulary tiles.
-- :func:`rbo_pairs` (stage B): rank-biased overlap of every pair of rankings in one launch.
-- :func:`refine` (stage C): interference map, least-squares beta, ReLU, rank Gaussian filter and max
+- :func:`logit_lens` (stage ``logit_lens``): ``clamp(W_U[ids] @ z.T, 0)`` with the W_U rows gathered inside the kernel.
+- :func:`rankings_topk` (stage ``rankings``): top-k vocabulary ids of ``h @ W_U.T`` per row, streamed over vocabulary tiles.
+- :func:`rankings_rbo` (stage ``rankings``): rank-biased overlap of every pair of rankings in one launch.
+- :func:`refine` (stage ``refine``): interference map, least-squares beta, ReLU, rank Gaussian filter and max
   normalisation for all targets at once.
 
 Importing this package never fails. ``HAS_TRITON`` says whether triton and the kernel modules could be
@@ -17,11 +17,11 @@ run on tensors on a given device.
 
 from __future__ import annotations
 
-_NAMES = ("gather_logit_lens", "topk_rankings", "rbo_pairs", "refine")
+_NAMES = ("logit_lens", "rankings_topk", "rankings_rbo", "refine")
 
 try:  # triton is optional; a missing or broken install must not break `import mmx_fast`
-    from .gather_logit_lens import INTERPRETED, gather_logit_lens
-    from .rankings import rbo_pairs, topk_rankings
+    from .logit_lens import INTERPRETED, logit_lens
+    from .rankings import rankings_rbo, rankings_topk
     from .refine import refine
 
     HAS_TRITON = True
@@ -36,9 +36,9 @@ __all__ = [
     "INTERPRETED",
     "TRITON_IMPORT_ERROR",
     "triton_usable",
-    "gather_logit_lens",
-    "topk_rankings",
-    "rbo_pairs",
+    "logit_lens",
+    "rankings_topk",
+    "rankings_rbo",
     "refine",
 ]
 

@@ -1,7 +1,15 @@
-"""Stage B: next-token rankings and rank-biased overlap (paper Eq. 6-7; DESIGN.md 1.3 and 2.5).
+"""Stage ``rankings``: next-token rankings and rank-biased overlap (paper Eq. 6-7; docs/design.md §1.3 and §2.5).
 
-``topk_rankings(h, w_u, k)``: the ``k`` vocabulary ids with the largest logits ``h @ W_U.T`` per row, best
-first, ties toward the smaller vocabulary id -- exactly ``mmx_fast.reference.rbo.topk_ranking``. The [R, V]
+Plain PyTorch version (the reference; the vectorised ``torch`` backend is ``mmx_fast/ops/rankings.py``)::
+
+    logits = h.float() @ w_u.float().T                                   # [R, V]: R * V floats written
+    ranks = torch.sort(logits, dim=-1, descending=True, stable=True).indices[:, :k]
+    rbo[t, c] = sum_d c_d * X_d(a[t], b[c])          # X_d: ids in both depth-d prefixes; [..., k, k] compares
+
+It materialises the [R, V] logits (R * V * 4 bytes: 30 MB for R = 50, V = 151,936) and sorts them all.
+
+``rankings_topk(h, w_u, k)``: the ``k`` vocabulary ids with the largest logits ``h @ W_U.T`` per row, best
+first, ties toward the smaller vocabulary id -- exactly ``mmx_fast.reference.rankings.topk_ranking``. The [R, V]
 logits never exist in memory:
 
 * ``_topk_partial_kernel``: a program owns BLOCK_R rows and a contiguous range of vocabulary tiles. Per
@@ -23,9 +31,9 @@ as vectorised numpy there and compile to the same shuffles on a GPU.
 Memory traffic: W_U is read once per row block (cdiv(R, BLOCK_R) times; concurrent row blocks of one split
 share it through L2), h once per vocabulary tile (L1/L2 resident), plus R * splits * K int64 candidates.
 
-``rbo_pairs(a, b, p, variant)``: RBO of every pair (a[t], b[c]). For lists of depth k, an id at position i of
+``rankings_rbo(a, b, weights)``: RBO of every pair (a[t], b[c]). For lists of depth k, an id at position i of
 one list and j of the other enters both prefixes from depth max(i, j) + 1 on, so with X_d the depth-d overlap
-and c_d the variant's weights (``mmx_fast.reference.rbo.rbo_weights``)::
+and c_d the variant's weights (``mmx_fast.reference.rankings.rbo_weights``, passed in)::
 
     RBO = sum_d c_d X_d = sum_{(i, j): a_i == b_j} S[max(i, j)],   S[m] = sum_{d > m} c_d
 
@@ -247,7 +255,7 @@ def _num_splits(n_row_blocks: int, n_tiles: int, device: torch.device) -> int:
     return max(1, min(n_tiles, (2 * sms + n_row_blocks - 1) // n_row_blocks))
 
 
-def topk_rankings(
+def rankings_topk(
     h: torch.Tensor, w_u: torch.Tensor, k: int, *, num_splits: int | None = None
 ) -> torch.Tensor:
     """Top-``k`` vocabulary ids of ``h @ w_u.T`` per row, best first, ties to the smaller id: LongTensor [R, k].
@@ -344,7 +352,7 @@ def topk_rankings(
 
 
 @triton.jit
-def _rbo_pairs_kernel(
+def _rankings_rbo_kernel(
     a_ptr,
     b_ptr,
     s_ptr,
@@ -378,14 +386,13 @@ def _rbo_pairs_kernel(
     tl.store(out_ptr + t.to(tl.int64) * stride_ot + offs_c * stride_oc, acc, mask=c_mask)
 
 
-def rbo_pairs(a: torch.Tensor, b: torch.Tensor, p: float = 0.9, variant: str = "ext") -> torch.Tensor:
+def rankings_rbo(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """RBO of every pair (a[t], b[c]) of rankings: float32 [T, C], in one launch.
 
-    a: [T, k], b: [C, k] integer id lists, best first, 1 <= k <= 64; p in (0, 1); variant "ext" | "truncated" |
-    "min" (see ``mmx_fast.reference.rbo.rbo_weights``). Equals ``reference.rbo.rbo(a[:, None], b[None])``.
+    a: [T, k], b: [C, k] integer id lists, best first, 1 <= k <= 64; weights: the variant's c_d, [k]
+    (``mmx_fast.reference.rankings.rbo_weights(k, p, variant)``). Equals
+    ``reference.rankings.rbo(a[:, None], b[None], p, variant)``.
     """
-    from ..reference.rbo import RBO_VARIANTS, rbo_weights
-
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, torch.Tensor) or t.dim() != 2:
             raise ValueError(
@@ -400,12 +407,12 @@ def rbo_pairs(a: torch.Tensor, b: torch.Tensor, p: float = 0.9, variant: str = "
     k = a.shape[1]
     if not 1 <= k <= _MAX_K:
         raise ValueError(f"ranking depth k={k} is not allowed; expected 1 <= k <= {_MAX_K}")
-    if variant not in RBO_VARIANTS:
-        raise ValueError(f"rbo variant={variant!r} is not allowed; expected one of {', '.join(RBO_VARIANTS)}")
+    if tuple(weights.shape) != (k,):
+        raise ValueError(f"weights has shape {tuple(weights.shape)}; expected [k] = [{k}]")
     if a.device != b.device:
         raise ValueError(f"a is on {a.device} and b on {b.device}; expected one device")
     _check_device(a.device)
-    weights = rbo_weights(k, p, variant)  # float64 [k]; validates p
+    weights = weights.to(torch.float64)
     suffix = torch.flip(torch.cumsum(torch.flip(weights, (0,)), 0), (0,)).to(torch.float32).to(a.device)
     a = a.to(torch.int64)
     b = b.to(torch.int64)
@@ -417,7 +424,7 @@ def rbo_pairs(a: torch.Tensor, b: torch.Tensor, p: float = 0.9, variant: str = "
     kp = next_pow2(k)
     block_c = min(32 if on_cuda else 64, next_pow2(c_rows))
     grid = (t_rows, triton.cdiv(c_rows, block_c))
-    _rbo_pairs_kernel[grid](
+    _rankings_rbo_kernel[grid](
         a,
         b,
         suffix,

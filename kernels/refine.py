@@ -1,4 +1,5 @@
-"""Stage C: ARC refinement of every target map at once (paper Eq. 8-9, TAM's filter; DESIGN.md 1.3, 1.4, 2.6).
+"""Stage ``refine``: ARC refinement of every target map at once (paper Eq. 8-9, TAM's filter; docs/design.md
+§1.3, §1.4, §2.6).
 
 For targets t with maps ``a_t`` [T, H, W], context maps ``ctx`` [C, H, W] and weights ``w`` [T, C]::
 
@@ -7,11 +8,16 @@ For targets t with maps ``a_t`` [T, H, W], context maps ``ctx`` [C, H, W] and we
     r_t    = relu(a_t - beta_t ahat_t)
     out_t  = G(r_t) / max G(r_t)                           (G: rank Gaussian filter, optional; 0 / 0 -> 0)
 
-equal to ``mmx_fast.reference.arc.refine_one`` per target. G is TAM's 3x3 rank Gaussian filter as in
-``mmx_fast.reference.filters.rank_gaussian_filter``: reflect padding (numpy ``mode='reflect'``, edge not
+equal to ``mmx_fast.reference.refine.refine_one`` per target. G is TAM's 3x3 rank Gaussian filter as in
+``mmx_fast.reference.refine.rank_gaussian_filter``: reflect padding (numpy ``mode='reflect'``, edge not
 repeated, a size-1 dim repeats), the 9 window values sorted (a 25-comparator sorting network in registers),
 mean and population std; mean <= 0 gives 0; sigma = std / mean, weights exp(-r^2 / (2 sigma^2)) over rank
 offsets r = -4..4, normalised; where 2 sigma^2 is 0 (a constant window, or underflow) the window median.
+
+Plain PyTorch version (the reference ``refine_one`` looped over targets; the vectorised ``torch`` backend is
+``mmx_fast/ops/refine.py``): per target, a weighted sum over the C context maps, two dot products, the
+residual, the filter (an unfold + sort of every 3x3 window) and the normalisation, each a separate pass over
+[H, W] tensors in memory.
 
 Two launches, one program per target in each (a target's map is small: a few hundred to a few thousand
 cells, streamed in BLOCK_HW chunks):
@@ -33,10 +39,6 @@ import triton
 import triton.language as tl
 
 from ._common import check_device, is_interpreted, next_pow2
-
-# residual cells <= this fraction of max(a_t) are cancellation noise and count as zero; the same value as
-# mmx_fast.reference.arc.CANCELLATION_FLOOR (a test checks they agree)
-CANCELLATION_FLOOR = 1e-5
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -96,7 +98,9 @@ def _residual_kernel(
         ahat = _ahat_chunk(ctx_ptr, w_row, C, offs, hw_mask, HW, wsum, BLOCK_C, BLOCK_HW)
         a = tl.load(a_row + offs, mask=hw_mask, other=0.0).to(tl.float32)
         r = tl.maximum(a - beta * ahat, 0.0)
-        r = tl.where(r > floor * amax, r, 0.0)  # cancellation noise counts as zero (reference: arc.py)
+        r = tl.where(
+            r > floor * amax, r, 0.0
+        )  # cancellation noise counts as zero (reference: reference/refine.py)
         tl.store(r_ptr + t * HW + offs, r, mask=hw_mask)
 
 
@@ -237,13 +241,18 @@ def _block_sizes(c: int, hw: int, on_cuda: bool) -> tuple[int, int, int]:
 
 
 def refine(
-    a_t: torch.Tensor, ctx: torch.Tensor, weights: torch.Tensor, apply_filter: bool = True
+    a_t: torch.Tensor,
+    ctx: torch.Tensor,
+    weights: torch.Tensor,
+    apply_filter: bool,
+    cancellation_floor: float,
 ) -> torch.Tensor:
     """ARC-refined, optionally rank-Gaussian-filtered, max-normalised maps for all targets: float32 [T, H, W].
 
     a_t: [T, H, W] target maps; ctx: [C, H, W] context maps (C may be 0); weights: [T, C] context weights
-    (``1 - rbo``). Floating dtypes; computed in float32. Per target equal to
-    ``mmx_fast.reference.arc.refine_one(a_t[t], ctx, weights[t], apply_filter)``.
+    (``1 - rbo``). Floating dtypes; computed in float32. Residual cells at or below ``cancellation_floor *
+    max(a_t[t])`` count as zero (``mmx_fast.constants.CANCELLATION_FLOOR``). Per target equal to
+    ``mmx_fast.reference.refine.refine_one(a_t[t], ctx, weights[t], apply_filter)``.
     """
     for name, x, nd in (("a_t", a_t, 3), ("ctx", ctx, 3), ("weights", weights, 2)):
         if not isinstance(x, torch.Tensor) or x.dim() != nd:
@@ -291,7 +300,7 @@ def refine(
         c_rows,
         hw,
         w_c.stride(0),
-        CANCELLATION_FLOOR,
+        float(cancellation_floor),
         BLOCK_C=block_c,
         BLOCK_HW=block_hw,
         num_warps=num_warps,

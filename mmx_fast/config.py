@@ -12,12 +12,11 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from .constants import AGGREGATIONS, BACKENDS, RBO_VARIANTS
+
 METHODS = ("msea-arc", "tam", "logit-lens")
 MITIGATIONS = ("arc", "tam", "none")
-AGGREGATIONS = ("mean", "max")
-RBO_VARIANTS = ("ext", "truncated", "min")
 BASES = ("argmin", "none")
-BACKENDS = ("auto", "triton", "torch", "native")
 
 # What each preset sets; fields not listed keep their dataclass defaults.
 PRESETS: dict[str, dict[str, Any]] = {

@@ -9,8 +9,8 @@ Same inputs and result as ``mmx_fast.reference.explain`` and the same steps of `
   over scale 1.0 too when the answer was forced), keeping only the last-layer normed hidden states (never
   all layers, never full-vocab logits over visual tokens);
 - attribute: stage A, one gather-GEMM for every scale and every needed vocab id
-  (``ops.gather_logit_lens``); MSEA onto the canonical grid; stage B, streamed top-k rankings + RBO for
-  every (target, context) pair (``ops.topk_rankings``, ``ops.rbo_pairs``); stage C, interference map,
+  (``ops.logit_lens``); MSEA onto the canonical grid; stage B, streamed top-k rankings + RBO for
+  every (target, context) pair (``ops.rankings_topk``, ``ops.rankings_rbo``); stage C, interference map,
   beta, ReLU, rank Gaussian filter and normalisation for all targets at once (``ops.refine``).
 
 Each stage dispatches to Triton on CUDA and to vectorised torch (or native C++) on CPU; see ``mmx_fast.ops``.
@@ -151,13 +151,13 @@ def attribute(
 
     scale_maps = logit_lens_grids(per_scale, w_u, ids, backend)
     coverages = [st.inputs.coverage for st in per_scale]
-    maps = ops.msea_aggregate(scale_maps, coverages, tuple(base.grid), config.aggregate, backend=backend)
+    maps = ops.msea(scale_maps, coverages, tuple(base.grid), config.aggregate, backend=backend)
     T, P = len(answer.ids), len(text.prompt_ids)
     a_t, prompt_maps, base_map = maps[:T], maps[T : T + P], maps[T + P : T + P + 1]
 
     if config.mitigation == "none":
-        refined = ops.rank_gaussian_filter(a_t, backend=backend) if config.filter else a_t
-        refined = ops.normalize_max(refined)
+        refined = ops.refine_filter(a_t, backend=backend) if config.filter else a_t
+        refined = ops.refine_normalize(refined)
     elif config.mitigation == "arc":
         refined = arc_fused(text, h1, w_u, a_t, prompt_maps, base_map, config, backend)
     else:
@@ -188,10 +188,10 @@ def logit_lens_grids(
     dev = w_u.device
     zs = [st.hidden.to(dev)[st.inputs.visual_positions.to(dev)] for st in per_scale]
     if ops.resolve_backend(backend, dev) == "triton":  # one launch over all scales
-        flat = ops.gather_logit_lens(torch.cat(zs, 0), w_u, ids, backend=backend)  # [M, sum N_s]
+        flat = ops.logit_lens(torch.cat(zs, 0), w_u, ids, backend=backend)  # [M, sum N_s]
         flats = flat.split([z.shape[0] for z in zs], dim=1)
     else:  # on the CPU a GEMM per scale avoids copying every scale's states into one buffer
-        flats = [ops.gather_logit_lens(z, w_u, ids, backend=backend) for z in zs]
+        flats = [ops.logit_lens(z, w_u, ids, backend=backend) for z in zs]
     return [f.reshape(len(ids), *st.inputs.grid) for f, st in zip(flats, per_scale)]
 
 
@@ -209,8 +209,8 @@ def arc_fused(
     stage C (interference, beta, ReLU, filter, normalisation). base_map: [1, Hc, Wc]."""
     T, P = a_t.shape[0], prompt_maps.shape[0]
     pred_prompt, pred_answer = text.predicting_positions()
-    ranks = ops.topk_rankings(h1[pred_prompt + pred_answer], w_u, config.top_k, backend=backend)
-    r = ops.rbo_pairs(ranks[P:], ranks, config.rbo_p, config.rbo_variant, backend=backend)  # [T, P + T]
+    ranks = ops.rankings_topk(h1[pred_prompt + pred_answer], w_u, config.top_k, backend=backend)
+    r = ops.rankings_rbo(ranks[P:], ranks, config.rbo_p, config.rbo_variant, backend=backend)  # [T, P + T]
     w = 1 - r
     # causal context: target t sees the prompt and the answer tokens before it
     causal = torch.ones_like(w, dtype=torch.bool)

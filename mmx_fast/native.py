@@ -15,18 +15,17 @@ Environment variable ``MMX_FAST_NATIVE``:
 
 Ops (schemas defined in C++ with ``TORCH_LIBRARY(mmx_fast, m)``, CPU kernels in ``TORCH_LIBRARY_IMPL``):
 
-- ``topk_rankings(Tensor h, Tensor w_u, int k, int tile=0) -> Tensor`` (int64 [R, k])
-- ``rbo_pairs(Tensor a, Tensor b, float p=0.9, str variant="ext") -> Tensor`` (float32 [T, C])
-- ``refine(Tensor a_t, Tensor ctx, Tensor weights, bool apply_filter=True) -> Tensor`` (float32 [T, H, W])
-- ``rank_gaussian_filter(Tensor x) -> Tensor`` (x's dtype, [..., H, W])
+- ``rankings_topk(Tensor h, Tensor w_u, int k, int tile=0) -> Tensor`` (int64 [R, k])
+- ``rankings_rbo(Tensor a, Tensor b, float p=0.9, str variant="ext") -> Tensor`` (float32 [T, C])
+- ``refine(Tensor a_t, Tensor ctx, Tensor weights, bool apply_filter, float cancellation_floor) -> Tensor``
+  (float32 [T, H, W])
+- ``refine_filter(Tensor x) -> Tensor`` (x's dtype, [..., H, W])
 
-:func:`load` also registers fake (meta) implementations, so ``torch.compile`` traces functions that call the
-ops, and CUDA implementations that call the Triton launchers in ``mmx_fast.kernels`` (imported lazily).
-
-The Python wrappers :func:`topk_rankings`, :func:`rbo_pairs`, :func:`refine` and
-:func:`rank_gaussian_filter` take the arguments of the functions of the same name in
-:mod:`mmx_fast.ops.torch_impl`; they raise RuntimeError when the extension is not available. Importing this
-module never builds anything.
+Each op's Python wrapper sits beside its fake (meta) implementation, so ``torch.compile`` traces functions
+that call the ops, and its CUDA implementation, which calls the Triton launcher in ``mmx_fast.kernels``
+(imported lazily); :func:`load` registers them. The wrappers are the ``native`` entries of the dispatch table
+in :mod:`mmx_fast.ops` (which validates the arguments); they raise RuntimeError when the extension is not
+available. Importing this module never builds anything, and it never imports :mod:`mmx_fast.ops`.
 
 Numerics and threads (details in ``csrc/mmx_fast_ops.cpp``):
 
@@ -56,16 +55,18 @@ from pathlib import Path
 
 import torch
 
+from .constants import CANCELLATION_FLOOR
+
 __all__ = [
     "ENV_VAR",
     "available",
     "load",
     "build_error",
     "source_files",
-    "topk_rankings",
-    "rbo_pairs",
+    "rankings_topk",
+    "rankings_rbo",
     "refine",
-    "rank_gaussian_filter",
+    "refine_filter",
 ]
 
 ENV_VAR = "MMX_FAST_NATIVE"
@@ -74,7 +75,7 @@ _NAME = "mmx_fast_ops"
 _SOURCES = ("mmx_fast_ops.cpp",)
 _CFLAGS = ("-O3", "-fopenmp")
 _LDFLAGS = ("-fopenmp",)
-_OPS = ("topk_rankings", "rbo_pairs", "refine", "rank_gaussian_filter")
+_OPS = ("rankings_topk", "rankings_rbo", "refine", "refine_filter")
 
 _lock = threading.RLock()
 _loaded_path: str | None = None
@@ -219,7 +220,7 @@ def _build_and_load() -> str:
         path = _build_with_ninja(sources, build_dir)  # ninja's file lock serialises concurrent builds
     else:
         path = _build_with_compiler(sources, build_dir)
-    if not hasattr(torch.ops.mmx_fast, "topk_rankings"):
+    if not hasattr(torch.ops.mmx_fast, "rankings_topk"):
         torch.ops.load_library(path)
     _register_python_impls()
     if not done.is_file():
@@ -282,65 +283,7 @@ def build_error() -> str | None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Fake (meta) and CUDA implementations
-# --------------------------------------------------------------------------------------------------
-
-_registered = False
-
-
-def _kernels(submodule: str):
-    from .ops import _kernel  # lazy: finds mmx_fast.kernels in an install and in a source tree
-
-    return _kernel(submodule)
-
-
-def _register_python_impls() -> None:
-    global _registered
-    if _registered:
-        return
-
-    @torch.library.register_fake("mmx_fast::topk_rankings")
-    def _topk_fake(h, w_u, k, tile=0):
-        return h.new_empty((h.shape[0], k), dtype=torch.int64)
-
-    @torch.library.register_fake("mmx_fast::rbo_pairs")
-    def _rbo_fake(a, b, p=0.9, variant="ext"):
-        return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.float32)
-
-    @torch.library.register_fake("mmx_fast::refine")
-    def _refine_fake(a_t, ctx, weights, apply_filter=True):
-        return a_t.new_empty(a_t.shape, dtype=torch.float32)
-
-    @torch.library.register_fake("mmx_fast::rank_gaussian_filter")
-    def _filter_fake(x):
-        return torch.empty_like(x)
-
-    @torch.library.register_kernel("mmx_fast::topk_rankings", "cuda")
-    def _topk_cuda(h, w_u, k, tile=0):
-        return _kernels("rankings").topk_rankings(h, w_u, k)
-
-    @torch.library.register_kernel("mmx_fast::rbo_pairs", "cuda")
-    def _rbo_cuda(a, b, p=0.9, variant="ext"):
-        return _kernels("rankings").rbo_pairs(a, b, p, variant)
-
-    @torch.library.register_kernel("mmx_fast::refine", "cuda")
-    def _refine_cuda(a_t, ctx, weights, apply_filter=True):
-        return _kernels("refine").refine(a_t, ctx, weights, apply_filter)
-
-    @torch.library.register_kernel("mmx_fast::rank_gaussian_filter", "cuda")
-    def _filter_cuda(x):
-        fn = getattr(_kernels("refine"), "rank_gaussian_filter", None)
-        if fn is None:
-            from .ops import torch_impl
-
-            return torch_impl.rank_gaussian_filter(x)
-        return fn(x)
-
-    _registered = True
-
-
-# --------------------------------------------------------------------------------------------------
-# Python wrappers (the signatures of mmx_fast.ops.torch_impl)
+# The ops, by stage: Python wrapper, fake (meta) implementation, CUDA implementation (Triton launcher)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -350,28 +293,100 @@ def _ops():
     return torch.ops.mmx_fast
 
 
-def topk_rankings(h: torch.Tensor, w_u: torch.Tensor, k: int, tile: int = 0) -> torch.Tensor:
+def _kernel(stage: str):
+    from .kernels_loader import kernel_module  # lazy: finds mmx_fast.kernels in an install and a source tree
+
+    return kernel_module(stage)
+
+
+# Stage rankings ------------------------------------------------------------------------------------
+
+
+def rankings_topk(h: torch.Tensor, w_u: torch.Tensor, k: int, tile: int = 0) -> torch.Tensor:
     """Top-``k`` vocab ids of ``h @ w_u.T`` per row, best first, ties toward the smaller id: int64 [R, k].
     Streams over vocabulary tiles of ``tile`` rows (0: automatic) with a running top-k per row; the
     logits of a tile are the float32 GEMM the reference uses, so the rankings equal the reference's."""
-    return _ops().topk_rankings(h, w_u, int(k), int(tile))
+    return _ops().rankings_topk(h, w_u, int(k), int(tile))
 
 
-def rbo_pairs(a: torch.Tensor, b: torch.Tensor, p: float = 0.9, variant: str = "ext") -> torch.Tensor:
+def _rankings_topk_fake(h, w_u, k, tile=0):
+    return h.new_empty((h.shape[0], k), dtype=torch.int64)
+
+
+def _rankings_topk_cuda(h, w_u, k, tile=0):
+    return _kernel("rankings").rankings_topk(h, w_u, k)
+
+
+def rankings_rbo(a: torch.Tensor, b: torch.Tensor, p: float = 0.9, variant: str = "ext") -> torch.Tensor:
     """RBO of every (target, context) pair of rankings: a [T, k], b [C, k] -> float32 [T, C], equal to
-    ``reference.rbo.rbo(a[:, None], b[None], p, variant)``."""
-    return _ops().rbo_pairs(a, b, float(p), str(variant))
+    ``reference.rankings.rbo(a[:, None], b[None], p, variant)``."""
+    return _ops().rankings_rbo(a, b, float(p), str(variant))
+
+
+def _rankings_rbo_fake(a, b, p=0.9, variant="ext"):
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.float32)
+
+
+def _rankings_rbo_cuda(a, b, p=0.9, variant="ext"):
+    from .reference.rankings import rbo_weights
+
+    return _kernel("rankings").rankings_rbo(a, b, rbo_weights(a.shape[1], p, variant))
+
+
+# Stage refine --------------------------------------------------------------------------------------
 
 
 def refine(
-    a_t: torch.Tensor, ctx: torch.Tensor, weights: torch.Tensor, apply_filter: bool = True
+    a_t: torch.Tensor,
+    ctx: torch.Tensor,
+    weights: torch.Tensor,
+    apply_filter: bool = True,
+    cancellation_floor: float = CANCELLATION_FLOOR,
 ) -> torch.Tensor:
     """ARC (interference map, closed-form beta, ReLU with the cancellation floor), TAM's rank Gaussian
     filter if ``apply_filter``, max-normalisation, for all targets: float32 [T, H, W]."""
-    return _ops().refine(a_t, ctx, weights, bool(apply_filter))
+    return _ops().refine(a_t, ctx, weights, bool(apply_filter), float(cancellation_floor))
 
 
-def rank_gaussian_filter(x: torch.Tensor) -> torch.Tensor:
+def _refine_fake(a_t, ctx, weights, apply_filter, cancellation_floor):
+    return a_t.new_empty(a_t.shape, dtype=torch.float32)
+
+
+def _refine_cuda(a_t, ctx, weights, apply_filter, cancellation_floor):
+    return _kernel("refine").refine(a_t, ctx, weights, apply_filter, cancellation_floor)
+
+
+def refine_filter(x: torch.Tensor) -> torch.Tensor:
     """TAM's rank Gaussian filter (kernel 3, reflect padding) over the last two dims, computed in float64,
     returned in x's dtype."""
-    return _ops().rank_gaussian_filter(x)
+    return _ops().refine_filter(x)
+
+
+def _refine_filter_fake(x):
+    return torch.empty_like(x)
+
+
+def _refine_filter_cuda(x):
+    # there is no Triton filter kernel; mmx_fast.ops sends CUDA tensors to its torch filter instead, so this
+    # is reached only by calling the op directly: the C++ filter on a CPU copy
+    return torch.ops.mmx_fast.refine_filter(x.cpu()).to(x.device)
+
+
+# op name -> (fake, CUDA implementation), registered by load()
+_PYTHON_IMPLS = {
+    "rankings_topk": (_rankings_topk_fake, _rankings_topk_cuda),
+    "rankings_rbo": (_rankings_rbo_fake, _rankings_rbo_cuda),
+    "refine": (_refine_fake, _refine_cuda),
+    "refine_filter": (_refine_filter_fake, _refine_filter_cuda),
+}
+_registered = False
+
+
+def _register_python_impls() -> None:
+    global _registered
+    if _registered:
+        return
+    for name, (fake, cuda) in _PYTHON_IMPLS.items():
+        torch.library.register_fake(f"mmx_fast::{name}")(fake)
+        torch.library.register_kernel(f"mmx_fast::{name}", "cuda")(cuda)
+    _registered = True

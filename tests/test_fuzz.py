@@ -97,11 +97,14 @@ def test_fuzz_gather_logit_lens(backend):
         z = values((n, d), regime, g, dtype)
         w = values((v, d), "normal" if regime in ("zeros", "constant") else regime, g, dtype)
         ids = torch.randint(0, v, (m,), generator=g)
-        got = ops.gather_logit_lens(z, w, ids, backend=backend)
+        got = ops.logit_lens(z, w, ids, backend=backend)
         want = logit_lens_maps(z.double(), w.double(), ids, dtype=torch.float64)
         assert got.shape == (m, n) and got.dtype == torch.float32
         assert not torch.isnan(got).any() and (got >= 0).all()
-        assert rel_err(got, want) <= 1e-5
+        # 1e-5, or the flash-attention rule where float32 itself cannot do better (cancellation in a dot
+        # product of huge values: the plain float32 GEMM's own error exceeds 1e-5 there)
+        plain = logit_lens_maps(z, w, ids, dtype=torch.float32)
+        assert rel_err(got, want) <= max(1e-5, 2 * rel_err(plain, want))
 
     run()
 
@@ -124,7 +127,7 @@ def test_fuzz_topk_rankings(backend):
         h = values((r, d), "ties" if regime == "ties" else "normal", g)
         w = values((v, d), regime, g)
         if regime not in ("ties", "zeros"):  # float logits: compare with the reference in float32
-            got = ops.topk_rankings(h, w, k, backend=backend)
+            got = ops.rankings_topk(h, w, k, backend=backend)
             want = topk_ranking(h, w, k)
             logits = h @ w.T
             # equal where no float32 near-tie makes the order ambiguous
@@ -132,7 +135,7 @@ def test_fuzz_topk_rankings(backend):
             wv = torch.gather(logits, 1, want)
             assert torch.allclose(gv, wv, rtol=1e-5, atol=1e-30 + 1e-6 * float(logits.abs().max()))
         else:
-            got = ops.topk_rankings(h, w, k, backend=backend)
+            got = ops.rankings_topk(h, w, k, backend=backend)
             assert torch.equal(got, topk_ranking(h, w, k))
         assert got.shape == (r, k) and got.dtype == torch.long
         assert all(len(set(row)) == k for row in got.tolist())
@@ -157,7 +160,7 @@ def test_fuzz_rbo_pairs(backend):
         n = k + pool  # a small pool makes the lists overlap a lot
         a = torch.stack([torch.randperm(n, generator=g)[:k] for _ in range(t)])
         b = torch.stack([torch.randperm(n, generator=g)[:k] for _ in range(c)])
-        got = ops.rbo_pairs(a, b, p, variant, backend=backend)
+        got = ops.rankings_rbo(a, b, p, variant, backend=backend)
         want = rbo(a[:, None, :], b[None, :, :], p=p, variant=variant)
         assert got.shape == (t, c)
         assert float((got.double() - want).abs().max()) <= 1e-5
@@ -209,7 +212,7 @@ def test_fuzz_rank_gaussian_filter(backend):
     def run(b, h, w, regime, seed):
         g = torch.Generator().manual_seed(seed)
         x = values((b, h, w), regime, g).abs()
-        got = ops.rank_gaussian_filter(x, backend=backend)
+        got = ops.refine_filter(x, backend=backend)
         want = rank_gaussian_filter(x.double())
         assert not torch.isnan(got).any()
         assert rel_err(got, want) <= 1e-5
@@ -237,7 +240,7 @@ def test_fuzz_msea_aggregate():
             ws = wc if fixed else max(1, round(wc * s))
             per_scale.append(values((m, hs, ws), regime, g).abs())
             coverages.append((s, s) if fixed else (1.0, 1.0))
-        got = ops.msea_aggregate(per_scale, coverages, (hc, wc), aggregate, backend="torch")
+        got = ops.msea(per_scale, coverages, (hc, wc), aggregate, backend="torch")
         want = msea_aggregate([p.double() for p in per_scale], coverages, (hc, wc), aggregate)
         assert got.shape == (m, hc, wc) and not torch.isnan(got).any()
         assert rel_err(got, want) <= 1e-5
@@ -255,7 +258,7 @@ def test_normalize_max_fuzz():
     )
     def run(h, w, regime, seed):
         x = values((2, h, w), regime, torch.Generator().manual_seed(seed)).abs()
-        got = ops.normalize_max(x)
+        got = ops.refine_normalize(x)
         assert not torch.isnan(got).any()
         torch.testing.assert_close(got.double(), normalize_max(x.double()), atol=1e-6, rtol=1e-6)
 

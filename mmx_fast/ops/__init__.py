@@ -1,52 +1,64 @@
-"""One dispatch point per fused stage of the fast path (DESIGN 2).
+"""The fast path's stages, one entry point per operation, each dispatched to a backend (docs/design.md §2).
 
-Each public function checks its arguments once (so every backend fails the same way, with a message that
-names the bad value), picks a backend with :func:`resolve_backend` and runs it:
+One table, :data:`DISPATCH`, maps each operation (named by its stage word: ``logit_lens``, ``msea``,
+``rankings_*``, ``refine*``) to its implementations by backend:
 
+- ``torch``: the vectorised PyTorch implementation in the stage's module (:mod:`.logit_lens`, :mod:`.msea`,
+  :mod:`.rankings`, :mod:`.refine`); any device; the CPU fast path and the fallback everywhere.
+- ``native``: the C++ CPU kernels (``csrc/``, :mod:`mmx_fast.native`), when built; until then the backend
+  falls back to ``torch`` with a one-time warning.
 - ``triton``: the kernels in ``mmx_fast.kernels`` (CUDA tensors; CPU tensors only through the Triton
   interpreter, ``TRITON_INTERPRET=1``, which is how the tests run them). Imported lazily, so
   ``import mmx_fast.ops`` never needs triton.
-- ``torch``: :mod:`mmx_fast.ops.torch_impl`, vectorised PyTorch on any device (the CPU fast path).
-- ``native``: C++ CPU kernels (``csrc/``), when built; until then it falls back to ``torch`` with a
-  one-time warning.
+
+An operation without an implementation for the resolved backend (``msea`` everywhere, ``logit_lens`` on
+``native``, ``refine_filter`` on ``triton``) runs the torch implementation on the tensors' device, as do
+empty inputs.
+
+The stage words name both a module (``mmx_fast/ops/refine.py``) and a public function (``ops.refine``): the
+attribute ``mmx_fast.ops.refine`` is the function. Reach a torch implementation with ``from
+mmx_fast.ops.refine import refine_torch`` (or ``importlib.import_module("mmx_fast.ops.refine")``), or
+through ``DISPATCH["refine"]["torch"]``.
+
+Every public function checks its arguments once here (so every backend fails the same way, with a message
+that names the bad value); the kernel launchers and the C++ entry points keep only cheap invariant checks.
+Shared constants come from :mod:`mmx_fast.constants` and are passed in.
 
 ``backend="auto"`` (the default) means: the environment variable ``MMX_FAST_BACKEND`` if it is set to
 something other than ``auto``; otherwise ``triton`` for CUDA tensors when triton and the kernels import,
-else ``torch``.
-
-Stages without a Triton kernel (``msea_aggregate``, and ``rank_gaussian_filter`` unless the kernels
-export one) run the torch implementation on the tensors' device whatever the backend.
+``native`` for CPU tensors when the C++ kernels build, else ``torch``.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
-import sys
 import warnings
-from pathlib import Path
-from types import ModuleType
+from collections.abc import Callable
 
 import torch
 
-from . import torch_impl
+from .. import kernels_loader
+from ..constants import AGGREGATIONS, BACKENDS, CANCELLATION_FLOOR, RBO_VARIANTS
+from ..reference.rankings import rbo_weights
+from .logit_lens import logit_lens_torch
+from .msea import msea_torch
+from .rankings import rankings_rbo_torch, rankings_topk_torch
+from .refine import refine_filter_torch, refine_normalize_torch, refine_torch
 
 __all__ = [
     "BACKENDS",
+    "DISPATCH",
+    "ENV_VAR",
     "resolve_backend",
-    "gather_logit_lens",
-    "topk_rankings",
-    "rbo_pairs",
+    "logit_lens",
+    "msea",
+    "rankings_topk",
+    "rankings_rbo",
     "refine",
-    "rank_gaussian_filter",
-    "normalize_max",
-    "msea_aggregate",
+    "refine_filter",
+    "refine_normalize",
 ]
 
-BACKENDS = ("auto", "triton", "torch", "native")
-RBO_VARIANTS = ("ext", "truncated", "min")
-AGGREGATIONS = ("mean", "max")
 ENV_VAR = "MMX_FAST_BACKEND"
 
 _warned: set[str] = set()
@@ -56,6 +68,86 @@ def _warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+# --------------------------------------------------------------------------------------------------
+# The dispatch table: operation -> {backend: implementation}
+# --------------------------------------------------------------------------------------------------
+
+
+def _native_module():
+    """The native C++ backend (``mmx_fast.native``, csrc/) when it builds or is already built; None when it
+    cannot be built or ``MMX_FAST_NATIVE=0``. The first call may compile it (about 10 s, cached on disk)."""
+    try:
+        from .. import native
+    except ImportError:
+        return None
+    return native if native.available() else None
+
+
+def _triton(stage: str, name: str) -> Callable:
+    """The Triton launcher ``mmx_fast.kernels.<stage>.<name>``, imported on first call."""
+
+    def run(*args):
+        return getattr(kernels_loader.kernel_module(stage), name)(*args)
+
+    run.__qualname__ = f"kernels.{stage}.{name}"
+    return run
+
+
+def _native(name: str) -> Callable:
+    """The native op wrapper ``mmx_fast.native.<name>`` (``torch.ops.mmx_fast.<name>``)."""
+
+    def run(*args):
+        from .. import native
+
+        return getattr(native, name)(*args)
+
+    run.__qualname__ = f"native.{name}"
+    return run
+
+
+def _native_refine_filter(x: torch.Tensor) -> torch.Tensor:
+    """The C++ filter on CPU tensors; the torch filter elsewhere (there is no Triton filter kernel)."""
+    if x.device.type != "cpu":
+        return refine_filter_torch(x)
+    from .. import native
+
+    return native.refine_filter(x)
+
+
+def _rbo_weights_for(a: torch.Tensor, p: float, variant: str) -> torch.Tensor:
+    return rbo_weights(a.shape[1], p, variant, dtype=torch.float64)
+
+
+# Every implementation takes the checked arguments of the public function below, in order (rankings_rbo:
+# the RBO weights c_d instead of (p, variant); refine: the cancellation floor appended).
+DISPATCH: dict[str, dict[str, Callable]] = {
+    "logit_lens": {"torch": logit_lens_torch, "triton": _triton("logit_lens", "logit_lens")},
+    "msea": {"torch": msea_torch},
+    "rankings_topk": {
+        "torch": rankings_topk_torch,
+        "native": _native("rankings_topk"),
+        "triton": _triton("rankings", "rankings_topk"),
+    },
+    "rankings_rbo": {
+        "torch": rankings_rbo_torch,
+        "native": _native("rankings_rbo"),
+        "triton": _triton("rankings", "rankings_rbo"),
+    },
+    "refine": {"torch": refine_torch, "native": _native("refine"), "triton": _triton("refine", "refine")},
+    "refine_filter": {"torch": refine_filter_torch, "native": _native_refine_filter},
+    "refine_normalize": {"torch": refine_normalize_torch},
+}
+
+
+def _run(op: str, backend: str, device, *args, empty: bool = False):
+    """Run ``op`` on the resolved backend (torch when it has no implementation there, or ``empty``)."""
+    impls = DISPATCH[op]
+    fn = impls.get(resolve_backend(backend, device))
+    if fn is None or empty:
+        fn = impls["torch"]
+    return fn(*args)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -71,77 +163,16 @@ def _as_device(device) -> torch.device:
     return torch.device(device)
 
 
-def _triton_installed() -> bool:
-    try:
-        return importlib.util.find_spec("triton") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def _load_kernels_package() -> ModuleType:
-    """``mmx_fast.kernels`` (installed with package-dir mapping ``mmx_fast.kernels -> kernels``). In a
-    source tree that is not installed, the top-level ``kernels/`` directory next to ``mmx_fast/`` is
-    loaded under that name instead."""
-    try:
-        return importlib.import_module("mmx_fast.kernels")
-    except ModuleNotFoundError as err:
-        if err.name not in ("mmx_fast.kernels",):
-            raise
-    src = Path(__file__).resolve().parents[2] / "kernels"
-    init = src / "__init__.py"
-    if not init.is_file():
-        raise ModuleNotFoundError(
-            "the Triton kernels package mmx_fast.kernels is not importable (install the project, "
-            "e.g. `pip install -e .`, or use backend='torch')",
-            name="mmx_fast.kernels",
-        )
-    spec = importlib.util.spec_from_file_location(
-        "mmx_fast.kernels", init, submodule_search_locations=[str(src)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["mmx_fast.kernels"] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop("mmx_fast.kernels", None)
-        raise
-    import mmx_fast
-
-    mmx_fast.kernels = module
-    return module
-
-
-def _kernel(submodule: str) -> ModuleType:
-    """``mmx_fast.kernels.<submodule>``, imported on first use."""
-    _load_kernels_package()
-    return importlib.import_module(f"mmx_fast.kernels.{submodule}")
-
-
 def _triton_ready() -> bool:
     """True when triton is installed and the kernels package imports with ``HAS_TRITON``."""
-    if not _triton_installed():
+    if not kernels_loader.triton_installed():
         return False
     try:
-        pkg = _load_kernels_package()
+        pkg = kernels_loader.kernels_package()
     except Exception as err:  # a broken or missing kernels package must not break the torch path
         _warn_once("kernels-import", f"mmx_fast.kernels failed to import ({err!r}); using the torch backend")
         return False
     return bool(getattr(pkg, "HAS_TRITON", True))
-
-
-def _interpreter_on() -> bool:
-    """Triton's CPU interpreter is selected (``TRITON_INTERPRET=1``; also true/yes/on, as triton reads it)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _native_module() -> ModuleType | None:
-    """The native C++ backend (``mmx_fast.native``, csrc/) when it builds or is already built; None when it
-    cannot be built or ``MMX_FAST_NATIVE=0``. The first call may compile it (about 10 s, cached on disk)."""
-    try:
-        from .. import native
-    except ImportError:
-        return None
-    return native if native.available() else None
 
 
 def resolve_backend(backend: str = "auto", device=None) -> str:
@@ -174,19 +205,19 @@ def resolve_backend(backend: str = "auto", device=None) -> str:
             origin = f"{ENV_VAR}={env_raw!r}"
     dev = _as_device(device)
     if name == "auto":
-        # chosen by measurement (benches/, RESULTS.md): Triton on CUDA; on CPU the native kernels beat the
-        # vectorised torch path on every stage they implement (gather_logit_lens stays torch: one GEMM)
+        # chosen by measurement (benches/RESULTS.md): Triton on CUDA; on CPU the native kernels beat the
+        # vectorised torch path on every stage they implement (logit_lens stays torch: one GEMM)
         if dev.type == "cuda" and _triton_ready():
             return "triton"
         if dev.type == "cpu" and _native_module() is not None:
             return "native"
         return "torch"
     if name == "triton":
-        if not _triton_installed():
+        if not kernels_loader.triton_installed():
             raise ValueError(
                 f"{origin} needs the triton package, which is not installed; use backend='torch'"
             )
-        if dev.type != "cuda" and not _interpreter_on():
+        if dev.type != "cuda" and not kernels_loader.interpreter_on():
             raise ValueError(
                 f"{origin} needs CUDA tensors, got tensors on {dev}; Triton kernels run on the CPU only "
                 "through the interpreter (set TRITON_INTERPRET=1 before importing mmx_fast.kernels), "
@@ -201,24 +232,18 @@ def resolve_backend(backend: str = "auto", device=None) -> str:
     return "torch"
 
 
-def _launcher(backend: str, submodule: str, name: str):
-    """The backend's launcher for a stage, or None for the torch implementation."""
-    if backend == "triton":
-        return getattr(_kernel(submodule), name)
-    if backend == "native":
-        return getattr(_native_module(), name, None)
-    return None
+# --------------------------------------------------------------------------------------------------
+# The validation layer: every argument checked once, whatever the backend
+# --------------------------------------------------------------------------------------------------
 
 
-# --------------------------------------------------------------------------------------------------
-# Argument checks (shared by every backend)
-# --------------------------------------------------------------------------------------------------
+def _shape(x) -> object:
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
 
 
 def _check_matrix(name: str, x, what: str) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a 2-D tensor {what}; got {shape}")
+        raise ValueError(f"{name} must be a 2-D tensor {what}; got {_shape(x)}")
     if not x.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating-point tensor; got {x.dtype}")
 
@@ -230,22 +255,7 @@ def _check_same_device(**tensors: torch.Tensor) -> None:
         raise ValueError(f"all tensors must be on one device; got {desc}")
 
 
-# --------------------------------------------------------------------------------------------------
-# Stages
-# --------------------------------------------------------------------------------------------------
-
-
-def gather_logit_lens(z: torch.Tensor, w_u: torch.Tensor, ids, backend: str = "auto") -> torch.Tensor:
-    """Raw logit-lens maps (stage A): ``clamp(W_U[ids] @ z.T, 0)`` with float32 accumulation.
-
-    z: [N, d] visual-token hidden states; w_u: [V, d] unembedding; ids: [M] vocab ids (tensor or sequence).
-    Returns [M, N] float32. Only the M rows of W_U named by ``ids`` are read.
-    """
-    _check_matrix("z", z, "[N, d]")
-    _check_matrix("w_u", w_u, "[V, d]")
-    if z.shape[1] != w_u.shape[1]:
-        raise ValueError(f"z [N, d] and w_u [V, d] must share d; got {tuple(z.shape)} and {tuple(w_u.shape)}")
-    _check_same_device(z=z, w_u=w_u)
+def _check_vocab_ids(ids, w_u: torch.Tensor) -> torch.Tensor:
     ids = torch.as_tensor(ids, device=w_u.device)
     if ids.numel() == 0:
         ids = ids.to(torch.long)  # torch.as_tensor([]) is float32
@@ -255,88 +265,24 @@ def gather_logit_lens(z: torch.Tensor, w_u: torch.Tensor, ids, backend: str = "a
     v = w_u.shape[0]
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= v):
         raise ValueError(f"vocab ids must lie in [0, {v}); got min {int(ids.min())}, max {int(ids.max())}")
-    be = resolve_backend(backend, w_u.device)
-    fn = _launcher(be, "gather_logit_lens", "gather_logit_lens")
-    if fn is None or ids.numel() == 0 or z.shape[0] == 0:
-        return torch_impl.gather_logit_lens(z, w_u, ids)
-    return fn(z, w_u, ids)
+    return ids
 
 
-def topk_rankings(h: torch.Tensor, w_u: torch.Tensor, k: int, backend: str = "auto") -> torch.Tensor:
-    """Rankings (stage B1): the top-``k`` vocab ids of ``h @ w_u.T`` per row, best first, ties toward the
-    smaller id; equal to :func:`mmx_fast.reference.rbo.topk_ranking`. The [R, V] logits are never
-    materialised (streaming over vocabulary tiles with a running top-k).
-
-    h: [R, d]; w_u: [V, d]; returns LongTensor [R, k].
-    """
-    _check_matrix("h", h, "[R, d]")
-    _check_matrix("w_u", w_u, "[V, d]")
-    if h.shape[1] != w_u.shape[1]:
-        raise ValueError(
-            f"topk_rankings needs h [R, d] and w_u [V, d]; got {tuple(h.shape)} and {tuple(w_u.shape)}"
-        )
-    _check_same_device(h=h, w_u=w_u)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= w_u.shape[0]:
-        raise ValueError(
-            f"top_k={k!r} is not allowed; expected an integer 1 <= top_k <= vocabulary size {w_u.shape[0]}"
-        )
-    be = resolve_backend(backend, w_u.device)
-    fn = _launcher(be, "rankings", "topk_rankings")
-    if fn is None or h.shape[0] == 0:
-        return torch_impl.topk_rankings(h, w_u, k)
-    return fn(h, w_u, k)
+def _check_rankings(name: str, x) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        raise ValueError(f"rankings_rbo needs {name} as a 2-D tensor of rankings [n, k]; got {_shape(x)}")
+    if x.dtype.is_floating_point or x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"rankings_rbo takes integer id lists; got {name} of dtype {x.dtype}")
 
 
-def rbo_pairs(
-    a: torch.Tensor, b: torch.Tensor, p: float = 0.9, variant: str = "ext", backend: str = "auto"
-) -> torch.Tensor:
-    """RBO (stage B2) of every (target, context) pair: a [T, k], b [C, k] integer rankings -> [T, C]
-    float32, equal to ``reference.rbo.rbo(a[:, None], b[None], p, variant)``."""
-    for name, x in (("a", a), ("b", b)):
-        if not isinstance(x, torch.Tensor) or x.dim() != 2:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"rbo_pairs needs {name} as a 2-D tensor of rankings [n, k]; got {shape}")
-        if x.dtype.is_floating_point or x.dtype == torch.bool or x.is_complex():
-            raise TypeError(f"rbo_pairs takes integer id lists; got {name} of dtype {x.dtype}")
-    if a.shape[1] != b.shape[1] or a.shape[1] < 1:
-        raise ValueError(
-            f"rbo_pairs needs two non-empty lists of equal depth; got {a.shape[1]} and {b.shape[1]}"
-        )
-    _check_same_device(a=a, b=b)
-    if variant not in RBO_VARIANTS:
-        raise ValueError(f"rbo variant={variant!r} is not allowed; expected one of {', '.join(RBO_VARIANTS)}")
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0 < p < 1):
-        raise ValueError(f"rbo_p={p!r} is not allowed; expected a number strictly between 0 and 1")
-    be = resolve_backend(backend, a.device)
-    fn = _launcher(be, "rankings", "rbo_pairs")
-    if fn is None or a.shape[0] == 0 or b.shape[0] == 0:
-        return torch_impl.rbo_pairs(a, b, float(p), variant)
-    return fn(a, b, float(p), variant)
-
-
-def refine(
-    a_t: torch.Tensor,
-    ctx: torch.Tensor,
-    weights: torch.Tensor,
-    apply_filter: bool = True,
-    backend: str = "auto",
-) -> torch.Tensor:
-    """ARC + filter + normalisation (stage C) for all targets at once; equal to
-    :func:`mmx_fast.reference.arc.refine_one` looped over targets.
-
-    a_t: [T, H, W] target maps; ctx: [C, H, W] context maps (shared by all targets; a target's
-    non-context entries have weight 0); weights: [T, C] (``1 - r``). Per target: ``ahat = weights @ ctx
-    / rowsum`` (0 if the row sum is <= 0), ``beta = <a, ahat> / <ahat, ahat>`` (0 if the denominator is 0),
-    ``relu(a - beta ahat)``, TAM's rank Gaussian filter if ``apply_filter``, division by the max (an
-    all-zero map stays zero). Returns [T, H, W] float32.
-    """
+def _check_maps(a_t, ctx, weights) -> None:
     if not isinstance(a_t, torch.Tensor) or a_t.dim() != 3:
         raise ValueError(
-            f"refine needs a_t [T, H, W]; got {tuple(a_t.shape) if isinstance(a_t, torch.Tensor) else a_t!r}"
+            f"refine needs a_t [T, H, W]; got {_shape(a_t) if isinstance(a_t, torch.Tensor) else a_t!r}"
         )
     if not isinstance(ctx, torch.Tensor) or ctx.dim() != 3 or ctx.shape[1:] != a_t.shape[1:]:
         raise ValueError(
-            f"refine needs ctx [C, H, W] on the grid of a_t {tuple(a_t.shape[1:])}; got {tuple(ctx.shape)}"
+            f"refine needs ctx [C, H, W] on the grid of a_t {tuple(a_t.shape[1:])}; got {_shape(ctx)}"
         )
     if not isinstance(weights, torch.Tensor) or weights.shape != (a_t.shape[0], ctx.shape[0]):
         raise ValueError(
@@ -349,56 +295,18 @@ def refine(
         if not x.dtype.is_floating_point:
             raise TypeError(f"refine needs floating-point {name}; got {x.dtype}")
     _check_same_device(a_t=a_t, ctx=ctx, weights=weights)
-    be = resolve_backend(backend, a_t.device)
-    fn = _launcher(be, "refine", "refine")
-    if fn is None or a_t.shape[0] == 0 or ctx.shape[0] == 0:
-        return torch_impl.refine(a_t, ctx, weights, bool(apply_filter))
-    return fn(a_t, ctx, weights, bool(apply_filter))
 
 
-def rank_gaussian_filter(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """TAM's rank Gaussian filter (kernel 3, reflect padding; DESIGN 1.4) over the last two dims of
-    ``x`` [..., H, W], all maps at once; returned in x's dtype. Equal to
-    :func:`mmx_fast.reference.filters.rank_gaussian_filter` within float32 rounding."""
-    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-1] == 0 or x.shape[-2] == 0:
-        raise ValueError(
-            f"rank_gaussian_filter needs [..., H, W] with H, W >= 1; got {tuple(x.shape) if isinstance(x, torch.Tensor) else x!r}"
-        )
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"rank_gaussian_filter needs a floating-point tensor; got {x.dtype}")
-    be = resolve_backend(backend, x.device)
-    fn = None
-    if be == "triton":
-        fn = getattr(_kernel("refine"), "rank_gaussian_filter", None)
-    elif be == "native":
-        fn = _launcher(be, "refine", "rank_gaussian_filter")
-    if fn is None or x.numel() == 0:
-        return torch_impl.rank_gaussian_filter(x)
-    return fn(x)
-
-
-def normalize_max(x: torch.Tensor) -> torch.Tensor:
-    """Each map ([..., H, W]) divided by its max; a map whose max is <= 0 becomes zero (never NaN)."""
-    return torch_impl.normalize_max(x)
-
-
-def msea_aggregate(
-    per_scale, coverages, grid, aggregate: str = "mean", backend: str = "auto"
-) -> torch.Tensor:
-    """MSEA (DESIGN 1.2) for all maps at once: per_scale[s] is [M, h_s, w_s], coverages[s] its (cy, cx)
-    coverage of the canonical grid ``grid`` = (Hc, Wc); returns [M, Hc, Wc] (``mean`` or ``max`` per cell
-    over the covering scales). Equal to :func:`mmx_fast.reference.msea.msea_aggregate`.
-
-    Runs the torch implementation on the maps' device for every backend (it is a few resizes)."""
+def _check_msea(per_scale, coverages, grid, aggregate: str):
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"aggregate={aggregate!r} is not allowed; expected one of {', '.join(AGGREGATIONS)}")
     per_scale = list(per_scale)
     coverages = [tuple(float(c) for c in cov) for cov in coverages]
     if not per_scale:
-        raise ValueError("msea_aggregate needs at least one scale; got none")
+        raise ValueError("msea needs at least one scale; got none")
     if len(per_scale) != len(coverages):
         raise ValueError(
-            f"msea_aggregate needs one coverage per scale; got {len(per_scale)} scales and {len(coverages)} coverages"
+            f"msea needs one coverage per scale; got {len(per_scale)} scales and {len(coverages)} coverages"
         )
     try:
         grid = (int(grid[0]), int(grid[1]))
@@ -416,5 +324,124 @@ def msea_aggregate(
         if len(cov) != 2 or not all(c > 0 and c == c and c != float("inf") for c in cov):
             raise ValueError(f"coverages[{i}]={cov!r} is not allowed; expected (cy, cx), positive and finite")
     _check_same_device(**{f"per_scale[{i}]": t for i, t in enumerate(per_scale)})
-    resolve_backend(backend, per_scale[0].device)  # validates the name; every backend runs the torch code
-    return torch_impl.msea_aggregate(per_scale, coverages, grid, aggregate)
+    return per_scale, coverages, grid
+
+
+# --------------------------------------------------------------------------------------------------
+# Public operations, by stage
+# --------------------------------------------------------------------------------------------------
+
+
+def logit_lens(z: torch.Tensor, w_u: torch.Tensor, ids, backend: str = "auto") -> torch.Tensor:
+    """Stage ``logit_lens`` (docs/design.md §1.1): raw maps ``clamp(W_U[ids] @ z.T, 0)`` with float32
+    accumulation.
+
+    z: [N, d] visual-token hidden states; w_u: [V, d] unembedding; ids: [M] vocab ids (tensor or sequence).
+    Returns [M, N] float32. Only the M rows of W_U named by ``ids`` are read.
+    """
+    _check_matrix("z", z, "[N, d]")
+    _check_matrix("w_u", w_u, "[V, d]")
+    if z.shape[1] != w_u.shape[1]:
+        raise ValueError(f"z [N, d] and w_u [V, d] must share d; got {tuple(z.shape)} and {tuple(w_u.shape)}")
+    _check_same_device(z=z, w_u=w_u)
+    ids = _check_vocab_ids(ids, w_u)
+    empty = ids.numel() == 0 or z.shape[0] == 0
+    return _run("logit_lens", backend, w_u.device, z, w_u, ids, empty=empty)
+
+
+def msea(per_scale, coverages, grid, aggregate: str = "mean", backend: str = "auto") -> torch.Tensor:
+    """Stage ``msea`` (docs/design.md §1.2) for all maps at once: per_scale[s] is [M, h_s, w_s],
+    coverages[s] its (cy, cx) coverage of the canonical grid ``grid`` = (Hc, Wc); returns [M, Hc, Wc]
+    (``mean`` or ``max`` per cell over the covering scales). Equal to
+    :func:`mmx_fast.reference.msea.msea_aggregate`.
+
+    Runs the torch implementation on the maps' device for every backend (it is a few resizes)."""
+    per_scale, coverages, grid = _check_msea(per_scale, coverages, grid, aggregate)
+    return _run("msea", backend, per_scale[0].device, per_scale, coverages, grid, aggregate)
+
+
+def rankings_topk(h: torch.Tensor, w_u: torch.Tensor, k: int, backend: str = "auto") -> torch.Tensor:
+    """Stage ``rankings``, top-k (docs/design.md §1.3): the top-``k`` vocab ids of ``h @ w_u.T`` per row,
+    best first, ties toward the smaller id; equal to :func:`mmx_fast.reference.rankings.topk_ranking`. The
+    [R, V] logits are never materialised (streaming over vocabulary tiles with a running top-k).
+
+    h: [R, d]; w_u: [V, d]; returns LongTensor [R, k].
+    """
+    _check_matrix("h", h, "[R, d]")
+    _check_matrix("w_u", w_u, "[V, d]")
+    if h.shape[1] != w_u.shape[1]:
+        raise ValueError(
+            f"rankings_topk needs h [R, d] and w_u [V, d]; got {tuple(h.shape)} and {tuple(w_u.shape)}"
+        )
+    _check_same_device(h=h, w_u=w_u)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= w_u.shape[0]:
+        raise ValueError(
+            f"top_k={k!r} is not allowed; expected an integer 1 <= top_k <= vocabulary size {w_u.shape[0]}"
+        )
+    return _run("rankings_topk", backend, w_u.device, h, w_u, k, empty=h.shape[0] == 0)
+
+
+def rankings_rbo(
+    a: torch.Tensor, b: torch.Tensor, p: float = 0.9, variant: str = "ext", backend: str = "auto"
+) -> torch.Tensor:
+    """Stage ``rankings``, RBO (docs/design.md §1.3) of every (target, context) pair: a [T, k], b [C, k]
+    integer rankings -> [T, C] float32, equal to ``reference.rankings.rbo(a[:, None], b[None], p, variant)``."""
+    _check_rankings("a", a)
+    _check_rankings("b", b)
+    if a.shape[1] != b.shape[1] or a.shape[1] < 1:
+        raise ValueError(
+            f"rankings_rbo needs two non-empty lists of equal depth; got {a.shape[1]} and {b.shape[1]}"
+        )
+    _check_same_device(a=a, b=b)
+    if variant not in RBO_VARIANTS:
+        raise ValueError(f"rbo variant={variant!r} is not allowed; expected one of {', '.join(RBO_VARIANTS)}")
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0 < p < 1):
+        raise ValueError(f"rbo_p={p!r} is not allowed; expected a number strictly between 0 and 1")
+    impls = DISPATCH["rankings_rbo"]
+    be = resolve_backend(backend, a.device)
+    if be not in impls or a.shape[0] == 0 or b.shape[0] == 0:
+        be = "torch"
+    if be == "native":  # the C++ op computes the weights from (p, variant) itself
+        return impls[be](a, b, float(p), variant)
+    return impls[be](a, b, _rbo_weights_for(a, float(p), variant))
+
+
+def refine(
+    a_t: torch.Tensor,
+    ctx: torch.Tensor,
+    weights: torch.Tensor,
+    apply_filter: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Stage ``refine`` (docs/design.md §1.3-1.4): ARC + filter + normalisation for all targets at once;
+    equal to :func:`mmx_fast.reference.refine.refine_one` looped over targets.
+
+    a_t: [T, H, W] target maps; ctx: [C, H, W] context maps (shared by all targets; a target's
+    non-context entries have weight 0); weights: [T, C] (``1 - r``). Per target: ``ahat = weights @ ctx
+    / rowsum`` (0 if the row sum is <= 0), ``beta = <a, ahat> / <ahat, ahat>`` (0 if the denominator is 0),
+    ``relu(a - beta ahat)`` with cells at or below ``CANCELLATION_FLOOR * max(a)`` set to zero, TAM's rank
+    Gaussian filter if ``apply_filter``, division by the max (an all-zero map stays zero). Returns
+    [T, H, W] float32.
+    """
+    _check_maps(a_t, ctx, weights)
+    empty = a_t.shape[0] == 0 or ctx.shape[0] == 0
+    args = (a_t, ctx, weights, bool(apply_filter), CANCELLATION_FLOOR)
+    return _run("refine", backend, a_t.device, *args, empty=empty)
+
+
+def refine_filter(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """TAM's rank Gaussian filter (kernel 3, reflect padding; docs/design.md §1.4) over the last two dims
+    of ``x`` [..., H, W], all maps at once; returned in x's dtype. Equal to
+    :func:`mmx_fast.reference.refine.rank_gaussian_filter` within float32 rounding."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-1] == 0 or x.shape[-2] == 0:
+        raise ValueError(
+            f"refine_filter needs [..., H, W] with H, W >= 1; got {_shape(x) if isinstance(x, torch.Tensor) else x!r}"
+        )
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"refine_filter needs a floating-point tensor; got {x.dtype}")
+    return _run("refine_filter", backend, x.device, x, empty=x.numel() == 0)
+
+
+def refine_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Each map ([..., H, W]) divided by its max; a map whose max is <= 0 becomes zero (never NaN)."""
+    return refine_normalize_torch(x)

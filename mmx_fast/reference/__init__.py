@@ -1,11 +1,17 @@
 """The paper-faithful pure-PyTorch path: one small function per equation, and ``explain``, the oracle."""
 
-from .arc import arc_weights, interference_map, least_squares_beta, refine_one
-from .filters import normalize_max, rank_gaussian_filter
 from .logit_lens import base_vocab_id, logit_lens_maps
 from .msea import msea_aggregate, to_canonical
 from .oracle import explain
-from .rbo import prefix_overlaps, rbo, rbo_weights, topk_ranking
+from .rankings import prefix_overlaps, rbo, rbo_weights, topk_ranking
+from .refine import (
+    arc_weights,
+    interference_map,
+    least_squares_beta,
+    normalize_max,
+    rank_gaussian_filter,
+    refine_one,
+)
 from .tam import tam_maps, tam_rank_gaussian_filter, tam_token_strings
 
 __all__ = [

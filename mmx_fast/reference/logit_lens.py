@@ -1,4 +1,4 @@
-"""Raw logit-lens maps (paper Eq. 2 and 4) and the base vocabulary id k0 (DESIGN 1.3)."""
+"""Raw logit-lens maps (paper Eq. 2 and 4) and the base vocabulary id k0 (docs/design.md §1.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Multi-scale explanation aggregation, MSEA (paper Eq. 3 and 5; DESIGN 1.2).
+"""Multi-scale explanation aggregation, MSEA (paper Eq. 3 and 5; docs/design.md §1.2).
 
 Each scale's map lives on that scale's visual-token grid. ``coverage`` (from the adapter) says how that
 grid lines up with the canonical (scale 1.0) grid:
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-AGGREGATIONS = ("mean", "max")
+from ..constants import AGGREGATIONS
 
 
 def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

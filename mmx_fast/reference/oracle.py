@@ -31,11 +31,10 @@ from ..pipeline import (
     states_at,
     text_side,
 )
-from .arc import arc_weights, refine_one
-from .filters import normalize_max, rank_gaussian_filter
 from .logit_lens import base_vocab_id, logit_lens_maps
 from .msea import msea_aggregate
-from .rbo import rbo, topk_ranking
+from .rankings import rbo, topk_ranking
+from .refine import arc_weights, normalize_max, rank_gaussian_filter, refine_one
 from .tam import tam_extra_classes, tam_mitigation
 
 

@@ -1,4 +1,4 @@
-"""Stage A: gathered logit-lens maps (paper Eq. 2 and 4; DESIGN.md 1.1 and 2.3).
+"""Stage ``logit_lens``: gathered logit-lens maps (paper Eq. 2 and 4; docs/design.md §1.1 and §2.3).
 
 Computes, for visual-token hidden states ``z`` [N, d], the unembedding ``W_U`` [V, d] and vocabulary ids
 ``ids`` [M]::
@@ -6,6 +6,11 @@ Computes, for visual-token hidden states ``z`` [N, d], the unembedding ``W_U`` [
     out[m, i] = max(0, sum_j W_U[ids[m], j] * z[i, j])          -> float32 [M, N]
 
 i.e. ``clamp(W_U[ids] @ z.T, min=0)``, the reference ``mmx_fast.reference.logit_lens.logit_lens_maps``.
+
+Plain PyTorch version (the vectorised ``torch`` backend, ``mmx_fast/ops/logit_lens.py``)::
+
+    rows = w_u.index_select(0, ids).float()                              # copies M * d of W_U
+    out = (rows @ z.float().T).clamp_min_(0)
 
 Each program owns a BLOCK_M x BLOCK_N tile of the output. It loads its BLOCK_M ids once and then streams the
 hidden dimension in BLOCK_D slices: the W_U rows are gathered by index straight from W_U (``W_U[ids]`` is never
@@ -31,7 +36,7 @@ from ._common import check_states_and_unembedding, is_interpreted, next_pow2
 
 
 @triton.jit
-def _gather_logit_lens_kernel(
+def _logit_lens_kernel(
     z_ptr,
     w_ptr,
     ids_ptr,
@@ -81,7 +86,7 @@ def _gather_logit_lens_kernel(
 
 
 # how @triton.jit built the kernels: the CPU interpreter or the GPU compiler
-INTERPRETED = is_interpreted(_gather_logit_lens_kernel)
+INTERPRETED = is_interpreted(_logit_lens_kernel)
 
 
 def _block_sizes(m: int, n: int, d: int, on_cuda: bool, lowp: bool) -> tuple[int, int, int, int]:
@@ -98,11 +103,13 @@ def _block_sizes(m: int, n: int, d: int, on_cuda: bool, lowp: bool) -> tuple[int
     )
 
 
-def gather_logit_lens(z: torch.Tensor, w_u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def logit_lens(z: torch.Tensor, w_u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """``clamp(W_U[ids] @ z.T, min=0)`` as float32 [M, N], with the W_U rows gathered inside the kernel.
 
     z: [N, d] float32/float16/bfloat16 hidden states; w_u: [V, d] of the same kinds; ids: [M] integer vocab ids
-    in [0, V). All on one device (CUDA, or CPU under ``TRITON_INTERPRET=1``). Accumulates in float32.
+    in [0, V), checked by ``mmx_fast.ops.logit_lens`` (the check reads the ids back: a device sync, so it is
+    done once there and not here). All on one device (CUDA, or CPU under ``TRITON_INTERPRET=1``).
+    Accumulates in float32.
     """
     check_states_and_unembedding("z", z, w_u, INTERPRETED)
     ids = torch.as_tensor(ids, device=w_u.device)
@@ -110,10 +117,7 @@ def gather_logit_lens(z: torch.Tensor, w_u: torch.Tensor, ids: torch.Tensor) -> 
         raise ValueError(f"ids must be integer vocabulary ids; got dtype {ids.dtype}")
     ids = ids.reshape(-1).to(torch.int64).contiguous()
     n, d = z.shape
-    v = w_u.shape[0]
     m = ids.numel()
-    if m and (int(ids.min()) < 0 or int(ids.max()) >= v):
-        raise ValueError(f"vocab ids must lie in [0, {v}); got min {int(ids.min())}, max {int(ids.max())}")
     out = torch.empty((m, n), dtype=torch.float32, device=z.device)
     if m == 0 or n == 0:
         return out
@@ -123,7 +127,7 @@ def gather_logit_lens(z: torch.Tensor, w_u: torch.Tensor, ids: torch.Tensor) -> 
     lowp = on_cuda and z.dtype == w_u.dtype and z.dtype in (torch.float16, torch.bfloat16)
     block_m, block_n, block_d, num_warps = _block_sizes(m, n, d, on_cuda, lowp)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
-    _gather_logit_lens_kernel[grid](
+    _logit_lens_kernel[grid](
         z,
         w_u,
         ids,

@@ -1,4 +1,5 @@
-"""Rankings and rank-biased overlap (paper Eq. 6-7; Webber, Moffat & Zobel 2010).
+"""Stage ``rankings``: top-k rankings and rank-biased overlap (paper Eq. 6-7; Webber, Moffat & Zobel 2010;
+docs/design.md §1.3).
 
 A ranking is the list of the ``k`` vocabulary ids with the highest next-token logits, best first. Softmax
 is monotone, so the logits are ranked directly. Ties break toward the smaller vocabulary id (stable).
@@ -10,7 +11,7 @@ import math
 
 import torch
 
-RBO_VARIANTS = ("ext", "truncated", "min")
+from ..constants import RBO_VARIANTS
 
 
 def topk_ranking(

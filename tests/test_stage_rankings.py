@@ -1,0 +1,426 @@
+"""Stage ``rankings`` (docs/design.md §1.3): top-k rankings of ``h @ W_U.T`` and the RBO of every (target,
+context) pair, on every backend, against the reference (the oracle).
+
+- ``test_rankings*_every_backend``: parametrised over the backends (torch, native, triton-interpreter, and
+  triton-cuda when a GPU is present; a backend that cannot run here is skipped), fresh random inputs of odd
+  shapes, float32 and bfloat16, with flash-attention's rule as the assertion: the fast error against a
+  float64 reference is at most twice the error of a plain same-precision torch implementation (integer
+  rankings: identical).
+- the dispatch layer (``mmx_fast.ops``) and its torch backend at realistic shapes, edge cases and argument
+  checks; the Triton launchers directly (``test_triton_*``, tiny shapes under the interpreter); the C++
+  ops directly (``test_native_*``).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from helpers import (
+    DTYPES,
+    N_ANSWER,
+    N_PROMPT,
+    N_TEXT,
+    STAGE_BACKENDS,
+    TOP_K,
+    V,
+    assert_flash_rule,
+    backend_or_skip,
+    gen,
+    kernels_or_none,
+    overlapping_rankings,
+    random_rankings,
+    refine_case,
+    scattered_rankings,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmx_fast import native, ops
+from mmx_fast.reference.rankings import rbo, topk_ranking
+
+ref_rbo = importlib.import_module("mmx_fast.reference.rankings")
+torch_rankings = importlib.import_module("mmx_fast.ops.rankings")  # the torch backend of each stage
+
+K = TOP_K
+KERN = kernels_or_none()  # mmx_fast.kernels (the Triton launchers), None without triton
+
+
+@pytest.fixture(autouse=True)
+def _backend_env(monkeypatch, request):
+    """No ambient MMX_FAST_BACKEND may redirect ``auto``; the launcher tests (``test_triton_*``) need triton,
+    the C++ op tests (``test_native_*``) the native build."""
+    monkeypatch.delenv("MMX_FAST_BACKEND", raising=False)
+    name = request.node.originalname
+    if name.startswith("test_triton_") and KERN is None:
+        pytest.skip("triton is not installed (or mmx_fast.kernels does not import)")
+    if name.startswith("test_native_"):
+        backend_or_skip("native")
+
+
+def _rbo(a, b, p=0.9, variant="ext"):
+    """The Triton RBO launcher with the variant's weights passed in (validated by ``rbo_weights``)."""
+    return KERN.rankings_rbo(a, b, ref_rbo.rbo_weights(a.shape[1] if a.dim() == 2 else 1, p, variant))
+
+
+# --------------------------------------------------------------------------------------------------
+# Every backend: the flash-attention rule
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", STAGE_BACKENDS)
+def test_rankings_every_backend(backend, dtype):
+    """Fresh random inputs of odd shapes. Rankings are integers: identical to the reference's. RBO: the
+    flash-attention rule against the float64 reference (the plain implementation: the reference rounded to
+    float32)."""
+    be, dev = backend_or_skip(backend)
+    g = gen(1301)
+    r, d, v, k = 19, 37, 203, 13
+    h = torch.randn(r, d, generator=g).to(dtype)
+    w = torch.randn(v, d, generator=g).to(dtype)
+    ranks = ops.rankings_topk(h.to(dev), w.to(dev), k, backend=be).cpu()
+    assert ranks.dtype == torch.int64 and torch.equal(ranks, ref_rbo.topk_ranking(h, w, k))
+    for variant in ref_rbo.RBO_VARIANTS:
+        a, b = ranks[7:], ranks
+        fast = ops.rankings_rbo(a.to(dev), b.to(dev), 0.85, variant, backend=be).cpu()
+        ref64 = ref_rbo.rbo(a[:, None], b[None], 0.85, variant)
+        assert fast.shape == (r - 7, r) and fast.dtype == torch.float32
+        assert_flash_rule(fast, ref64.float(), ref64, 1e-6, f"rbo {backend} {dtype} {variant}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Edge cases, argument checks, realistic shapes (dispatch, torch, Triton launchers, C++ ops)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_topk_rankings_equal_reference(vocab, text_hidden, ref_rankings, dtype):
+    fast = ops.rankings_topk(text_hidden.to(dtype), vocab[dtype], K)
+    assert fast.shape == (N_TEXT, K) and fast.dtype == torch.long
+    assert torch.equal(fast, ref_rankings[dtype])
+    assert len(set(fast[:, 0].tolist())) > N_TEXT // 2  # different rows rank differently
+
+
+def test_topk_ties_straddling_tile_boundaries():
+    """Exact ties (integer-valued W_U and h, so every dot product is exact in float32) with duplicated
+    W_U rows on both sides of the vocab tile boundaries, at the top of the ranking and at the depth-k cut:
+    ties must go to the smaller id, as the stable sort does."""
+    tile = torch_rankings.VOCAB_TILE
+    g = torch.Generator().manual_seed(5)
+    w = torch.randint(-8, 9, (3 * tile + 777, 64), generator=g).float()
+    h = torch.randint(-3, 4, (4, 64), generator=g).float()
+    top_ids = [tile - 2, tile - 1, tile, 2 * tile + 5]
+    cut_ids = [tile - 3, tile + 1, 2 * tile - 1, 2 * tile, 3 * tile, 3 * tile + 776]
+    w[top_ids] = w[torch.argmax(h[0] @ w.T)].clone()
+    # the cut group: copies of the row ranked K - 3, so the tied group starts at or above rank K - 3 and,
+    # with >= 7 members, must be split by the depth-K cut
+    order = torch.sort(h[0] @ w.T, descending=True, stable=True).indices
+    w[cut_ids] = w[order[K - 3]].clone()
+    cut_value = float(w[cut_ids[0]] @ h[0])
+    ref = ref_rbo.topk_ranking(h, w, K)
+    fast = ops.rankings_topk(h, w, K)
+    assert torch.equal(fast, ref)
+    row = fast[0].tolist()
+    assert [i for i in row if i in top_ids] == sorted(top_ids)  # the tied group at the top, in id order
+    logits0 = h[0] @ w.T
+    tied = (logits0 == cut_value).nonzero().flatten().tolist()
+    kept = [i for i in tied if i in row]
+    assert 0 < len(kept) < len(tied) and kept == tied[: len(kept)]  # the cut splits the tie by id
+    assert any(i // tile != j // tile for i in kept for j in tied if j not in kept)  # across tiles
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    v=st.integers(60, 700),
+    k=st.integers(1, 60),
+    tile=st.sampled_from([7, 50, 64, 333, 4096]),
+    levels=st.integers(1, 6),
+)
+def test_topk_massive_ties_any_tile(seed, v, k, tile, levels):
+    """Integer-valued logits (exact in float32) with few distinct values: ties everywhere, across every
+    tile boundary and at the cut; every tile size must give the stable sort's answer."""
+    k = min(k, v)
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randint(-levels, levels + 1, (v, 8), generator=g).float()
+    h = torch.randint(-1, 2, (5, 8), generator=g).float()
+    ref = ref_rbo.topk_ranking(h, w, k)
+    assert torch.equal(torch_rankings.rankings_topk_torch(h, w, k, tile=tile), ref)
+
+
+def test_topk_tile_keys_signed_zeros_and_nan():
+    """The stable sort treats -0.0 == +0.0 and ranks every NaN first; the tile keys must agree (a CPU
+    matmul never yields -0.0, other backends can)."""
+    logits = torch.tensor(
+        [
+            [0.0, -0.0, 1.0, -0.0, 0.0, -1.0, -0.0, 0.0],
+            [-0.0, -0.0, -2.0, 0.0, float("nan"), 3.0, -float("nan"), 0.0],
+            [-1.0, -1.0, -1.0, -0.5, -2.0, -1.0, -0.5, -3.0],
+        ]
+    )
+    ref = torch.sort(logits, dim=1, descending=True, stable=True).indices
+    for k in (1, 3, 5, 8):
+        keys = torch_rankings._tile_keys(logits.clone(), 100, k)
+        ids = torch_rankings._key_to_id(torch.sort(keys, dim=1, descending=True).values)
+        assert torch.equal(ids, ref[:, :k] + 100), k
+
+
+def test_topk_rankings_checks_arguments():
+    w = torch.randn(30, 8)
+    for bad in (0, 31, 2.0, True):
+        with pytest.raises(ValueError, match="top_k"):
+            ops.rankings_topk(torch.randn(2, 8), w, bad)
+    with pytest.raises(ValueError, match=r"\[R, d\]"):
+        ops.rankings_topk(torch.randn(2, 9), w, 3)
+
+
+@pytest.mark.parametrize("variant", ref_rbo.RBO_VARIANTS)
+@pytest.mark.parametrize("p", [0.9, 0.5, 0.99])
+def test_rbo_pairs_matches_reference(variant, p):
+    a = overlapping_rankings(N_ANSWER, K, 90, 1)
+    b = torch.cat(
+        [overlapping_rankings(N_TEXT - 3, K, 90, 2), a[:2], torch.arange(V - K, V)[None]]
+    )  # same, disjoint
+    fast = ops.rankings_rbo(a, b, p, variant)
+    assert fast.shape == (N_ANSWER, N_TEXT) and fast.dtype == torch.float32
+    ref = ref_rbo.rbo(a[:, None, :], b[None, :, :], p, variant)
+    torch.testing.assert_close(fast.double(), ref, rtol=0, atol=2e-6)
+    assert fast[:, :-3].std() > 0.01  # overlaps differ from pair to pair
+    assert (fast[:, -1] == 0).all()  # disjoint lists
+    if variant == "ext":
+        assert torch.allclose(fast[[0, 1], [N_TEXT - 3, N_TEXT - 2]], torch.ones(2))
+
+
+def test_rbo_pairs_lists_with_repeated_ids():
+    """Not rankings (an id twice in a list): still every matching (i, j) pair counts, as the reference."""
+    g = torch.Generator().manual_seed(12)
+    a = torch.randint(0, 12, (6, 10), generator=g)
+    b = torch.randint(0, 12, (9, 10), generator=g)
+    for aa, bb in ((a, b), (a, torch.stack([torch.randperm(12, generator=g)[:10] for _ in range(9)]))):
+        for variant in ref_rbo.RBO_VARIANTS:
+            ref = ref_rbo.rbo(aa[:, None], bb[None], 0.8, variant)
+            torch.testing.assert_close(
+                ops.rankings_rbo(aa, bb, 0.8, variant).double(), ref, rtol=0, atol=2e-6
+            )
+
+
+def test_rbo_pairs_real_rankings(ref_rankings):
+    r = ref_rankings[torch.float32]
+    fast = ops.rankings_rbo(r[N_PROMPT:], r, 0.9, "ext")
+    ref = ref_rbo.rbo(r[N_PROMPT:, None], r[None], 0.9, "ext")
+    torch.testing.assert_close(fast.double(), ref, rtol=0, atol=2e-6)
+
+
+def test_rbo_pairs_checks_arguments():
+    a = torch.randint(0, 9, (2, 4))
+    with pytest.raises(ValueError, match="variant='bogus'"):
+        ops.rankings_rbo(a, a, 0.9, "bogus")
+    with pytest.raises(ValueError, match="rbo_p"):
+        ops.rankings_rbo(a, a, 1.0, "ext")
+    with pytest.raises(ValueError, match="equal depth"):
+        ops.rankings_rbo(a, a[:, :3], 0.9, "ext")
+    with pytest.raises(TypeError, match="integer"):
+        ops.rankings_rbo(a.float(), a, 0.9, "ext")
+    assert ops.rankings_rbo(a[:0], a, 0.9, "ext").shape == (0, 2)
+
+
+@pytest.mark.parametrize(
+    "r, v, d, k, dtype, splits",
+    [
+        (5, 1000, 48, 50, torch.float32, None),
+        (20, 1000, 64, 3, torch.bfloat16, None),
+        (37, 1000, 48, 50, torch.float32, 3),  # several vocabulary splits + the merge kernel
+    ],
+)
+def test_triton_topk_rankings_random(r, v, d, k, dtype, splits):
+    g = gen(2000 + r + k)
+    h = torch.randn(r, d, generator=g).to(dtype)
+    w_u = torch.randn(v, d, generator=g).to(dtype)
+    out = KERN.rankings_topk(h, w_u, k, num_splits=splits)
+    assert out.shape == (r, k) and out.dtype == torch.int64
+    assert torch.equal(out, topk_ranking(h, w_u, k))
+    assert len({tuple(row) for row in out.tolist()}) > 1  # rows differ: not a constant
+
+
+@pytest.mark.parametrize("splits", [None, 2])
+def test_triton_topk_rankings_exact_ties(splits):
+    g = gen(21)
+    # small integers: every logit is exact in float32 whatever the summation order, and many are equal
+    h = torch.randint(-2, 3, (9, 40), generator=g).float()
+    h[3] = 0  # every logit 0: the ranking is 0, 1, 2, ...
+    w_u = torch.randint(-1, 2, (1000, 40), generator=g).float()
+    w_u[600:] = w_u[:400]  # duplicate rows: exact ties across tiles
+    w_u[7] = w_u[900]
+    out = KERN.rankings_topk(h, w_u, 50, num_splits=splits)
+    assert torch.equal(out, topk_ranking(h, w_u, 50))
+    assert torch.equal(out[3], torch.arange(50))
+
+
+def test_triton_topk_rankings_negative_and_small_vocab():
+    g = gen(22)
+    h = torch.randn(3, 16, generator=g)
+    w_u = -torch.rand(20, 16, generator=g) * h[0].sign()  # row 0: every logit negative
+    for k in (1, 20):
+        assert torch.equal(KERN.rankings_topk(h, w_u, k), topk_ranking(h, w_u, k))
+    with pytest.raises(ValueError, match="k=21"):
+        KERN.rankings_topk(h, w_u, 21)
+    with pytest.raises(ValueError, match="k=65"):
+        KERN.rankings_topk(torch.randn(2, 8), torch.randn(100, 8), 65)
+
+
+@pytest.mark.parametrize("k, p", [(50, 0.9), (3, 0.5)])
+def test_triton_rbo_pairs(k, p):
+    g = gen(3000 + k)
+    a = random_rankings(g, 5, k, int(1.6 * k) + 2)
+    b = random_rankings(g, 7, k, int(1.6 * k) + 2)
+    b[0] = a[0]  # identical lists
+    b[1] = a[1].flip(0)  # same ids, reversed
+    b[2] = torch.arange(10_000, 10_000 + k)  # disjoint
+    for variant in ("ext", "truncated", "min"):
+        out = _rbo(a, b, p, variant)
+        ref = rbo(a[:, None, :], b[None, :, :], p, variant)
+        assert out.shape == (5, 7) and out.dtype == torch.float32
+        assert (out.double() - ref).abs().max().item() <= 1e-6
+        assert out[:, 2].abs().max().item() == 0.0
+    ext = _rbo(a, b, p, "ext")
+    assert abs(ext[0, 0].item() - 1.0) <= 1e-6
+    assert ext.std() > 0
+
+
+def test_triton_rbo_pairs_validation():
+    a = torch.zeros(2, 5, dtype=torch.long)
+    with pytest.raises(ValueError, match="variant"):
+        _rbo(a, a, 0.9, "max")
+    with pytest.raises(ValueError, match="rbo_p"):
+        _rbo(a, a, 1.0, "ext")
+    with pytest.raises(ValueError, match="depths"):
+        _rbo(a, torch.zeros(2, 4, dtype=torch.long), 0.9, "ext")
+    with pytest.raises(ValueError, match="k=65"):
+        _rbo(torch.zeros(1, 65, dtype=torch.long), torch.zeros(1, 65, dtype=torch.long), 0.9, "ext")
+    assert _rbo(a[:0], a, 0.9, "ext").shape == (0, 2)
+
+
+@pytest.mark.parametrize(
+    "h_dtype,w_dtype",
+    [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16)],
+    ids=["f32", "bf16", "f32-h-bf16-w"],
+)
+@pytest.mark.parametrize("tile", [0, 100, 1024])
+def test_native_topk_rankings_equal_reference(h_dtype, w_dtype, tile):
+    g = torch.Generator().manual_seed(7)
+    h = torch.randn(13, 97, generator=g).to(h_dtype)
+    w = (torch.randn(3001, 97, generator=g) * 0.05).to(w_dtype)  # not a multiple of any tile
+    ref = ref_rbo.topk_ranking(h, w, K)
+    got = native.rankings_topk(h, w, K, tile=tile)
+    assert got.shape == (13, K) and got.dtype == torch.int64
+    assert torch.equal(got, ref)
+    assert len(set(got[:, 0].tolist())) > 6  # rows rank differently
+
+
+@pytest.mark.parametrize("tile", [0, 7, 64, 333])
+@pytest.mark.parametrize("k", [1, 13, 50, 64])
+def test_native_topk_exact_ties_nan_and_zeros(tile, k):
+    """Integer-valued h and W_U (every logit exact in float32 whatever the summation order) with few levels:
+    ties everywhere, duplicated W_U rows across tile boundaries, a row of zeros in h (every logit 0: ids
+    0..k-1), NaN logits (ranked first, like torch.sort), a vocabulary that is not a multiple of the tile."""
+    g = torch.Generator().manual_seed(k * 1000 + tile)
+    v = 701
+    w = torch.randint(-3, 4, (v, 16), generator=g).float()
+    h = torch.randint(-1, 2, (6, 16), generator=g).float()
+    h[2] = 0
+    w[[5, 6, 69, 70, 400, 700]] = w[3].clone()  # duplicate rows straddling tiles
+    w[[10, 333]] = float("nan")
+    for wd in (torch.float32, torch.bfloat16):  # small integers are exact in bfloat16 too
+        ww = w.to(wd)
+        ref = ref_rbo.topk_ranking(h, ww, k)
+        got = native.rankings_topk(h, ww, k, tile=tile)
+        assert torch.equal(got, ref), (wd, tile, k)
+    assert torch.equal(
+        got[2], torch.tensor([10, 333] + [i for i in range(k) if i not in (10, 333)][: k - 2])[:k]
+    )
+
+
+def test_native_topk_rankings_signed_zeros():
+    """-0.0 and +0.0 are equal logits (ties to the smaller id); constructed so the float32 GEMM yields -0.0."""
+    h = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    w = torch.tensor([[0.0, 0.0], [-0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])
+    ref = ref_rbo.topk_ranking(h, w, 5)
+    assert torch.equal(native.rankings_topk(h, w, 5), ref)
+
+
+def test_native_non_contiguous_inputs():
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(40, 777, generator=g).T[::2]  # [389, 40], strided rows
+    h = torch.randn(40, 5, generator=g).T  # [5, 40], column-major
+    for wd in (torch.float32, torch.bfloat16):
+        assert torch.equal(
+            native.rankings_topk(h, w.to(wd)[::1], 9, tile=64), ref_rbo.topk_ranking(h, w.to(wd), 9)
+        )
+    a, b = scattered_rankings(8, 12, 30, 1), scattered_rankings(6, 12, 30, 2)
+    torch.testing.assert_close(
+        native.rankings_rbo(a.T.contiguous().T, b[:, :], 0.9, "ext").double(),
+        ref_rbo.rbo(a[:, None], b[None], 0.9, "ext"),
+        rtol=0,
+        atol=2e-6,
+    )
+    a_t, ctx, weights = refine_case((9, 11), 3)
+    got = native.refine(a_t.transpose(1, 2).contiguous().transpose(1, 2), ctx, weights.T.contiguous().T)
+    torch.testing.assert_close(got, native.refine(a_t, ctx, weights), rtol=0, atol=0)
+
+
+def test_native_topk_rankings_k_equals_vocab_and_empty_rows():
+    g = torch.Generator().manual_seed(3)
+    h, w = torch.randn(4, 9, generator=g), torch.randn(37, 9, generator=g)
+    assert torch.equal(native.rankings_topk(h, w, 37, tile=8), ref_rbo.topk_ranking(h, w, 37))
+    assert native.rankings_topk(h[:0], w, 5).shape == (0, 5)
+    with pytest.raises(RuntimeError, match="top_k=38"):
+        native.rankings_topk(h, w, 38)
+
+
+@pytest.mark.parametrize("variant", ref_rbo.RBO_VARIANTS)
+@pytest.mark.parametrize("p", [0.9, 0.5, 0.99])
+def test_native_rbo_pairs_match_reference(variant, p):
+    a = scattered_rankings(23, K, 80, 1)
+    b = torch.cat([scattered_rankings(31, K, 80, 2), a[:2], torch.arange(10**7, 10**7 + K)[None]])
+    got = native.rankings_rbo(a, b, p, variant)
+    assert got.shape == (23, 34) and got.dtype == torch.float32
+    ref = ref_rbo.rbo(a[:, None], b[None], p, variant)
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=2e-6)
+    assert got[:, :-3].std() > 0.01
+    assert (got[:, -1] == 0).all()  # disjoint
+    if variant == "ext":
+        assert torch.allclose(got[[0, 1], [31, 32]], torch.ones(2))  # identical lists
+
+
+@pytest.mark.parametrize("k", [1, 2, 17, 64, 100])
+def test_native_rbo_pairs_depths_and_int_dtypes(k):
+    a = scattered_rankings(5, k, k + 9, 10 + k).to(torch.int32)
+    b = scattered_rankings(7, k, k + 9, 20 + k)
+    for variant in ref_rbo.RBO_VARIANTS:
+        ref = ref_rbo.rbo(a.long()[:, None], b[None], 0.8, variant)
+        torch.testing.assert_close(native.rankings_rbo(a, b, 0.8, variant).double(), ref, rtol=0, atol=2e-6)
+
+
+def test_native_rbo_pairs_lists_with_repeated_ids():
+    """Not rankings (ids repeated in a list): every matching (i, j) pair counts, as in the reference."""
+    g = torch.Generator().manual_seed(12)
+    a = torch.randint(0, 12, (6, 10), generator=g)
+    b = torch.randint(0, 12, (9, 10), generator=g)
+    uniq = torch.stack([torch.randperm(12, generator=g)[:10] for _ in range(9)])
+    for aa, bb in ((a, b), (a, uniq), (uniq[:4], b)):
+        for variant in ref_rbo.RBO_VARIANTS:
+            ref = ref_rbo.rbo(aa[:, None], bb[None], 0.8, variant)
+            torch.testing.assert_close(
+                native.rankings_rbo(aa, bb, 0.8, variant).double(), ref, rtol=0, atol=2e-6
+            )
+
+
+def test_native_rbo_pairs_arguments():
+    a = torch.randint(0, 9, (2, 4))
+    assert native.rankings_rbo(a[:0], a, 0.9, "ext").shape == (0, 2)
+    with pytest.raises(RuntimeError, match="variant='bogus'"):
+        native.rankings_rbo(a, a, 0.9, "bogus")
+    with pytest.raises(RuntimeError, match="rbo_p"):
+        native.rankings_rbo(a, a, 1.0, "ext")
