@@ -41,15 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .adapters.registry import MODEL_TYPES
+
 PROG = "mmx-fast"
 TINY_PREFIX = "tiny:"
-SUPPORTED_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava", "internvl")
-PROCESSOR_CLASSES = {
-    "qwen2_vl": "Qwen2VLProcessor",
-    "qwen2_5_vl": "Qwen2_5_VLProcessor",
-    "llava": "LlavaProcessor",
-    "internvl": "InternVLProcessor",
-}
+SUPPORTED_FAMILIES = tuple(MODEL_TYPES)  # model types, from the adapters' registry
+PROCESSOR_CLASSES = {name: m.processor_class for name, m in MODEL_TYPES.items()}
 
 DEMO_IMAGE = "grace_hopper.jpg"
 DEMO_PROMPT = "Who is in the picture?"

@@ -32,7 +32,9 @@ from typing import Any
 
 import torch
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava", "internvl")
+from .adapters.registry import model_type_info, tiny_model_types
+
+FAMILIES = tiny_model_types()  # the model types of the registry that have a tiny builder below
 
 _HIDDEN = 64
 _LAYERS = 2
@@ -316,7 +318,7 @@ def _build_qwen(family: str, tok, image_size: int | None):
     return config, model_cls, processor
 
 
-def _build_llava(tok, image_size: int | None):
+def _build_llava(family: str, tok, image_size: int | None):
     from transformers import (
         CLIPImageProcessorPil,
         CLIPVisionConfig,
@@ -361,7 +363,7 @@ def _build_llava(tok, image_size: int | None):
     return config, LlavaForConditionalGeneration, processor
 
 
-def _build_internvl(tok, image_size: int | None):
+def _build_internvl(family: str, tok, image_size: int | None):
     from transformers import (
         GotOcr2ImageProcessorPil,
         InternVLConfig,
@@ -408,10 +410,14 @@ def _build_internvl(tok, image_size: int | None):
     return config, InternVLForConditionalGeneration, processor
 
 
+# registry ``tiny_builder`` name -> builder(model_type, tokenizer, image_size) -> (config, model class, processor)
+_BUILDERS = {"qwen2_vl": _build_qwen, "llava": _build_llava, "internvl": _build_internvl}
+
+
 @functools.cache
 def _no_video_processor_class(cls: type) -> type:
-    """``cls`` with its processor-class check relaxed to accept ``video_processor=None`` (torchvision-free
-    transformers cannot build the video processors; see ENV.md)."""
+    """``cls`` with its processor-class check relaxed to accept ``video_processor=None`` (transformers' video
+    processors need torchvision, which may not import beside this torch)."""
 
     def check_argument_for_proper_class(self, argument_name, argument):
         if argument_name == "video_processor" and argument is None:
@@ -439,12 +445,8 @@ def tiny_model(
     tok = tiny_tokenizer(family)
     if image_size is not None and (image_size < 28 or image_size % 28):
         raise ValueError(f"image_size={image_size} must be a positive multiple of 28")
-    if family in ("qwen2_vl", "qwen2_5_vl"):
-        config, model_cls, processor = _build_qwen(family, tok, image_size)
-    elif family == "llava":
-        config, model_cls, processor = _build_llava(tok, image_size)
-    else:
-        config, model_cls, processor = _build_internvl(tok, image_size)
+    build = _BUILDERS[model_type_info(family).tiny_builder]
+    config, model_cls, processor = build(family, tok, image_size)
     config._attn_implementation = attn_implementation
 
     with torch.random.fork_rng(devices=[]):  # CPU generator only; the model is built on the CPU
