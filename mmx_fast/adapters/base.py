@@ -96,9 +96,11 @@ class Adapter:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "model_types" in cls.__dict__:
-            cls.config_types = tuple(cls.model_types)
-            cls.processor_classes = tuple(dict.fromkeys(cls.model_types.values()))
+        if "model_types" in cls.__dict__:  # a family's own explicit values win
+            if "config_types" not in cls.__dict__:
+                cls.config_types = tuple(cls.model_types)
+            if "processor_classes" not in cls.__dict__:
+                cls.processor_classes = tuple(dict.fromkeys(cls.model_types.values()))
 
     def __init__(self, model: Any, processor: Any) -> None:
         self.model = model
@@ -109,11 +111,12 @@ class Adapter:
         """Chat prompt with the image at ``scale`` (RGB PIL in, see ``mmx_fast.images``); the image is laid out
         by the family's ``geometry``."""
         scale = geo.check_scale(scale)
-        view = self.geometry.view(self.image_processor, geo.rgb(image), scale, self.processor_kwargs)
+        ip = self.processor.image_processor
+        view = self.geometry.view(ip, geo.rgb(image), scale, self.processor_kwargs)
         text = self.chat_text(prompt)
         inputs = self.run_processor(view.image, text, **view.overrides)
         vis = self.visual_positions_of(inputs["input_ids"])
-        grid, model_hw = self.geometry.grid(self.image_processor, inputs, vis.numel(), view)
+        grid, model_hw = self.geometry.grid(ip, inputs, vis.numel(), view)
         return PromptInputs(
             inputs=inputs,
             visual_positions=vis,
@@ -163,6 +166,7 @@ class Adapter:
     # --- image geometry ----------------------------------------------------------------------------
     @property
     def image_processor(self) -> Any:
+        """The processor's image processor (None when it has none)."""
         return getattr(self.processor, "image_processor", None)
 
     @property
