@@ -40,11 +40,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .adapters.registry import MODEL_TYPES
 from .cli_common import CliError, OneLineParser, check_out_dir, one_line
 from .loading import TINY_PREFIX
 
 PROG = "mmx-fast"
-SUPPORTED_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava", "internvl")
+SUPPORTED_FAMILIES = tuple(MODEL_TYPES)  # model types, from the adapters' registry
 
 DEMO_IMAGE = "grace_hopper.jpg"
 DEMO_PROMPT = "Who is in the picture?"

@@ -36,12 +36,6 @@ from typing import Any
 TINY_PREFIX = "tiny:"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
-PROCESSOR_CLASSES = {
-    "qwen2_vl": "Qwen2VLProcessor",
-    "qwen2_5_vl": "Qwen2_5_VLProcessor",
-    "llava": "LlavaProcessor",
-    "internvl": "InternVLProcessor",
-}
 OFFLINE_HINT = (
     "mmx-fast works offline and never downloads a model: pass a local model folder "
     "(one with config.json, e.g. saved with save_pretrained), or tiny:qwen2_vl for a random-weight test model"
@@ -220,7 +214,9 @@ def processor_without_video(location: str, family: str):
     import transformers
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    cls = getattr(transformers, PROCESSOR_CLASSES[family])
+    from .adapters.registry import model_type_info
+
+    cls = getattr(transformers, model_type_info(family).processor_class)
     names = cls.get_attributes()
     if "video_processor" in names:
         cls = accept_missing_video_processor(cls)

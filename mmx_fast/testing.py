@@ -32,9 +32,10 @@ from typing import Any
 
 import torch
 
+from .adapters.registry import model_type_info, tiny_model_types
 from .loading import accept_missing_video_processor
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava", "internvl")
+FAMILIES = tiny_model_types()  # the model types of the registry that have a tiny builder below
 
 _HIDDEN = 64
 _LAYERS = 2
@@ -318,7 +319,7 @@ def _build_qwen(family: str, tok, image_size: int | None):
     return config, model_cls, processor
 
 
-def _build_llava(tok, image_size: int | None):
+def _build_llava(family: str, tok, image_size: int | None):
     from transformers import (
         CLIPImageProcessorPil,
         CLIPVisionConfig,
@@ -363,7 +364,7 @@ def _build_llava(tok, image_size: int | None):
     return config, LlavaForConditionalGeneration, processor
 
 
-def _build_internvl(tok, image_size: int | None):
+def _build_internvl(family: str, tok, image_size: int | None):
     from transformers import (
         GotOcr2ImageProcessorPil,
         InternVLConfig,
@@ -410,6 +411,10 @@ def _build_internvl(tok, image_size: int | None):
     return config, InternVLForConditionalGeneration, processor
 
 
+# registry ``tiny_builder`` name -> builder(model_type, tokenizer, image_size) -> (config, model class, processor)
+_BUILDERS = {"qwen2_vl": _build_qwen, "llava": _build_llava, "internvl": _build_internvl}
+
+
 def tiny_model(
     family: str,
     seed: int = 0,
@@ -428,12 +433,8 @@ def tiny_model(
     tok = tiny_tokenizer(family)
     if image_size is not None and (image_size < 28 or image_size % 28):
         raise ValueError(f"image_size={image_size} must be a positive multiple of 28")
-    if family in ("qwen2_vl", "qwen2_5_vl"):
-        config, model_cls, processor = _build_qwen(family, tok, image_size)
-    elif family == "llava":
-        config, model_cls, processor = _build_llava(tok, image_size)
-    else:
-        config, model_cls, processor = _build_internvl(tok, image_size)
+    build = _BUILDERS[model_type_info(family).tiny_builder]
+    config, model_cls, processor = build(family, tok, image_size)
     config._attn_implementation = attn_implementation
 
     with torch.random.fork_rng(devices=[]):  # CPU generator only; the model is built on the CPU

@@ -13,11 +13,14 @@ import torch
 from PIL import Image, ImageDraw
 
 from mmx_fast.adapters import (
+    MODEL_TYPES,
     InternVLAdapter,
     LlavaAdapter,
     Qwen2VLAdapter,
+    adapter_class,
     get_adapter,
     supported_model_types,
+    tiny_model_types,
 )
 from mmx_fast.testing import tiny_model
 
@@ -120,7 +123,7 @@ def test_forward_hidden_matches_generate(setup):
             use_cache=True,
             output_hidden_states=True,
             return_dict_in_generate=True,
-            pad_token_id=ad._pad_id(),
+            pad_token_id=ad.pad_id(),
         )
     new = out.sequences[0, p.length :].tolist()
     assert len(new) == n
@@ -159,7 +162,7 @@ def test_visual_positions_fill_grid(setup):
             assert p.image.size == (max(1, round(img.width * s)), max(1, round(img.height * s)))
         else:
             assert p.coverage == (s, s)
-            assert p.image.size == p.extra["base_image"].size
+            assert p.image.size == p.base_image.size
     if ad.dynamic_resolution:
         assert grids == [(2, 3), (3, 4), (4, 5)]
     else:
@@ -324,3 +327,25 @@ def test_get_adapter_processor_mismatch():
         get_adapter(llava, qwen_proc)
     with pytest.raises(ValueError, match=r"'llava'"):
         get_adapter(llava, llava_proc.tokenizer)
+
+
+def test_registry_is_the_one_family_list():
+    """The CLI and the tiny-model builder take their family lists from the registry; each entry is consistent
+    with its adapter class and names a real transformers processor class."""
+    import transformers
+
+    from mmx_fast import cli, testing
+
+    assert supported_model_types() == list(MODEL_TYPES) == list(cli.SUPPORTED_FAMILIES) == FAMILIES
+    assert tiny_model_types() == testing.FAMILIES == tuple(FAMILIES)
+    for name, info in MODEL_TYPES.items():
+        assert info.name == name and adapter_class(name) is info.adapter
+        assert name in info.adapter.config_types and info.processor_class in info.adapter.processor_classes
+        assert hasattr(transformers, info.processor_class)
+    with pytest.raises(ValueError, match=r"'gpt2'.*qwen2_vl"):
+        adapter_class("gpt2")
+
+
+def test_pad_id_and_old_name(setup):
+    _, processor, ad = setup
+    assert ad.pad_id() == ad._pad_id() == processor.tokenizer.pad_token_id

@@ -10,24 +10,12 @@ unbatched rows.
 
 from __future__ import annotations
 
-import torch
-from PIL import Image
-
-from .base import Adapter, PromptInputs
+from .base import Adapter
+from .geometry import DynamicResolution
 
 
 class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
-    config_types = ("qwen2_vl", "qwen2_5_vl")
-    processor_classes = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor")
-    dynamic_resolution = True
-
-    def prepare(self, image: Image.Image, prompt: str, scale: float = 1.0) -> PromptInputs:
-        """Resize the image by ``scale`` (PIL bilinear, >= 1 px per side), then the processor (its smart-resize
-        rounding and min / max pixel clamps apply); the grid covers the whole image: coverage (1, 1)."""
-        return self._prepare_dynamic(image, prompt, scale)
-
-    def forward_hidden(self, prompt: PromptInputs, answer_ids: list[int]) -> torch.Tensor:
-        """Last-layer normed hidden states [L + T, d] of prompt + answer from the base model's
-        ``last_hidden_state`` (answer tokens are text in ``mm_token_type_ids``)."""
-        return self.forward_hidden_batch([prompt], [list(answer_ids)])[0]
+    model_types = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}
+    geometry = DynamicResolution()
+    tiny_builder = "qwen2_vl"

@@ -1,0 +1,163 @@
+"""Batched rows, greedy generation and the decoder's states captured on the way (docs/design.md §2, data flow
+steps 1-2: generate once at scale 1.0 with the KV cache, never ``output_hidden_states``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from .base import PromptInputs
+
+
+def check_rows(prompts: Sequence[PromptInputs], answers: Sequence[Sequence[int]]) -> set[str]:
+    """The input keys every prompt shares; one answer per prompt, at least one prompt."""
+    if len(prompts) != len(answers):
+        raise ValueError(
+            f"got {len(prompts)} prompts but {len(answers)} answers; expected one answer per prompt"
+        )
+    if not prompts:
+        raise ValueError("expected at least one prompt")
+    keys = set(prompts[0].inputs)
+    for i, p in enumerate(prompts):
+        if set(p.inputs) != keys:
+            raise ValueError(f"prompt {i} has inputs {sorted(p.inputs)}, prompt 0 has {sorted(keys)}")
+    return keys
+
+
+def token_row(
+    head: torch.Tensor, key: str, answer: Sequence[int], pad: int, fill: int, side: str
+) -> torch.Tensor:
+    """One per-token row: the prompt's ``head``, the answer's part of ``key`` (its ids, ones for the attention
+    mask, zeros otherwise: answer tokens are text) and ``pad`` cells of ``fill`` on ``side``."""
+    head = head.reshape(-1).to(torch.long)
+    if key == "input_ids":
+        tail = torch.as_tensor(list(answer), dtype=torch.long)
+    elif key == "attention_mask":
+        tail = torch.ones(len(answer), dtype=torch.long)
+    else:
+        tail = torch.zeros(len(answer), dtype=torch.long)
+    padding = torch.full((pad,), fill, dtype=torch.long)
+    return torch.cat((head, tail, padding) if side == "right" else (padding, head, tail))
+
+
+def padding_mask(lengths: Sequence[int], width: int, side: str) -> torch.Tensor:
+    """[B, width] attention mask: ones on each row's ``lengths[i]`` real tokens, padded on ``side``."""
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        if side == "right":
+            mask[i, :n] = 1
+        else:
+            mask[i, width - n :] = 1
+    return mask
+
+
+def collate(
+    prompts: Sequence[PromptInputs],
+    answers: Sequence[Sequence[int]],
+    side: str,
+    *,
+    token_keys: Sequence[str],
+    pad_id: int,
+    device: Any,
+    dtype: torch.dtype,
+) -> tuple[dict[str, torch.Tensor], list[int], int]:
+    """One batch of ``prompt_i + answer_i`` rows padded on ``side``. Per-token inputs (``token_keys``) are
+    padded (``input_ids`` with ``pad_id``, the rest with 0); every other tensor is per-image and concatenated
+    along dim 0 (floating point ones cast to ``dtype``). Returns (inputs, row lengths, padded length)."""
+    keys = check_rows(prompts, answers)
+    lengths = [p.length + len(a) for p, a in zip(prompts, answers)]
+    width = max(lengths)
+    batch: dict[str, torch.Tensor] = {}
+    for key in sorted(keys):
+        if key in token_keys:
+            fill = pad_id if key == "input_ids" else 0
+            rows = [
+                token_row(p.inputs[key], key, a, width - n, fill, side)
+                for p, a, n in zip(prompts, answers, lengths)
+            ]
+            batch[key] = torch.stack(rows).to(device)
+        else:
+            t = torch.cat([p.inputs[key] for p in prompts], dim=0)
+            batch[key] = t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+    if "attention_mask" not in batch:
+        batch["attention_mask"] = padding_mask(lengths, width, side).to(device)
+    return batch, lengths, width
+
+
+def until_stop(ids: Sequence[int], stops: set[int]) -> list[int]:
+    """``ids`` up to (not including) the first stop token."""
+    answer = []
+    for tok in ids:
+        if tok in stops:
+            break
+        answer.append(int(tok))
+    return answer
+
+
+def greedy(model: Any, inputs: dict[str, Any], max_new_tokens: int, pad_id: int) -> torch.Tensor:
+    """``model.generate``: greedy, KV cache on; the full sequences [B, width + new]."""
+    return model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=pad_id,
+    )
+
+
+def base_model_of(model: Any) -> Any:
+    """The base model (vision tower + projector + decoder) whose ``last_hidden_state`` is already normed."""
+    base = getattr(model, "model", None)
+    if base is None:
+        base = model.base_model
+    return base
+
+
+def decoder_of(model: Any) -> Any:
+    """The text decoder whose output (``last_hidden_state``) is the final-normed states lm_head reads."""
+    get = getattr(model, "get_decoder", None)
+    dec = get() if callable(get) else None
+    if dec is None:
+        dec = base_model_of(model).language_model
+    return dec
+
+
+@contextmanager
+def captured_states(decoder: Any) -> Iterator[list[torch.Tensor]]:
+    """Collects the decoder's ``last_hidden_state`` of every call made inside the block (a forward hook)."""
+    captured: list[torch.Tensor] = []
+
+    def hook(_module, _args, output):
+        hs = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        captured.append(hs.detach())
+
+    handle = decoder.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def stitch_states(
+    captured: Sequence[torch.Tensor],
+    prompts: Sequence[PromptInputs],
+    answers: Sequence[Sequence[int]],
+    width: int,
+) -> list[torch.Tensor]:
+    """Per row, the states of a left-padded generation (prefill of ``width`` then one call per new token):
+    [L_i + T_i - 1, d], every prompt position and every answer position but the last."""
+    if not captured or captured[0].shape[1] != width:
+        raise RuntimeError(
+            f"could not capture the decoder's states during generation (got {len(captured)} calls); "
+            "use forward_hidden instead"
+        )
+    states = []
+    for i, (p, ans) in enumerate(zip(prompts, answers)):
+        parts = [captured[0][i, width - p.length :]]
+        parts += [captured[k][i, -1:] for k in range(1, len(ans))]
+        states.append(torch.cat(parts, 0))
+    return states

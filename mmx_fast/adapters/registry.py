@@ -1,0 +1,90 @@
+"""The one registry of model families: ``config.model_type`` -> adapter class, with the per-model-type facts the
+CLI (processor class) and ``mmx_fast.testing`` (tiny-model builder) need. Adding a family is one adapter file
+and one entry in ``ADAPTERS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .base import Adapter
+from .internvl import InternVLAdapter
+from .llava import LlavaAdapter
+from .qwen2_vl import Qwen2VLAdapter
+
+ADAPTERS: tuple[type[Adapter], ...] = (Qwen2VLAdapter, LlavaAdapter, InternVLAdapter)
+
+
+@dataclass(frozen=True)
+class ModelType:
+    """One supported ``config.model_type``.
+
+    name:            the model type (``"qwen2_5_vl"``).
+    adapter:         its adapter class.
+    processor_class: the transformers processor class its checkpoints use (``"Qwen2_5_VLProcessor"``).
+    tiny_builder:    the tiny-model builder in ``mmx_fast.testing`` (None: no tiny model).
+    """
+
+    name: str
+    adapter: type[Adapter]
+    processor_class: str
+    tiny_builder: str | None
+
+
+MODEL_TYPES: dict[str, ModelType] = {
+    name: ModelType(name, cls, processor, cls.tiny_builder)
+    for cls in ADAPTERS
+    for name, processor in cls.model_types.items()
+}
+
+
+def supported_model_types() -> list[str]:
+    return list(MODEL_TYPES)
+
+
+def tiny_model_types() -> tuple[str, ...]:
+    """The model types ``mmx_fast.testing.tiny_model`` can build."""
+    return tuple(name for name, m in MODEL_TYPES.items() if m.tiny_builder is not None)
+
+
+def model_type_info(model_type: str) -> ModelType:
+    info = MODEL_TYPES.get(model_type)
+    if info is None:
+        raise ValueError(
+            f"model type {model_type!r} is not supported; supported model types: {', '.join(supported_model_types())}"
+        )
+    return info
+
+
+def adapter_class(model_type: str) -> type[Adapter]:
+    return model_type_info(model_type).adapter
+
+
+def _processor_family(processor: Any) -> type[Adapter] | None:
+    names = {c.__name__ for c in type(processor).__mro__}
+    for cls in ADAPTERS:
+        if names.intersection(cls.processor_classes):
+            return cls
+    return None
+
+
+def get_adapter(model: Any, processor: Any) -> Adapter:
+    """The adapter for ``model`` (by ``model.config.model_type``), checked against ``processor``."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type is None:
+        raise ValueError(
+            f"{type(model).__name__} has no config.model_type; expected a transformers model of one of the "
+            f"supported types: {', '.join(supported_model_types())}"
+        )
+    cls = adapter_class(model_type)
+    found = _processor_family(processor)
+    if found is not cls:
+        got = type(processor).__name__
+        what = f"a {found.family} processor" if found is not None else "not a recognised multimodal processor"
+        raise ValueError(
+            f"processor {got} ({what}) does not match model type {model_type!r} ({type(model).__name__}); "
+            f"expected one of: {', '.join(cls.processor_classes)}"
+        )
+    return cls(model, processor)
