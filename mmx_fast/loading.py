@@ -5,7 +5,8 @@
     model, processor = mmx_fast.load("tiny:llava")                                # tiny, RANDOM weights
 
 Nothing is ever downloaded (``local_files_only=True``). Supported families: those the adapters support
-(``mmx_fast.adapters.supported_model_types()``: qwen2_vl, qwen2_5_vl, llava, internvl).
+(``mmx_fast.adapters.supported_model_types()``: qwen2_vl, qwen2_5_vl, llava, internvl, qwen3_vl,
+qwen3_vl_moe, gemma3, paligemma).
 
 - ``dtype="auto"`` follows the checkpoint's own dtype (``dtype`` / ``torch_dtype`` in its config.json): a
   bf16 checkpoint stays bf16, also on the CPU. A checkpoint that declares none loads as bfloat16 on a CUDA GPU
@@ -121,6 +122,12 @@ def resolve_model(spec: str) -> ModelSource:
             ) from None
         model_type, declared, location = config.model_type, _declared_dtype(config.to_dict()), spec
     if model_type not in families:
+        from .adapters.registry import REFUSED
+
+        if model_type in REFUSED:
+            raise ModelLoadError(
+                f"model {spec!r}: model type {model_type!r} cannot be explained: {REFUSED[model_type]}"
+            )
         raise ModelLoadError(
             f"model {spec!r}: unsupported model family {model_type!r}; supported families: {', '.join(families)}"
         )

@@ -11,6 +11,12 @@ chat template that mimics the real model's:
 - LLaVA-1.5: ``<s>USER: <image>\\nTEXT ASSISTANT:`` (the BOS comes from the tokenizer, as for the real model)
 - InternVL:  ``<|im_start|>user\\n<IMG_CONTEXT>\\nTEXT<|im_end|>\\n<|im_start|>assistant\\n`` (the processor
   expands ``<IMG_CONTEXT>`` to ``<img><IMG_CONTEXT>*N</img>``)
+- Qwen3-VL / Qwen3-VL-MoE: Qwen2-VL's template (``Qwen3VLForConditionalGeneration`` / ``...MoeFor...``: DeepStack
+  on decoder layer 0, interleaved M-RoPE; the MoE decoder has 4 experts, 2 per token)
+- Gemma 3:   ``<bos><start_of_turn>user\\n<start_of_image>TEXT<end_of_turn>\\n<start_of_turn>model\\n`` (SigLIP
+  112 px, patch 14: 8x8 patches average-pooled 2x2 to 4x4 = 16 soft tokens; pan-and-scan off)
+- PaliGemma: no chat template; the processor lays out ``<image>*N<bos>TEXT\\n`` (SigLIP 112 px: 8x8 = 64 tokens;
+  its 1152 ``<loc>`` / ``<seg>`` tokens are added to the vocabulary, as for the real model)
 
 Shapes (text hidden 64, 2 layers, 4 heads / 2 KV heads; vision 2 layers, width 32, patch 14):
 
@@ -137,7 +143,34 @@ _SPECIALS: dict[str, dict[str, Any]] = {
         "bos": None,
     },
 }
-_SPECIALS["qwen2_5_vl"] = _SPECIALS["qwen2_vl"]
+_SPECIALS["gemma3"] = {
+    "tokens": [
+        "<pad>",
+        "<eos>",
+        "<bos>",
+        "<start_of_turn>",
+        "<end_of_turn>",
+        "<start_of_image>",
+        "<end_of_image>",
+        "<image_soft_token>",
+    ],
+    "named": {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"},
+    "extra": {
+        "boi_token": "<start_of_image>",
+        "eoi_token": "<end_of_image>",
+        "image_token": "<image_soft_token>",
+    },
+    "eos": "<end_of_turn>",
+    "bos": None,  # the chat template writes <bos>
+}
+_SPECIALS["paligemma"] = {
+    "tokens": ["<pad>", "<eos>", "<bos>", "<image>"],
+    "named": {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"},
+    "extra": {"image_token": "<image>"},
+    "eos": "<eos>",
+    "bos": None,  # the processor writes <bos> after the image tokens
+}
+_SPECIALS["qwen2_5_vl"] = _SPECIALS["qwen3_vl"] = _SPECIALS["qwen3_vl_moe"] = _SPECIALS["qwen2_vl"]
 
 # Chat templates (Jinja) mimicking the real ones. ``content`` may be a string or a list of typed parts.
 _CHATML_TEMPLATE = (
@@ -172,7 +205,20 @@ _TEMPLATES = {
         "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
     ),
 }
-_TEMPLATES["qwen2_5_vl"] = _TEMPLATES["qwen2_vl"]
+_TEMPLATES["gemma3"] = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<start_of_image>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "<end_of_turn>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+_TEMPLATES["paligemma"] = None  # PaliGemma has no chat template (a prefix-LM prompt)
+_TEMPLATES["qwen2_5_vl"] = _TEMPLATES["qwen3_vl"] = _TEMPLATES["qwen3_vl_moe"] = _TEMPLATES["qwen2_vl"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -222,7 +268,7 @@ def tiny_tokenizer(family: str):
         model_max_length=4096,
         **kwargs,
     )
-    if fast.bos_token is None and spec["bos"] is None:
+    if spec["bos"] is None:
         fast.add_bos_token = False
     return fast
 
@@ -411,8 +457,148 @@ def _build_internvl(family: str, tok, image_size: int | None):
     return config, InternVLForConditionalGeneration, processor
 
 
+def _build_qwen3(family: str, tok, image_size: int | None):
+    from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLProcessor
+
+    merge = 2
+    vision = dict(
+        depth=_VISION_LAYERS,
+        hidden_size=_VISION_WIDTH,
+        out_hidden_size=_HIDDEN,
+        intermediate_size=2 * _VISION_WIDTH,
+        num_heads=_VISION_HEADS,
+        patch_size=_PATCH,
+        spatial_merge_size=merge,
+        temporal_patch_size=2,
+        num_position_embeddings=256,
+        deepstack_visual_indexes=[0],
+    )
+    text = _text_kwargs(len(tok), tok)
+    text["head_dim"] = _HIDDEN // _HEADS
+    text["rope_parameters"] = {
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        "mrope_section": [2, 3, 3],
+        "mrope_interleaved": True,
+    }
+    ids = dict(
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+    )
+    if family == "qwen3_vl_moe":
+        from transformers import Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
+
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=_INTERMEDIATE // 2)
+        config = Qwen3VLMoeConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+        model_cls = Qwen3VLMoeForConditionalGeneration
+    else:
+        from transformers import Qwen3VLForConditionalGeneration
+
+        config = Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+        model_cls = Qwen3VLForConditionalGeneration
+    max_side = image_size or 224
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=56 * 56,
+        max_pixels=max_side * max_side,
+        patch_size=_PATCH,
+        merge_size=merge,
+        temporal_patch_size=2,
+    )
+    processor = accept_missing_video_processor(Qwen3VLProcessor)(
+        image_processor=image_processor, tokenizer=tok, video_processor=None, chat_template=_TEMPLATES[family]
+    )
+    return config, model_cls, processor
+
+
+def _siglip(size: int, projection_dim: int | None = None):
+    from transformers import SiglipVisionConfig
+
+    extra = {} if projection_dim is None else {"projection_dim": projection_dim}
+    return SiglipVisionConfig(
+        hidden_size=_VISION_WIDTH,
+        intermediate_size=2 * _VISION_WIDTH,
+        num_hidden_layers=_VISION_LAYERS,
+        num_attention_heads=_VISION_HEADS,
+        image_size=size,
+        patch_size=_PATCH,
+        **extra,
+    )
+
+
+def _gemma_text_kwargs(tok, eos_token: str) -> dict[str, Any]:
+    kw = _text_kwargs(len(tok), tok)
+    kw.update(head_dim=_HIDDEN // _HEADS, eos_token_id=tok.convert_tokens_to_ids(eos_token))
+    return kw
+
+
+def _build_gemma3(family: str, tok, image_size: int | None):
+    from transformers import Gemma3Config, Gemma3ImageProcessorPil, Gemma3Processor, Gemma3TextConfig
+
+    size = image_size or 112
+    side = size // _PATCH
+    tokens_side = max(1, side // 2)  # 2x2 average pooling of the patch grid (4x4 in the released models)
+    text = Gemma3TextConfig(
+        **_gemma_text_kwargs(tok, "<end_of_turn>"),
+        query_pre_attn_scalar=_HIDDEN // _HEADS,
+        sliding_window=512,
+    )
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=_siglip(size),
+        mm_tokens_per_image=tokens_side * tokens_side,
+        boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
+        eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
+        image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"),
+        tie_word_embeddings=False,
+    )
+    processor = Gemma3Processor(
+        image_processor=Gemma3ImageProcessorPil(size={"height": size, "width": size}),
+        tokenizer=tok,
+        chat_template=_TEMPLATES[family],
+        image_seq_length=tokens_side * tokens_side,
+    )
+    from transformers import Gemma3ForConditionalGeneration
+
+    return config, Gemma3ForConditionalGeneration, processor
+
+
+def _build_paligemma(family: str, tok, image_size: int | None):
+    from transformers import (
+        GemmaConfig,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessorPil,
+    )
+
+    size = image_size or 112
+    image_processor = SiglipImageProcessorPil(size={"height": size, "width": size})
+    image_processor.image_seq_length = (size // _PATCH) ** 2
+    # the processor adds PaliGemma's 1024 <locXXXX> and 128 <segXXX> tokens: build it before the model's vocab
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
+    text = GemmaConfig(**_gemma_text_kwargs(tok, "<eos>"))
+    config = PaliGemmaConfig(
+        text_config=text,
+        vision_config=_siglip(size, projection_dim=_HIDDEN),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        projection_dim=_HIDDEN,
+        hidden_size=_HIDDEN,
+        tie_word_embeddings=False,
+    )
+    return config, PaliGemmaForConditionalGeneration, processor
+
+
 # registry ``tiny_builder`` name -> builder(model_type, tokenizer, image_size) -> (config, model class, processor)
-_BUILDERS = {"qwen2_vl": _build_qwen, "llava": _build_llava, "internvl": _build_internvl}
+_BUILDERS = {
+    "qwen2_vl": _build_qwen,
+    "llava": _build_llava,
+    "internvl": _build_internvl,
+    "qwen3_vl": _build_qwen3,
+    "gemma3": _build_gemma3,
+    "paligemma": _build_paligemma,
+}
 
 
 def tiny_model(

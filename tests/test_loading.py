@@ -30,6 +30,10 @@ PROCESSOR = {
     "qwen2_5_vl": "Qwen2_5_VLProcessor",
     "llava": "LlavaProcessor",
     "internvl": "InternVLProcessor",
+    "qwen3_vl": "Qwen3VLProcessor",
+    "qwen3_vl_moe": "Qwen3VLProcessor",
+    "gemma3": "Gemma3Processor",
+    "paligemma": "PaliGemmaProcessor",
 }
 
 

@@ -10,12 +10,16 @@ list of families). Adding a family means one file with an ``Adapter`` subclass a
 from __future__ import annotations
 
 from .base import Adapter, PromptInputs
+from .gemma3 import Gemma3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
+from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2VLAdapter
+from .qwen3_vl import Qwen3VLAdapter
 from .registry import (
     ADAPTERS,
     MODEL_TYPES,
+    REFUSED,
     ModelType,
     adapter_class,
     get_adapter,
@@ -27,12 +31,16 @@ from .registry import (
 __all__ = [
     "ADAPTERS",
     "MODEL_TYPES",
+    "REFUSED",
     "Adapter",
+    "Gemma3Adapter",
     "InternVLAdapter",
     "LlavaAdapter",
     "ModelType",
+    "PaliGemmaAdapter",
     "PromptInputs",
     "Qwen2VLAdapter",
+    "Qwen3VLAdapter",
     "adapter_class",
     "get_adapter",
     "model_type_info",

@@ -88,6 +88,14 @@ class Adapter:
         "mm_token_type_ids",
         "token_type_ids",
     )
+    # Per-token keys whose answer part is not 0 in a teacher-forced row (PaliGemma: ``token_type_ids`` 1, the
+    # causal suffix after its bidirectional prefix; generation gives generated tokens the same value).
+    answer_token_types: ClassVar[Mapping[str, int]] = {}
+    # Processor outputs the model must not get (PaliGemma's training ``labels``).
+    drop_keys: ClassVar[tuple[str, ...]] = ()
+    # False where the visual tokens' states depend on text after them (PaliGemma's bidirectional prefix): a
+    # pass that stops after the last visual token would then change them.
+    causal_visual_states: ClassVar[bool] = True
     # The builder of this family's tiny random-weight test model in ``mmx_fast.testing`` (None: no tiny model).
     tiny_builder: ClassVar[str | None] = None
     # Derived from ``model_types``: the accepted config types and processor class names (anywhere in the MRO).
@@ -116,6 +124,7 @@ class Adapter:
         text = self.chat_text(prompt)
         inputs = self.run_processor(view.image, text, **view.overrides)
         vis = self.visual_positions_of(inputs["input_ids"])
+        self.check_visual_tokens(vis.numel(), inputs)
         grid, model_hw = self.geometry.grid(ip, inputs, vis.numel(), view)
         return PromptInputs(
             inputs=inputs,
@@ -138,7 +147,32 @@ class Adapter:
         """The processor on one (image, chat text) pair; batch size 1, tensors only."""
         kwargs = {**self.processor_kwargs, **overrides}
         out = self.processor(images=[image], text=[text], return_tensors="pt", **kwargs)
-        return {k: v for k, v in out.items() if torch.is_tensor(v)}
+        return {k: v for k, v in out.items() if torch.is_tensor(v) and k not in self.drop_keys}
+
+    @property
+    def model_type(self) -> str:
+        return str(getattr(getattr(self.model, "config", None), "model_type", self.family))
+
+    def expected_visual_tokens(self, inputs: dict[str, torch.Tensor]) -> int:
+        """Hook: how many visual tokens the family's geometry predicts for these processor outputs.
+        Dynamic resolution: ``prod(image_grid_thw) / merge_size**2``; a fixed-size family overrides this with the
+        count its vision tower and projector produce (from the model's config)."""
+        if self.geometry.dynamic_resolution:
+            thw = inputs["image_grid_thw"].reshape(-1, 3)
+            merge = int(getattr(self.image_processor, "merge_size", 1))
+            return int(thw.prod(-1).sum()) // (merge * merge)
+        raise NotImplementedError(f"{type(self).__name__} must say how many visual tokens it expects")
+
+    def check_visual_tokens(self, n: int, inputs: dict[str, torch.Tensor]) -> None:
+        """docs/design.md §1.2, never silent: the located visual tokens must be exactly what the geometry
+        predicts (a wrong image token id would otherwise give a 1x1 map)."""
+        want = self.expected_visual_tokens(inputs)
+        if n != want:
+            raise ValueError(
+                f"model type {self.model_type!r}: located {n} visual tokens (token id {self.image_token_id}) "
+                f"but its {type(self.geometry).__name__} geometry predicts {want}; refusing to build a map "
+                "on a grid that does not match the image"
+            )
 
     @property
     def image_token_id(self) -> int:
@@ -251,6 +285,7 @@ class Adapter:
             pad_id=self.pad_id(),
             device=self.model.device,
             dtype=self.model.dtype,
+            answer_fills=self.answer_token_types,
         )
 
     def forward_hidden(self, prompt: PromptInputs, answer_ids: list[int]) -> torch.Tensor:

@@ -3,7 +3,7 @@ steps 1-2: generate once at scale 1.0 with the KV cache, never ``output_hidden_s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -29,17 +29,17 @@ def check_rows(prompts: Sequence[PromptInputs], answers: Sequence[Sequence[int]]
 
 
 def token_row(
-    head: torch.Tensor, key: str, answer: Sequence[int], pad: int, fill: int, side: str
+    head: torch.Tensor, key: str, answer: Sequence[int], pad: int, fill: int, side: str, answer_fill: int = 0
 ) -> torch.Tensor:
     """One per-token row: the prompt's ``head``, the answer's part of ``key`` (its ids, ones for the attention
-    mask, zeros otherwise: answer tokens are text) and ``pad`` cells of ``fill`` on ``side``."""
+    mask, ``answer_fill`` otherwise: 0, answer tokens are text) and ``pad`` cells of ``fill`` on ``side``."""
     head = head.reshape(-1).to(torch.long)
     if key == "input_ids":
         tail = torch.as_tensor(list(answer), dtype=torch.long)
     elif key == "attention_mask":
         tail = torch.ones(len(answer), dtype=torch.long)
     else:
-        tail = torch.zeros(len(answer), dtype=torch.long)
+        tail = torch.full((len(answer),), answer_fill, dtype=torch.long)
     padding = torch.full((pad,), fill, dtype=torch.long)
     return torch.cat((head, tail, padding) if side == "right" else (padding, head, tail))
 
@@ -64,10 +64,12 @@ def collate(
     pad_id: int,
     device: Any,
     dtype: torch.dtype,
+    answer_fills: Mapping[str, int] | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[int], int]:
     """One batch of ``prompt_i + answer_i`` rows padded on ``side``. Per-token inputs (``token_keys``) are
     padded (``input_ids`` with ``pad_id``, the rest with 0); every other tensor is per-image and concatenated
-    along dim 0 (floating point ones cast to ``dtype``). Returns (inputs, row lengths, padded length)."""
+    along dim 0 (floating point ones cast to ``dtype``). ``answer_fills``: per-token keys whose answer part is
+    not 0 (see ``token_row``). Returns (inputs, row lengths, padded length)."""
     keys = check_rows(prompts, answers)
     lengths = [p.length + len(a) for p, a in zip(prompts, answers)]
     width = max(lengths)
@@ -76,7 +78,7 @@ def collate(
         if key in token_keys:
             fill = pad_id if key == "input_ids" else 0
             rows = [
-                token_row(p.inputs[key], key, a, width - n, fill, side)
+                token_row(p.inputs[key], key, a, width - n, fill, side, (answer_fills or {}).get(key, 0))
                 for p, a, n in zip(prompts, answers, lengths)
             ]
             batch[key] = torch.stack(rows).to(device)

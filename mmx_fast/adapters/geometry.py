@@ -41,6 +41,15 @@ class ScaledView:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
+def side(size: Any) -> int:
+    """One side of a square size given as an int, a (h, w) pair or a {"height", "width"} dict (the height)."""
+    if isinstance(size, dict):
+        return int(size["height"])
+    if isinstance(size, (list, tuple)):
+        return int(size[0])
+    return int(size)
+
+
 def check_scale(scale: float) -> float:
     scale = float(scale)
     if not math.isfinite(scale) or scale <= 0:

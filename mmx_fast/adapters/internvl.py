@@ -9,6 +9,7 @@ Chat prompt: ``<|im_start|>user\\n<img><IMG_CONTEXT>*N</img>\\nTEXT<|im_end|>\\n
 
 from __future__ import annotations
 
+from . import geometry as geo
 from .base import Adapter
 from .geometry import FixedCanvas
 
@@ -19,3 +20,10 @@ class InternVLAdapter(Adapter):
     geometry = FixedCanvas()
     processor_kwargs = {"crop_to_patches": False}
     tiny_builder = "internvl"
+
+    def expected_visual_tokens(self, inputs):
+        """The tile's patches after the pixel shuffle (``downsample_ratio``), one tile."""
+        cfg = self.model.config
+        side = geo.side(cfg.vision_config.image_size) // geo.side(cfg.vision_config.patch_size)
+        side = int(side * float(cfg.downsample_ratio))
+        return side * side * int(inputs["pixel_values"].shape[0])

@@ -9,6 +9,7 @@ crop.
 
 from __future__ import annotations
 
+from . import geometry as geo
 from .base import Adapter
 from .geometry import FixedCanvas
 
@@ -18,3 +19,10 @@ class LlavaAdapter(Adapter):
     model_types = {"llava": "LlavaProcessor"}
     geometry = FixedCanvas()
     tiny_builder = "llava"
+
+    def expected_visual_tokens(self, inputs):
+        """One token per patch of the CLIP input (plus CLS with the ``full`` feature strategy)."""
+        cfg = self.model.config
+        side = geo.side(cfg.vision_config.image_size) // geo.side(cfg.vision_config.patch_size)
+        cls = 1 if getattr(cfg, "vision_feature_select_strategy", "default") == "full" else 0
+        return side * side + cls

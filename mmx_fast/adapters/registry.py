@@ -9,11 +9,30 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import Adapter
+from .gemma3 import Gemma3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
+from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2VLAdapter
+from .qwen3_vl import Qwen3VLAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (Qwen2VLAdapter, LlavaAdapter, InternVLAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (
+    Qwen2VLAdapter,
+    LlavaAdapter,
+    InternVLAdapter,
+    Qwen3VLAdapter,
+    Gemma3Adapter,
+    PaliGemmaAdapter,
+)
+
+# Model types that cannot be explained by the logit lens, with the reason (refused by name, never "unsupported").
+REFUSED: dict[str, str] = {
+    "mllama": (
+        "Mllama (Llama 3.2 Vision) feeds the image to the decoder only through cross-attention layers: no visual "
+        "token enters the decoder's sequence, so there are no visual-token hidden states for the logit lens "
+        "to read (docs/design.md §1.1)"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -50,6 +69,8 @@ def tiny_model_types() -> tuple[str, ...]:
 
 def model_type_info(model_type: str) -> ModelType:
     info = MODEL_TYPES.get(model_type)
+    if info is None and model_type in REFUSED:
+        raise ValueError(f"model type {model_type!r} cannot be explained: {REFUSED[model_type]}")
     if info is None:
         raise ValueError(
             f"model type {model_type!r} is not supported; supported model types: {', '.join(supported_model_types())}"
