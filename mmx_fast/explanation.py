@@ -19,12 +19,17 @@ class Explanation:
     """One explained answer, built once by ``mmx_fast.pipeline.build_result`` and never changed afterwards
     (``dataclasses.replace`` gives a changed copy).
 
-    maps:          float32 [T, Hc, Wc] in [0, 1], one map per answer token, on the canonical grid.
+    maps:          float32 [T, Hc, Wc] in [0, 1], one map per answer token, on the canonical grid. A video
+                   (``frames`` set) has a time axis: [T, t, Hc, Wc], t = the model's temporal grid (Qwen-VL:
+                   ceil(frames / 2); map [i, k] covers frames 2k and 2k + 1, see ``mmx_fast.video``).
     answer_ids:    the T answer token ids (stop token excluded).
     answer_tokens: one display string per answer id.
-    grid:          (Hc, Wc), the scale-1.0 visual-token grid.
-    scale_maps:    on request (``keep_scale_maps``): {scale: float32 [T, h_s, w_s]} raw clipped logit-lens maps.
-    raw_maps:      on request: float32 [T, Hc, Wc], the MSEA map A_t before mitigation / filter.
+    grid:          (Hc, Wc), the scale-1.0 visual-token grid (of one frame for a video).
+    frames:        a video's frames (``image`` is then its first frame); None for an image.
+    scale_maps:    on request (``keep_scale_maps``): {scale: float32 [T, h_s, w_s]} raw clipped logit-lens maps
+                   (video: [T, t, h_s, w_s]).
+    raw_maps:      on request: float32 [T, Hc, Wc], the MSEA map A_t before mitigation / filter (video:
+                   [T, t, Hc, Wc]).
     view_box:      the part of the image the grid shows, as fractions (x0, y0, x1, y1) of its width and
                    height; None for the whole image. LLaVA's processor centre-crops, so its grid covers
                    only the central square of a non-square photo, and overlays put the map there.
@@ -41,6 +46,7 @@ class Explanation:
     raw_maps: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
     view_box: tuple[float, float, float, float] | None = None
+    frames: tuple[Image.Image, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.answer_ids)
@@ -56,22 +62,24 @@ class Explanation:
     def _check_index(self, i: int) -> int:
         return _io.token_index(self, i)
 
-    def heatmap(self, i: int, size: tuple[int, int] | None = None) -> Image.Image:
-        """Map i as an RGB heatmap (jet colour map), resized bilinearly to ``size`` (W, H) if given."""
-        return _io.heatmap(self, i, size)
+    def heatmap(self, i: int, size: tuple[int, int] | None = None, frame: int | None = None) -> Image.Image:
+        """Map i as an RGB heatmap (jet colour map), resized bilinearly to ``size`` (W, H) if given; a video
+        needs ``frame`` (the temporal patch, 0..t-1)."""
+        return _io.heatmap(self, i, size, frame)
 
     def box_pixels(self) -> tuple[int, int, int, int]:
         """``view_box`` in pixels of the image (left, top, right, bottom); the whole image when None."""
         return _io.box_pixels(self)
 
-    def overlay(self, i: int, alpha: float = 0.5) -> Image.Image:
+    def overlay(self, i: int, alpha: float = 0.5, frame: int | None = None) -> Image.Image:
         """Map i over the image, at the image's size, on the part of the image the grid shows
-        (``view_box``; outside it the image is left as it is)."""
-        return _io.overlay(self, i, alpha)
+        (``view_box``; outside it the image is left as it is). A video: map [i, frame] over the first frame of
+        that frame pair."""
+        return _io.overlay(self, i, alpha, frame)
 
     def to_dict(self) -> dict[str, Any]:
         cfg = self.config.to_dict() if hasattr(self.config, "to_dict") else self.config
-        return {
+        out = {
             "prompt": self.prompt,
             "answer_ids": list(map(int, self.answer_ids)),
             "answer_tokens": list(self.answer_tokens),
@@ -80,6 +88,9 @@ class Explanation:
             "config": cfg,
             "timings": dict(self.timings),
         }
+        if self.frames is not None:  # a video: maps carry a time axis
+            out["frames"] = len(self.frames)
+        return out
 
     def to_html(self, path, title=None, note=None):
         """Write the self-contained HTML report (``mmx_fast.report``) to ``path``; returns the path."""

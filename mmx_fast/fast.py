@@ -43,11 +43,15 @@ from .pipeline import (
     collect_states,
     load_inputs,
     map_ids,
+    per_frame,
     plan_forwards,
     resolve_answers,
+    scale_answer_maps,
+    stacked,
     states_at,
     text_side,
     union_scales,
+    unstacked,
 )
 from .reference.tam import tam_extra_classes, tam_mitigation
 
@@ -152,14 +156,17 @@ def attribute(
     scale_maps = logit_lens_grids(per_scale, w_u, ids, backend)
     coverages = [st.inputs.coverage for st in per_scale]
     maps = ops.msea(scale_maps, coverages, tuple(base.grid), config.aggregate, backend=backend)
+    maps = stacked(maps, base)  # video: [M * t, Hc, Wc] -> [M, t * Hc, Wc] (see pipeline.stacked)
     T, P = len(answer.ids), len(text.prompt_ids)
     a_t, prompt_maps, base_map = maps[:T], maps[T : T + P], maps[T + P : T + P + 1]
+    video = base.temporal is not None
+    filt = config.filter and not video  # a video is filtered per frame below (as the reference does)
 
     if config.mitigation == "none":
-        refined = ops.refine_filter(a_t, backend=backend) if config.filter else a_t
+        refined = ops.refine_filter(a_t, backend=backend) if filt else a_t
         refined = ops.refine_normalize(refined)
     elif config.mitigation == "arc":
-        refined = arc_fused(text, h1, w_u, a_t, prompt_maps, base_map, config, backend)
+        refined = arc_fused(text, h1, w_u, a_t, prompt_maps, base_map, config, backend, apply_filter=filt)
     else:
         by_id = {int(c): maps[k].reshape(-1).float().cpu() for k, c in enumerate(ids.tolist())}
         refined = tam_mitigation(
@@ -168,16 +175,25 @@ def attribute(
             h1,
             w_u,
             base.visual_positions,
-            base.grid,
+            tuple(a_t.shape[1:]),
             by_id,
             config.scales,
             config.filter,
+            frames=base.frames,
+        )
+    if video and config.filter and config.mitigation != "tam":
+        refined = ops.refine_normalize(
+            per_frame(refined, base, lambda x: ops.refine_filter(x, backend=backend))
         )
     keep = config.keep_scale_maps
     return Attribution(
-        maps=refined,
-        raw_maps=a_t if keep else None,
-        scale_maps={s: m[:T] for s, m in zip(config.scales, scale_maps)} if keep else None,
+        maps=unstacked(refined, base),
+        raw_maps=unstacked(a_t, base) if keep else None,
+        scale_maps={
+            s: scale_answer_maps(m, st.inputs, T) for s, m, st in zip(config.scales, scale_maps, per_scale)
+        }
+        if keep
+        else None,
     )
 
 
@@ -192,7 +208,7 @@ def logit_lens_grids(
         flats = flat.split([z.shape[0] for z in zs], dim=1)
     else:  # on the CPU a GEMM per scale avoids copying every scale's states into one buffer
         flats = [ops.logit_lens(z, w_u, ids, backend=backend) for z in zs]
-    return [f.reshape(len(ids), *st.inputs.grid) for f, st in zip(flats, per_scale)]
+    return [f.reshape(st.inputs.stack_shape(len(ids))) for f, st in zip(flats, per_scale)]
 
 
 def arc_fused(
@@ -204,6 +220,7 @@ def arc_fused(
     base_map: torch.Tensor,
     config: ExplainConfig,
     backend: str,
+    apply_filter: bool | None = None,
 ) -> torch.Tensor:
     """ARC for all targets at once: stage B (rankings + RBO of each target vs its causal context), then
     stage C (interference, beta, ReLU, filter, normalisation). base_map: [1, Hc, Wc]."""
@@ -220,7 +237,8 @@ def arc_fused(
     if config.base == "argmin":
         w = torch.cat([w, torch.ones(T, 1, dtype=w.dtype, device=w.device)], 1)
         ctx = torch.cat([ctx, base_map], 0)
-    return ops.refine(a_t, ctx, w, apply_filter=config.filter, backend=backend)
+    filt = config.filter if apply_filter is None else apply_filter
+    return ops.refine(a_t, ctx, w, apply_filter=filt, backend=backend)
 
 
 def base_vocab_id_chunked(z: torch.Tensor, w_u: torch.Tensor, chunk: int = 16384) -> int:

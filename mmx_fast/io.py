@@ -30,9 +30,9 @@ MAPS_FILE = "maps.npz"
 JSON_FILE = "explanation.json"
 
 
-def overlay_name(i: int) -> str:
-    """File name of token i's overlay PNG in a saved folder."""
-    return f"token_{i:03d}.png"
+def overlay_name(i: int, frame: int | None = None) -> str:
+    """File name of token i's overlay PNG in a saved folder (a video: one per temporal patch ``frame``)."""
+    return f"token_{i:03d}.png" if frame is None else f"token_{i:03d}_t{frame:03d}.png"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,10 +147,30 @@ def map_uint8(exp: Explanation, i: int) -> np.ndarray:
     return np.floor(exp.maps[i].numpy().astype(np.float64) * 255 + 1e-4).clip(0, 255).astype(np.uint8)
 
 
-def heatmap(exp: Explanation, i: int, size: tuple[int, int] | None = None) -> Image.Image:
-    """Map i as an RGB heatmap (jet), resized bilinearly to ``size`` (W, H) if given."""
+def frame_index(exp: Explanation, frame: int | None) -> int | None:
+    """For a video explanation (maps [T, t, Hc, Wc]) the temporal patch ``frame`` in 0..t-1 (required); for an
+    image None (a frame is an error)."""
+    if getattr(exp, "frames", None) is None:
+        if frame is not None:
+            raise ValueError(f"frame={frame!r} is only allowed for a video explanation; this one is an image")
+        return None
+    t = int(exp.maps.shape[1])
+    if frame is None:
+        raise ValueError(f"this is a video explanation with {t} temporal patches: pass frame= in 0..{t - 1}")
+    if not isinstance(frame, (int, np.integer)) or isinstance(frame, bool) or not 0 <= frame < t:
+        raise IndexError(f"frame={frame!r} is out of range; expected 0..{t - 1}")
+    return int(frame)
+
+
+def heatmap(
+    exp: Explanation, i: int, size: tuple[int, int] | None = None, frame: int | None = None
+) -> Image.Image:
+    """Map i as an RGB heatmap (jet), resized bilinearly to ``size`` (W, H) if given (a video: of temporal
+    patch ``frame``)."""
     i = token_index(exp, i)
-    img = Image.fromarray(jet_uint8(exp.maps[i].clamp(0, 1).numpy()), mode="RGB")
+    k = frame_index(exp, frame)
+    m = exp.maps[i] if k is None else exp.maps[i, k]
+    img = Image.fromarray(jet_uint8(m.clamp(0, 1).numpy()), mode="RGB")
     if size is not None:
         img = img.resize(size, Image.BILINEAR)
     return img
@@ -164,16 +184,17 @@ def box_pixels(exp: Explanation) -> tuple[int, int, int, int]:
     return left, top, max(left + 1, round(x1 * w)), max(top + 1, round(y1 * h))
 
 
-def overlay(exp: Explanation, i: int, alpha: float = 0.5) -> Image.Image:
+def overlay(exp: Explanation, i: int, alpha: float = 0.5, frame: int | None = None) -> Image.Image:
     """Map i over the image, at the image's size, on the part of the image the grid shows (``view_box``;
-    outside it the image is left as it is)."""
+    outside it the image is left as it is). A video: map [i, frame] over the first frame of that pair."""
     if exp.image is None:
         raise ValueError("this Explanation carries no image; pass the image to explain() to get overlays")
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha={alpha} is not allowed; expected a number in [0, 1]")
-    base = exp.image.convert("RGB")
+    k = frame_index(exp, frame)
+    base = (exp.image if k is None else exp.frames[min(2 * k, len(exp.frames) - 1)]).convert("RGB")
     left, top, right, bottom = box_pixels(exp)
-    heat = heatmap(exp, i, size=(right - left, bottom - top))
+    heat = heatmap(exp, i, size=(right - left, bottom - top), frame=k)
     out = base.copy()
     out.paste(Image.blend(base.crop((left, top, right, bottom)), heat, alpha), (left, top))
     return out
@@ -182,7 +203,8 @@ def overlay(exp: Explanation, i: int, alpha: float = 0.5) -> Image.Image:
 # ---------------------------------------------------------------------------------------------------
 # saving
 def maps_arrays(exp: Explanation) -> dict[str, np.ndarray]:
-    """What ``maps.npz`` holds: ``maps`` float32 [T, Hc, Wc], ``grid`` int64 [2], ``answer_ids`` int64 [T],
+    """What ``maps.npz`` holds (a video: every map array has the time axis after T, e.g. [T, t, Hc, Wc]):
+    ``maps`` float32 [T, Hc, Wc], ``grid`` int64 [2], ``answer_ids`` int64 [T],
     and when the explanation carries them ``raw_maps`` float32 [T, Hc, Wc] and ``scale_<s>`` float32
     [T, h_s, w_s] (one per MSEA scale, e.g. ``scale_0.5``)."""
     arrays = {
@@ -213,5 +235,9 @@ def save(
     atomic_write_json(out / JSON_FILE, exp.to_dict() if info is None else info)
     if overlays and exp.image is not None:
         for i in range(len(exp)):
-            atomic_write_bytes(out / overlay_name(i), png_bytes(overlay(exp, i)))
+            if getattr(exp, "frames", None) is None:
+                atomic_write_bytes(out / overlay_name(i), png_bytes(overlay(exp, i)))
+                continue
+            for k in range(int(exp.maps.shape[1])):
+                atomic_write_bytes(out / overlay_name(i, k), png_bytes(overlay(exp, i, frame=k)))
     return out

@@ -22,6 +22,7 @@ import torch
 from .config import ExplainConfig
 from .explanation import Explanation
 from .images import load_image
+from .video import Video, is_video, load_video
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -108,10 +109,15 @@ class Item:
 
     answer: what the caller asked for (None: generate; a str or token ids: forced), not yet resolved."""
 
-    image: Image.Image
+    image: Image.Image | Video
     prompt: str
     answer: object
     base: PromptInputs
+
+
+def load_media(x) -> Image.Image | Video:
+    """A video (``mmx_fast.video``: a ``Video`` or a list of frames) or an image (``mmx_fast.images``)."""
+    return load_video(x) if is_video(x) else load_image(x)
 
 
 def load_inputs(adapter: Adapter, images, prompts, answers, configs: list[ExplainConfig]) -> list[Item]:
@@ -131,7 +137,7 @@ def load_inputs(adapter: Adapter, images, prompts, answers, configs: list[Explai
             f"got {len(answers)} answers for {len(images)} images; expected one (or None) per image"
         )
     prompts = [check_prompt(p) for p in prompts]
-    loaded = [load_image(im) for im in images]
+    loaded = [load_media(im) for im in images]
     check_top_k(configs, adapter.lm_head_weight().shape[0])
     return [
         Item(image=im, prompt=p, answer=a, base=adapter.prepare(im, p, 1.0))
@@ -284,13 +290,47 @@ def map_ids(text: TextSide, k0: int, extra: list[int]) -> list[int]:
 class Attribution:
     """What ``attribute`` returns for one (item, config).
 
-    maps:       [T, Hc, Wc] in [0, 1], after mitigation, filter and normalisation.
-    raw_maps:   [T, Hc, Wc], the MSEA maps before mitigation (``keep_scale_maps`` only).
-    scale_maps: {scale: [T, h_s, w_s]} raw clipped logit-lens maps (``keep_scale_maps`` only)."""
+    maps:       [T, Hc, Wc] in [0, 1], after mitigation, filter and normalisation ([T, t, Hc, Wc] for a video).
+    raw_maps:   [T, Hc, Wc], the MSEA maps before mitigation (``keep_scale_maps`` only; video: [T, t, Hc, Wc]).
+    scale_maps: {scale: [T, h_s, w_s]} raw clipped logit-lens maps (``keep_scale_maps`` only; video:
+                [T, t, h_s, w_s])."""
 
     maps: torch.Tensor
     raw_maps: torch.Tensor | None = None
     scale_maps: dict[float, torch.Tensor] | None = None
+
+
+def stacked(maps: torch.Tensor, base: PromptInputs) -> torch.Tensor:
+    """MSEA output [M * t, Hc, Wc] (one map per id and frame) as [M, t * Hc, Wc]: each id's frames stacked
+    vertically, so ARC's dot products, beta, the floor and the max normalisation run over the whole video
+    (TAM's video path fits and normalises jointly too). Images (t = 1): unchanged."""
+    t = base.frames
+    if t == 1:
+        return maps
+    hc, wc = base.grid
+    return maps.reshape(-1, t * hc, wc)
+
+
+def unstacked(maps: torch.Tensor, base: PromptInputs) -> torch.Tensor:
+    """[T, t * H, W] back to [T, t, H, W] for a video; images unchanged."""
+    if base.temporal is None:
+        return maps
+    return maps.reshape(maps.shape[0], base.frames, -1, maps.shape[-1])
+
+
+def scale_answer_maps(m: torch.Tensor, inputs: PromptInputs, T: int) -> torch.Tensor:
+    """The answer ids' maps of one scale: [T, h, w] ([T, t, h, w] for a video)."""
+    if inputs.temporal is None:
+        return m[:T]
+    return m[: T * inputs.frames].reshape(T, inputs.frames, *m.shape[-2:])
+
+
+def per_frame(maps: torch.Tensor, base: PromptInputs, fn) -> torch.Tensor:
+    """``fn`` ([..., H, W] -> same) applied to each frame of stacked maps [T, t * Hc, Wc] on its own (the filter
+    must not mix frames)."""
+    t = base.frames
+    hc, wc = base.grid
+    return fn(maps.reshape(-1, t, hc, wc)).reshape(maps.shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,8 +365,10 @@ def build_result(
 ) -> Explanation:
     """The one place an ``Explanation`` is built. ``attribution`` None (an empty answer): no maps."""
     grid = tuple(item.base.grid)
+    video = item.image if isinstance(item.image, Video) else None
     if attribution is None:
-        attribution = Attribution(torch.zeros((len(answer.ids),) + grid, dtype=torch.float32))
+        time_axis = () if video is None else (item.base.frames,)
+        attribution = Attribution(torch.zeros((len(answer.ids), *time_axis, *grid), dtype=torch.float32))
     raw, per_scale = attribution.raw_maps, attribution.scale_maps
     return Explanation(
         maps=attribution.maps.float().cpu().contiguous(),
@@ -335,9 +377,10 @@ def build_result(
         grid=grid,
         prompt=item.prompt,
         config=config,
-        image=item.image,
+        image=item.image if video is None else video.frames[0],
+        frames=None if video is None else video.frames,
         scale_maps={s: m.float().cpu().clone() for s, m in per_scale.items()} if per_scale else None,
         raw_maps=None if raw is None else raw.float().cpu().clone(),
         timings=dict(timings),
-        view_box=adapter.view_box(item.image),
+        view_box=adapter.view_box(item.image if video is None else video.frames[0]),
     )

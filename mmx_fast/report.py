@@ -111,8 +111,16 @@ def _table(rows: list[tuple[str, Any]], cls: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
+def _pngs(maps: np.ndarray) -> list[Any]:
+    """One PNG per token ([T, H, W]); a video ([T, t, H, W]): per token, one PNG per temporal patch."""
+    if maps.ndim == 4:
+        return [[_heat_png(f) for f in m] for m in maps]
+    return [_heat_png(m) for m in maps]
+
+
 def _views(exp) -> list[dict[str, Any]]:
-    """Every map set the page can show: key, label, a short explanation and one PNG per token."""
+    """Every map set the page can show: key, label, a short explanation and one PNG per token (a video: a list
+    of PNGs per token, one per temporal patch)."""
     cfg = exp.config
     method = getattr(cfg, "method", None)
     mitigation = getattr(cfg, "mitigation", None)
@@ -122,7 +130,7 @@ def _views(exp) -> list[dict[str, Any]]:
             "key": "final",
             "label": f"{final_label} (final)",
             "help": "the explanation: values in [0, 1] as returned in Explanation.maps",
-            "maps": [_heat_png(m) for m in _as_numpy(exp.maps)],
+            "maps": _pngs(_as_numpy(exp.maps)),
         }
     ]
     if exp.raw_maps is not None:
@@ -135,19 +143,19 @@ def _views(exp) -> list[dict[str, Any]]:
                 "key": "raw",
                 "label": label,
                 "help": "the aggregated logit-lens map before mitigation, scaled to its own maximum",
-                "maps": [_heat_png(m) for m in _normalise(_as_numpy(exp.raw_maps))],
+                "maps": _pngs(_normalise(_as_numpy(exp.raw_maps))),
             }
         )
     if exp.scale_maps:
         for s in sorted(exp.scale_maps):
             sm = _normalise(_as_numpy(exp.scale_maps[s]))
-            h, w = sm.shape[1:] if sm.ndim == 3 else (0, 0)
+            h, w = sm.shape[-2:] if sm.ndim in (3, 4) else (0, 0)
             views.append(
                 {
                     "key": f"scale-{float(s):g}",
                     "label": f"scale {float(s):g} ({h}\u00d7{w})",
                     "help": f"logit-lens map of the image resized by {float(s):g}, scaled to its own maximum",
-                    "maps": [_heat_png(m) for m in sm],
+                    "maps": _pngs(sm),
                 }
             )
     return views
@@ -230,7 +238,9 @@ def render_report(
     if title is None:
         title = f"Token-level visual attribution ({method_label})"
     radios, compare_html = _view_controls(views, cfg_dict.get("mitigation"))
-    aspect, stage_inner = _stage_html(photo, size, grid, views[0]["maps"][0] if T else "")
+    first = views[0]["maps"][0] if T else ""
+    video = getattr(exp, "frames", None) is not None
+    aspect, stage_inner = _stage_html(photo, size, grid, first[0] if video and T else first)
     timing_rows = [(k, f"{1000 * float(v):.1f} ms") for k, v in (exp.timings or {}).items()]
     note_html = (
         f'<div class="note" role="note"><strong>Note.</strong> {html.escape(note)}</div>' if note else ""
@@ -240,11 +250,23 @@ def render_report(
         "ids": ids,
         "views": [{"key": v["key"], "label": v["label"], "maps": v["maps"]} for v in views],
     }
+    scrubber = ""
+    if video:
+        t = int(exp.maps.shape[1])
+        # the photo under temporal patch k: the first frame of its pair (Qwen merges frames 2k, 2k + 1)
+        data["frames"] = [_photo_uri(exp.frames[min(2 * k, len(exp.frames) - 1)])[0] for k in range(t)]
+        data["frame_pairs"] = [[2 * k, min(2 * k + 1, len(exp.frames) - 1)] for k in range(t)]
+        scrubber = (
+            '<label class="scrubber">Frame pair <input type="range" id="frame" min="0" '
+            f'max="{t - 1}" step="1" value="0"> <output id="frame-value">frames 0-1</output></label>'
+        )
     values = dict(
         title=html.escape(title),
         subtitle=html.escape(
             f"{method_label} \u00b7 {T} answer token{'s' if T != 1 else ''} \u00b7 grid {grid[0]}\u00d7{grid[1]}"
+            + (f" \u00b7 video, {len(exp.frames)} frames" if video else "")
         ),
+        scrubber=scrubber,
         note=note_html,
         aspect=aspect,
         stage=stage_inner,

@@ -179,6 +179,7 @@ _CHATML_TEMPLATE = (
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}IMAGE_PLACEHOLDER"
+    "{% elif part['type'] == 'video' %}VIDEO_PLACEHOLDER"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}"
     "<|im_end|>\n"
@@ -186,8 +187,12 @@ _CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 _TEMPLATES = {
-    "qwen2_vl": _CHATML_TEMPLATE.replace("IMAGE_PLACEHOLDER", "<|vision_start|><|image_pad|><|vision_end|>"),
-    "internvl": _CHATML_TEMPLATE.replace("IMAGE_PLACEHOLDER", "<IMG_CONTEXT>\n"),
+    "qwen2_vl": _CHATML_TEMPLATE.replace(
+        "IMAGE_PLACEHOLDER", "<|vision_start|><|image_pad|><|vision_end|>"
+    ).replace("VIDEO_PLACEHOLDER", "<|vision_start|><|video_pad|><|vision_end|>"),
+    "internvl": _CHATML_TEMPLATE.replace("IMAGE_PLACEHOLDER", "<IMG_CONTEXT>\n").replace(
+        "VIDEO_PLACEHOLDER", "<video>\n"
+    ),
     "llava": (
         "{% for message in messages %}"
         "{% if message['role'] == 'system' %}{{ message['content'] if message['content'] is string "

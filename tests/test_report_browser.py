@@ -310,3 +310,68 @@ def test_clicking_chips_changes_the_heatmap_without_errors(report, chrome):
     assert page.js("document.body.getAttribute('data-error')") is None
     problems = _problems(chrome.events)
     assert not problems, "\n".join(problems)
+
+
+@pytest.fixture(scope="module")
+def video_report(tmp_path_factory):
+    """A 4-frame tiny Qwen2-VL video explanation (maps [T, 2, Hc, Wc]) and its report; the two frame pairs are
+    different scenes, so both the photo and the heatmap change with the scrubber."""
+    from mmx_fast import ExplainConfig
+    from mmx_fast.fast import Explainer
+    from mmx_fast.testing import tiny_model
+
+    model, processor = tiny_model("qwen2_vl", seed=0)
+    rng = np.random.default_rng(1)
+    frames = []
+    for k in range(4):
+        arr = np.zeros((97, 131, 3), np.uint8)
+        arr[..., k % 3] = 200 if k < 2 else 40
+        arr[:, : 30 + 25 * k] = rng.integers(0, 255, (97, 30 + 25 * k, 3), np.uint8)
+        frames.append(Image.fromarray(arr))
+    exp = Explainer(model, processor, ExplainConfig(keep_scale_maps=True)).explain(
+        frames, "What happens in the video?", answer="A red square moves to the right."
+    )
+    assert exp.maps.shape[1] == 2
+    path = tmp_path_factory.mktemp("video_report") / "report.html"
+    exp.to_html(path)
+    return exp, path
+
+
+def test_video_frame_scrubber(video_report, chrome):
+    exp, path = video_report
+    T, t = exp.maps.shape[:2]
+    data = "JSON.parse(document.getElementById('mmx-data').textContent)"
+    # the token whose two frame-pair maps differ most
+    d = (exp.maps[:, 0] - exp.maps[:, 1]).abs().mean(dim=(1, 2))
+    i = int(d.argmax())
+    assert float(d[i]) > 0
+    chrome.events.clear()
+    page = Page(chrome)
+    page.goto(path.as_uri() + f"#token={i}&frame=1")
+    assert page.js("document.body.getAttribute('data-frame')") == "1"  # the fragment picks the frame pair
+    assert page.js(f"{data}.frames.length") == t
+    assert page.js(f"document.getElementById('heat').src === {data}.views[0].maps[{i}][1]")
+    assert page.js(f"document.getElementById('base').src === {data}.frames[1]")
+    shot_1 = page.shot("#stage")
+    # drag the scrubber to frame pair 0: the photo and the heatmap follow
+    page.js("var f = document.getElementById('frame'); f.value = '0'; f.dispatchEvent(new Event('input'))")
+    assert page.js("document.body.getAttribute('data-frame')") == "0"
+    assert page.js(f"document.getElementById('heat').src === {data}.views[0].maps[{i}][0]")
+    assert page.js(f"document.getElementById('base').src === {data}.frames[0]")
+    assert "frames 0-1" in page.js("document.getElementById('caption').textContent")
+    assert "frame=0" in page.js("location.hash")
+    shot_0 = page.shot("#stage")
+    assert np.abs(shot_0 - shot_1).mean() > 0.5
+    # the keyboard steps frame pairs; the view toggles keep the frame
+    page.js("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowUp'}))")
+    assert page.js("document.body.getAttribute('data-frame')") == "1"
+    page.click('input[name="view"][value="raw"]')
+    assert page.js(f"document.getElementById('heat').src === {data}.views[1].maps[{i}][1]")
+    assert page.js("document.body.getAttribute('data-error')") is None
+    problems = _problems(chrome.events)
+    assert not problems, "\n".join(problems)
+
+
+def test_image_report_has_no_scrubber(report):
+    _, path = report
+    assert 'id="frame"' not in path.read_text()

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
+from ..video import Video
 from . import generation
 from . import geometry as geo
 from . import prompt as prompt_mod
@@ -45,6 +46,9 @@ class PromptInputs:
     text:             the rendered chat prompt.
     base_image:       fixed-size families: the processed scale-1.0 image the canvas was built from; else None.
     model_image_hw:   (height, width) in pixels of the image the model saw (after the processor's resizing).
+    temporal:         video only (``mmx_fast.video``): t of the (t, h, w) visual grid after the model's temporal
+                      merge (map k covers frames 2k, 2k + 1); ``visual_positions`` are then row-major over
+                      (t, h, w) and ``grid`` is one frame's (h, w). None for an image.
     """
 
     inputs: dict[str, torch.Tensor]
@@ -57,6 +61,7 @@ class PromptInputs:
     text: str = ""
     base_image: Image.Image | None = None
     model_image_hw: tuple[int, int] | None = None
+    temporal: int | None = None
 
     @property
     def length(self) -> int:
@@ -65,6 +70,16 @@ class PromptInputs:
     @property
     def input_ids(self) -> list[int]:
         return self.inputs["input_ids"][0].tolist()
+
+    @property
+    def frames(self) -> int:
+        """Maps per id: t for a video, 1 for an image."""
+        return self.temporal or 1
+
+    def stack_shape(self, m: int) -> tuple[int, int, int]:
+        """Shape of ``m`` ids' maps over this input's visual tokens, one frame per map: [m * t, h, w]
+        (id-major, then t)."""
+        return (m * self.frames, *self.grid)
 
 
 class Adapter:
@@ -115,10 +130,12 @@ class Adapter:
         self.processor = processor
 
     # --- inputs ------------------------------------------------------------------------------------
-    def prepare(self, image: Image.Image, prompt: str, scale: float = 1.0) -> PromptInputs:
+    def prepare(self, image: Image.Image | Video, prompt: str, scale: float = 1.0) -> PromptInputs:
         """Chat prompt with the image at ``scale`` (RGB PIL in, see ``mmx_fast.images``); the image is laid out
-        by the family's ``geometry``."""
+        by the family's ``geometry``. A ``mmx_fast.video.Video`` goes to ``prepare_video``."""
         scale = geo.check_scale(scale)
+        if isinstance(image, Video):
+            return self.prepare_video(image, prompt, scale)
         ip = self.processor.image_processor
         view = self.geometry.view(ip, geo.rgb(image), scale, self.processor_kwargs)
         text = self.chat_text(prompt)
@@ -137,6 +154,15 @@ class Adapter:
             text=text,
             base_image=view.base_image,
             model_image_hw=model_hw,
+        )
+
+    def prepare_video(self, video: Video, prompt: str, scale: float) -> PromptInputs:
+        """Hook: chat prompt with a video (frames resized by ``scale``); only video families implement it."""
+        from .registry import video_model_types
+
+        raise ValueError(
+            f"model type {self.model_type!r} does not take video; video is explained for: "
+            f"{', '.join(video_model_types())}"
         )
 
     def chat_text(self, prompt: str) -> str:

@@ -12,10 +12,10 @@ import torch
 SENTINEL = "\ue000"  # a private-use character no prompt or template contains
 
 
-def chat_text(processor: Any, tokenizer: Any, prompt: str) -> str:
-    """The chat prompt of one user turn (the image, then ``prompt``; generation prompt appended), rendered by
-    the processor's chat template (else the tokenizer's)."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+def chat_text(processor: Any, tokenizer: Any, prompt: str, media: str = "image") -> str:
+    """The chat prompt of one user turn (the image, or the video for ``media="video"``, then ``prompt``;
+    generation prompt appended), rendered by the processor's chat template (else the tokenizer's)."""
+    messages = [{"role": "user", "content": [{"type": media}, {"type": "text", "text": prompt}]}]
     for owner in (processor, tokenizer):
         if getattr(owner, "chat_template", None):
             text = owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -6,11 +6,21 @@ The N ``<|image_pad|>`` tokens are the merged 2x2 patch groups, row-major over t
 ``mm_token_type_ids`` (0 text, 1 image; answer tokens and padding are text); M-RoPE positions are computed by the
 model from the attention mask, so right-padded (teacher-forced) and left-padded (generation) batches match the
 unbatched rows.
+
+Video (``mmx_fast.video``): ``<|vision_start|><|video_pad|>*N<|vision_end|>`` with N = t*h*w of the (t, h, w)
+grid of ``video_grid_thw`` (merged), ``mm_token_type_ids`` 2 on the video tokens, and for Qwen2.5-VL
+``second_per_grid_ts`` = temporal_patch_size / fps (its temporal M-RoPE positions). Each frame is resized by
+alpha, then by the processor's smart resize (the scale-s map covers the whole frame, coverage (1, 1)).
 """
 
 from __future__ import annotations
 
-from .base import Adapter
+import torch
+
+from .. import video as video_mod
+from . import geometry as geo
+from . import prompt as prompt_mod
+from .base import Adapter, PromptInputs
 from .geometry import DynamicResolution
 
 
@@ -19,3 +29,62 @@ class Qwen2VLAdapter(Adapter):
     model_types = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}
     geometry = DynamicResolution()
     tiny_builder = "qwen2_vl"
+
+    def video_chat_text(self, prompt: str) -> str:
+        return prompt_mod.chat_text(self.processor, self.tokenizer, prompt, media="video")
+
+    @property
+    def video_token_id(self) -> int:
+        tid = getattr(self.processor, "video_token_id", None)
+        if tid is None:
+            tid = self.model.config.video_token_id
+        return int(tid)
+
+    def prepare_video(self, video: video_mod.Video, prompt: str, scale: float) -> PromptInputs:
+        ip = self.image_processor
+        tp = int(getattr(ip, "temporal_patch_size", 2))
+        frames = [geo.resize_by(f, scale) for f in video.padded(tp)]
+        pixel_values, thw = video_mod.qwen_video_inputs(ip, frames)
+        merge = int(getattr(ip, "merge_size", 1))
+        t, gh, gw = (int(v) for v in thw[0])
+        n = t * gh * gw // (merge * merge)
+        text = self.video_chat_text(prompt)
+        token = self.tokenizer.convert_ids_to_tokens(self.video_token_id)
+        if text.count(token) != 1:
+            raise ValueError(
+                f"the chat template of {type(self.processor).__name__} did not render one video token {token!r} "
+                "for a video; set the model's own chat template"
+            )
+        enc = self.tokenizer([text.replace(token, token * n)], return_tensors="pt")
+        ids = enc["input_ids"]
+        vis = (ids[0] == self.video_token_id).nonzero().flatten().long()
+        if vis.numel() != n:
+            raise ValueError(
+                f"model type {self.model_type!r}: located {vis.numel()} video tokens but the (t, h, w) grid "
+                f"{t}x{gh // merge}x{gw // merge} predicts {n}"
+            )
+        inputs = {
+            "input_ids": ids,
+            "attention_mask": enc["attention_mask"],
+            "mm_token_type_ids": (ids == self.video_token_id).long() * 2,
+            "pixel_values_videos": pixel_values,
+            "video_grid_thw": thw,
+        }
+        if self.model_type == "qwen2_5_vl":
+            inputs["second_per_grid_ts"] = torch.tensor([tp / video.fps], dtype=torch.float32)
+        span = prompt_mod.find_prompt_span(
+            self.tokenizer, text, prompt, ids, self.video_token_id, render=self.video_chat_text
+        )
+        patch = int(getattr(ip, "patch_size", 1))
+        return PromptInputs(
+            inputs=inputs,
+            visual_positions=vis,
+            grid=(gh // merge, gw // merge),
+            prompt_span=span,
+            scale=scale,
+            coverage=(1.0, 1.0),
+            image=frames[0],
+            text=text,
+            model_image_hw=(gh * patch, gw * patch),
+            temporal=t,
+        )

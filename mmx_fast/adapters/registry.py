@@ -58,6 +58,11 @@ MODEL_TYPES: dict[str, ModelType] = {
 }
 
 
+def video_model_types() -> list[str]:
+    """The model types whose adapter explains video (``Adapter.prepare_video``)."""
+    return [name for name, m in MODEL_TYPES.items() if m.adapter.prepare_video is not Adapter.prepare_video]
+
+
 def supported_model_types() -> list[str]:
     return list(MODEL_TYPES)
 

@@ -12,8 +12,11 @@
   var compare = document.getElementById("compare");
   var strip = document.getElementById("strip");
   var caption = document.getElementById("caption");
+  var frame = document.getElementById("frame");
+  var frameOut = document.getElementById("frame-value");
   var T = data.tokens.length;
-  var state = { token: 0, shown: 0, view: 0 };
+  var F = data.frames ? data.frames.length : 0;  // a video: temporal patches (each a pair of frames)
+  var state = { token: 0, shown: 0, view: 0, frame: 0 };
   var stripHeat = [];
 
   function clampToken(i) { return Math.max(0, Math.min(T - 1, i | 0)); }
@@ -22,25 +25,29 @@
     return -1;
   }
   function label(tok) { return JSON.stringify(tok); }
+  // a view's map of token i: a PNG, or for a video one PNG per temporal patch (the scrubber picks it)
+  function mapOf(v, i) { var m = v.maps[i]; return F ? m[state.frame] : m; }
 
   function render(i) {
     if (!T) { return; }
     state.shown = i;
     var v = data.views[state.view];
-    heat.src = v.maps[i];
+    heat.src = mapOf(v, i);
     chips.forEach(function (c, k) { c.classList.toggle("shown", k === i); });
-    stripHeat.forEach(function (img, k) { img.src = data.views[k].maps[i]; });
+    stripHeat.forEach(function (img, k) { img.src = mapOf(data.views[k], i); });
     caption.innerHTML = "";
     caption.appendChild(document.createTextNode("Token " + i + " of " + T + ": "));
     var b = document.createElement("b");
     b.textContent = label(data.tokens[i]);
     caption.appendChild(b);
-    caption.appendChild(document.createTextNode(" \u00b7 id " + data.ids[i] + " \u00b7 " + v.label));
+    var when = F ? " \u00b7 frames " + data.frame_pairs[state.frame].join("-") : "";
+    caption.appendChild(document.createTextNode(" \u00b7 id " + data.ids[i] + " \u00b7 " + v.label + when));
     body.setAttribute("data-shown", String(i));
   }
 
   function writeHash() {
     var parts = ["token=" + state.token, "view=" + encodeURIComponent(data.views[state.view].key)];
+    if (F) { parts.push("frame=" + state.frame); }
     if (opacity) { parts.push("opacity=" + opacity.value); }
     if (compare && compare.checked) { parts.push("compare=1"); }
     if (cells && cells.checked) { parts.push("cells=1"); }
@@ -81,6 +88,21 @@
     if (opacityOut) { opacityOut.textContent = Math.round(v * 100) + "%"; }
   }
 
+  function setFrame(k) {
+    if (!F) { return; }
+    k = parseInt(k, 10);
+    if (isNaN(k)) { return; }
+    state.frame = Math.max(0, Math.min(F - 1, k));
+    if (frame) { frame.value = String(state.frame); }
+    if (frameOut) { frameOut.textContent = "frames " + data.frame_pairs[state.frame].join("-"); }
+    if (base) { base.src = data.frames[state.frame]; }
+    stripBase.forEach(function (img) { img.src = data.frames[state.frame]; });
+    body.setAttribute("data-frame", String(state.frame));
+    render(state.shown);
+    writeHash();
+  }
+  var stripBase = [];
+
   // the side-by-side strip: one small overlay per view for the shown token
   if (strip && data.views.length > 1) {
     data.views.forEach(function (v, k) {
@@ -92,6 +114,7 @@
         b.src = base.src;
         b.alt = "";
         s.appendChild(b);
+        stripBase.push(b);
       }
       var h = document.createElement("img");
       h.className = "h";
@@ -122,6 +145,9 @@
   if (opacity) {
     opacity.addEventListener("input", function () { setOpacity(opacity.value); writeHash(); });
   }
+  if (frame) {
+    frame.addEventListener("input", function () { setFrame(frame.value); });
+  }
   if (cells) {
     cells.addEventListener("change", function () { body.classList.toggle("cells", cells.checked); writeHash(); });
   }
@@ -132,6 +158,8 @@
     var tag = (e.target && e.target.tagName) || "";
     if (tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT") { return; }
     if (e.key === "ArrowRight") { select(state.token + 1); if (chips[state.token]) { chips[state.token].focus(); } e.preventDefault(); }
+    if (F && e.key === "ArrowUp") { setFrame(state.frame + 1); e.preventDefault(); }
+    if (F && e.key === "ArrowDown") { setFrame(state.frame - 1); e.preventDefault(); }
     if (e.key === "ArrowLeft") { select(state.token - 1); if (chips[state.token]) { chips[state.token].focus(); } e.preventDefault(); }
   });
 
@@ -145,10 +173,12 @@
   if (params.opacity !== undefined) { setOpacity(params.opacity); } else if (opacity) { setOpacity(opacity.value); }
   if (cells && params.cells === "1") { cells.checked = true; body.classList.add("cells"); }
   if (compare && params.compare === "1") { compare.checked = true; body.classList.add("compare"); }
+  if (F && params.frame !== undefined) { state.frame = Math.max(0, Math.min(F - 1, parseInt(params.frame, 10) || 0)); }
   var vk = params.view !== undefined ? viewIndex(params.view) : 0;
   state.view = vk >= 0 ? vk : 0;
   setView(state.view);
   var t = params.token !== undefined ? parseInt(params.token, 10) : 0;
   select(isNaN(t) ? 0 : t);
+  if (F) { setFrame(state.frame); }
   body.setAttribute("data-ready", "1");
 })();

@@ -26,10 +26,14 @@ from ..pipeline import (
     collect_states,
     load_inputs,
     map_ids,
+    per_frame,
     plan_forwards,
     resolve_answers,
+    scale_answer_maps,
+    stacked,
     states_at,
     text_side,
+    unstacked,
 )
 from .logit_lens import base_vocab_id, logit_lens_maps
 from .msea import msea_aggregate
@@ -89,15 +93,23 @@ def attribute(
 
     scale_maps = [logit_lens_grid(st, w_u, ids) for st in per_scale]
     maps = msea_aggregate(scale_maps, [st.inputs.coverage for st in per_scale], base.grid, config.aggregate)
+    # video: MSEA ran per frame ([M * t, Hc, Wc]); each id's frames now stack into one [t * Hc, Wc] map
+    maps = stacked(maps, base)
     T, P = len(answer.ids), len(text.prompt_ids)
     a_t, prompt_maps, base_map = maps[:T], maps[T : T + P], maps[T + P]
+    video = base.temporal is not None
+    # a video's filter runs per frame after the mitigation (G is positively homogeneous, so normalise(G(x)) =
+    # normalise(G(normalise(x)))); TAM filters per frame inside its own steps
+    filt = config.filter and not video
 
     if config.mitigation == "none":
-        refined = normalize_max(rank_gaussian_filter(a_t) if config.filter else a_t)
+        refined = normalize_max(rank_gaussian_filter(a_t) if filt else a_t)
     elif config.mitigation == "arc":
         rank_prompt, rank_answer = text_rankings(text, h1, w_u, config.top_k)
         base_map = base_map if config.base == "argmin" else None
-        refined = arc_reference(a_t, prompt_maps, base_map, rank_prompt, rank_answer, config)
+        refined = arc_reference(
+            a_t, prompt_maps, base_map, rank_prompt, rank_answer, config, apply_filter=filt
+        )
     else:
         by_id = {int(i): maps[k].reshape(-1) for k, i in enumerate(ids.tolist())}
         refined = tam_mitigation(
@@ -106,23 +118,31 @@ def attribute(
             h1,
             w_u,
             base.visual_positions,
-            base.grid,
+            tuple(a_t.shape[1:]),
             by_id,
             config.scales,
             config.filter,
+            frames=base.frames,
         )
+    if video and config.filter and config.mitigation != "tam":
+        refined = normalize_max(per_frame(refined, base, rank_gaussian_filter))
     keep = config.keep_scale_maps
     return Attribution(
-        maps=refined,
-        raw_maps=a_t if keep else None,
-        scale_maps={s: m[:T] for s, m in zip(config.scales, scale_maps)} if keep else None,
+        maps=unstacked(refined, base),
+        raw_maps=unstacked(a_t, base) if keep else None,
+        scale_maps={
+            s: scale_answer_maps(m, st.inputs, T) for s, m, st in zip(config.scales, scale_maps, per_scale)
+        }
+        if keep
+        else None,
     )
 
 
 def logit_lens_grid(st: ScaleStates, w_u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Eq. 2/4 at one scale: the clipped logit-lens map of every id over this scale's grid, [M, h, w]."""
+    """Eq. 2/4 at one scale: the clipped logit-lens map of every id over this scale's grid, [M, h, w] (a video:
+    [M * t, h, w], each id's frames in order)."""
     z = st.hidden.to(w_u.device)[st.inputs.visual_positions]
-    return logit_lens_maps(z, w_u, ids).reshape(len(ids), *st.inputs.grid).cpu()
+    return logit_lens_maps(z, w_u, ids).reshape(st.inputs.stack_shape(len(ids))).cpu()
 
 
 def text_rankings(
@@ -140,8 +160,12 @@ def arc_reference(
     rank_prompt: torch.Tensor,
     rank_answer: torch.Tensor,
     config: ExplainConfig,
+    apply_filter: bool | None = None,
 ) -> torch.Tensor:
-    """ARC for every target t, one at a time (Eq. 6-9), then G and normalisation. a_t: [T, H, W]."""
+    """ARC for every target t, one at a time (Eq. 6-9), then G (``apply_filter``, default ``config.filter``) and
+    normalisation. a_t: [T, H, W]."""
+    if apply_filter is None:
+        apply_filter = config.filter
     out = []
     for t in range(a_t.shape[0]):
         ctx_maps = [prompt_maps, a_t[:t]]
@@ -151,5 +175,5 @@ def arc_reference(
         if base_map is not None:  # A_0 with r_0 = 0, so w_0 = 1
             ctx_maps.append(base_map[None])
             w = torch.cat([w, torch.ones(1)])
-        out.append(refine_one(a_t[t], torch.cat(ctx_maps, 0), w, apply_filter=config.filter))
+        out.append(refine_one(a_t[t], torch.cat(ctx_maps, 0), w, apply_filter=apply_filter))
     return torch.stack(out, 0) if out else a_t.new_zeros(a_t.shape)

@@ -86,6 +86,7 @@ def tam_maps(
     num_prompt_strings: int,
     grid: tuple[int, int],
     apply_filter: bool = True,
+    frames: int = 1,
 ) -> np.ndarray:
     """TAM maps for every answer token, uint8 [T, H, W].
 
@@ -98,6 +99,8 @@ def tam_maps(
     txt_all:            TAM's token strings: re-tokenized prompt strings then answer strings.
     num_prompt_strings: P, how many of ``txt_all`` are prompt strings.
     apply_filter:       TAM always filters; False skips the filter (an ablation, not TAM).
+    frames:             video: the grid is ``frames`` frame grids stacked vertically ([t * h, w]); TAM filters
+                        each frame on its own (its video path), after the joint normalisation.
     """
     s, e = prompt_span
     store: list[np.ndarray] = []
@@ -123,7 +126,11 @@ def tam_maps(
         lo, hi = joint.min(), joint.max()
         joint = (joint - lo) / (hi - lo) if hi > lo else np.zeros_like(joint)  # TAM: NaN when hi == lo
         img = joint[: len(img)]
-        filtered = tam_rank_gaussian_filter(img.reshape(grid)) if apply_filter else img.reshape(grid)
+        img = img.reshape(grid)
+        if apply_filter:
+            filtered = np.concatenate([tam_rank_gaussian_filter(f) for f in np.split(img, frames, axis=0)], 0)
+        else:
+            filtered = img
         return (filtered * 255).astype("uint8")
 
     if num_answer == 0:
@@ -196,6 +203,7 @@ def tam_mitigation(
     by_id: dict[int, torch.Tensor],
     scales: tuple[float, ...],
     apply_filter: bool,
+    frames: int = 1,
 ) -> torch.Tensor:
     """TAM's mitigation (``mitigation="tam"``) for every answer token, float32 [T, H, W] = uint8 / 255;
     exact TAM when scales == (1.0,) and the filter is on.
@@ -227,5 +235,6 @@ def tam_mitigation(
         num_prompt_strings=p_strings,
         grid=grid,
         apply_filter=apply_filter,
+        frames=frames,
     )
     return torch.from_numpy(maps.astype(np.float32) / 255.0)
