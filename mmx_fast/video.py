@@ -1,6 +1,7 @@
 """Video input for the Qwen-VL families (docs/design.md §1.2, video): frames in place of the image.
 
-A video is given as a list of frames (PIL images, H x W x 3 uint8 arrays or image paths), or as a ``Video``.
+A video is given as a list of frames (PIL images, H x W x 3 uint8 arrays or image paths), as a ``Video``, or as
+the path of a video file (read with PyAV when installed: ``read_video_file``, 16 frames sampled evenly).
 Qwen's vision tower merges ``temporal_patch_size`` (2) consecutive frames into one temporal patch, so the
 visual-token grid is (t, h, w) with ``t = ceil(frames / 2)``: map ``k`` covers frames ``2k`` and ``2k + 1`` (as
 in TAM, which explains the frame pair). An odd frame count is padded by repeating the last frame, as Qwen's own
@@ -26,6 +27,8 @@ import torch
 from PIL import Image
 
 MAX_FRAMES = 256  # bound on a request (docs: bound every request-sized resource before expensive work)
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg")
+DEFAULT_FILE_FRAMES = 16  # frames sampled evenly from a video file
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,10 @@ class Video:
 
 
 def is_video(x: Any) -> bool:
-    """A ``Video`` or a list / tuple of frames (never a str, bytes or an array)."""
-    return isinstance(x, Video) or (isinstance(x, (list, tuple)) and not isinstance(x, (str, bytes)))
+    """A ``Video``, a list / tuple of frames, or the path of a video file (by its suffix: ``VIDEO_SUFFIXES``)."""
+    if isinstance(x, (str, os.PathLike)):
+        return str(x).lower().endswith(VIDEO_SUFFIXES)
+    return isinstance(x, Video) or isinstance(x, (list, tuple))
 
 
 def load_video(x: Any, fps: float | None = None) -> Video:
@@ -61,6 +66,8 @@ def load_video(x: Any, fps: float | None = None) -> Video:
 
     if isinstance(x, Video):
         return x
+    if isinstance(x, (str, os.PathLike)):
+        return read_video_file(x)
     if not isinstance(x, (list, tuple)):
         raise TypeError(
             f"video of type {type(x).__name__} is not supported; expected a list of frames (PIL images, "
@@ -122,8 +129,9 @@ def qwen_video_inputs(
     return pixel_values, thw
 
 
-def read_video_file(path: str | os.PathLike, max_frames: int = 16) -> Video:
-    """Frames of a video file read with PyAV (``pip install av``), sampled evenly to at most ``max_frames``."""
+def read_video_file(path: str | os.PathLike, max_frames: int = DEFAULT_FILE_FRAMES) -> Video:
+    """Frames of a video file read with PyAV (``pip install av`` or the ``video`` extra), sampled evenly to at
+    most ``max_frames``; ``fps`` is the rate of the sampled frames."""
     try:
         import av
     except ImportError:
@@ -132,6 +140,8 @@ def read_video_file(path: str | os.PathLike, max_frames: int = 16) -> Video:
         ) from None
     if not 1 <= max_frames <= MAX_FRAMES:
         raise ValueError(f"max_frames={max_frames} is not allowed; expected 1 to {MAX_FRAMES}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"video file {str(path)!r} does not exist")
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         rate = float(stream.average_rate) if stream.average_rate else None

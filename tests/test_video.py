@@ -253,3 +253,31 @@ def test_video_explanation_save_and_overlays(tmp_path):
     image = explain_fast(model, processor, FRAMES[0], PROMPT, answer="The cat.", config=ExplainConfig())
     with pytest.raises(ValueError, match="only allowed for a video"):
         image.heatmap(0, frame=0)
+
+
+def test_video_file_is_read_with_pyav(tmp_path):
+    av = pytest.importorskip("av")
+    from mmx_fast.video import read_video_file
+
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("mpeg4", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        for k in range(6):
+            arr = np.zeros((96, 128, 3), np.uint8)
+            arr[:, 20 * k : 20 * k + 20] = 255  # a white bar moving right
+            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    video = read_video_file(path)
+    assert len(video) == 6 and video.size == (128, 96) and video.fps == pytest.approx(4.0)
+    bar = [int(np.asarray(f)[:, :, 0].mean(0).argmax()) // 20 for f in video.frames]
+    assert bar == list(range(6))  # decoded in order
+    assert len(read_video_file(path, max_frames=3)) == 3
+    model, processor, _ = family("qwen2_vl")
+    exp = explain_fast(model, processor, str(path), PROMPT, answer="A bar moves.")
+    want = explain_fast(model, processor, list(video.frames), PROMPT, answer="A bar moves.")
+    assert exp.maps.shape[1] == 3 and torch.equal(exp.maps, want.maps)
+    with pytest.raises(FileNotFoundError, match="missing.mp4"):
+        read_video_file(tmp_path / "missing.mp4")
