@@ -9,6 +9,8 @@ planted in one frame pair's states comes back at that t, on the planted cells), 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -96,11 +98,41 @@ def test_video_prompt_layout():
         assert tok.decode(ids[a:b].tolist()) == PROMPT and a > int(p.visual_positions.max())
 
 
+def test_qwen3_vl_video_layout_is_the_processors():
+    """Qwen3-VL writes a time stamp before each temporal patch: the layout equals what transformers'
+    ``Qwen3VLProcessor.replace_video_token`` produces for the same grid and frame rate (it needs a video
+    processor, which needs torchvision, so its method runs on a stand-in with the video processor's two numbers)."""
+    from types import SimpleNamespace
+
+    from transformers import Qwen3VLProcessor
+
+    _, processor, ad = family("qwen3_vl")
+    for fps in (2.0, 3.0):
+        p = ad.prepare(Video(tuple(FRAMES), fps), PROMPT, 1.0)
+        stand_in = SimpleNamespace(
+            video_processor=SimpleNamespace(merge_size=2, temporal_patch_size=2),
+            vision_start_token="<|vision_start|>",
+            vision_end_token="<|vision_end|>",
+            video_token="<|video_pad|>",
+        )
+        stand_in._calculate_timestamps = functools.partial(Qwen3VLProcessor._calculate_timestamps, stand_in)
+        meta = SimpleNamespace(fps=fps, frames_indices=list(range(4)))
+        want = Qwen3VLProcessor.replace_video_token(
+            stand_in, {"video_grid_thw": p.inputs["video_grid_thw"], "video_metadata": [meta]}, 0
+        )
+        assert "seconds>" in want
+        text = processor.tokenizer.decode(p.input_ids)
+        assert text == p.text.replace("<|video_pad|>", want, 1)
+        ids = p.inputs["input_ids"][0]
+        assert p.visual_positions.numel() == 30 == int((ids == ad.video_token_id).sum())
+        assert p.visual_positions.tolist() == (ids == ad.video_token_id).nonzero().flatten().tolist()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # end to end: fast == reference, shape [T, t, Hc, Wc]
 
 
-@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 @pytest.mark.parametrize("method", PRESETS)
 def test_video_fast_equals_reference(name, method):
     model, processor, _ = family(name)
@@ -228,10 +260,10 @@ def test_bad_videos():
     assert isinstance(v, Video) and len(v) == 2 and v.size == (40, 30)
 
 
-@pytest.mark.parametrize("name", ["llava", "qwen3_vl"])
+@pytest.mark.parametrize("name", ["llava", "gemma3"])
 def test_video_on_a_family_without_video_is_refused(name):
     model, processor, _ = family(name)
-    with pytest.raises(ValueError, match=rf"'{name}' does not take video.*qwen2_vl, qwen2_5_vl"):
+    with pytest.raises(ValueError, match=rf"'{name}' does not take video.*qwen2_vl, qwen2_5_vl, qwen3_vl"):
         explain_fast(model, processor, FRAMES, PROMPT, answer=ANSWER)
 
 

@@ -40,6 +40,12 @@ class Qwen2VLAdapter(Adapter):
             tid = self.model.config.video_token_id
         return int(tid)
 
+    def video_placeholder(self, t: int, per_frame: int, fps: float, n_frames: int) -> str:
+        """Hook: what the processor puts in place of the one video token (``replace_video_token``): Qwen2-VL /
+        Qwen2.5-VL repeat it once per visual token."""
+        token = self.tokenizer.convert_ids_to_tokens(self.video_token_id)
+        return token * (t * per_frame)
+
     def prepare_video(self, video: video_mod.Video, prompt: str, scale: float) -> PromptInputs:
         ip = self.image_processor
         tp = int(getattr(ip, "temporal_patch_size", 2))
@@ -55,7 +61,8 @@ class Qwen2VLAdapter(Adapter):
                 f"the chat template of {type(self.processor).__name__} did not render one video token {token!r} "
                 "for a video; set the model's own chat template"
             )
-        enc = self.tokenizer([text.replace(token, token * n)], return_tensors="pt")
+        placeholder = self.video_placeholder(t, n // t, video.fps, len(frames))
+        enc = self.tokenizer([text.replace(token, placeholder)], return_tensors="pt")
         ids = enc["input_ids"]
         vis = (ids[0] == self.video_token_id).nonzero().flatten().long()
         if vis.numel() != n:
