@@ -313,3 +313,21 @@ def test_video_file_is_read_with_pyav(tmp_path):
     assert exp.maps.shape[1] == 3 and torch.equal(exp.maps, want.maps)
     with pytest.raises(FileNotFoundError, match="missing.mp4"):
         read_video_file(tmp_path / "missing.mp4")
+
+
+def test_batch_mixing_images_and_videos_equals_single_calls():
+    from mmx_fast.fast import Explainer
+
+    model, processor, _ = family("qwen2_vl")
+    ex = Explainer(model, processor, ExplainConfig(method="msea-arc", max_new_tokens=4))
+    items = [FRAMES, photo(131, 97, 0), FRAMES[:2]]
+    prompts = [PROMPT, "Describe the picture.", PROMPT]
+    answers = [None, None, ANSWER]
+    batch = ex.explain_batch(items, prompts, answers)
+    for it, p, a, b in zip(items, prompts, answers, batch):
+        single = explain(
+            model, processor, it, p, answer=a, config=ExplainConfig(method="msea-arc", max_new_tokens=4)
+        )
+        assert b.answer_ids == single.answer_ids and b.maps.shape == single.maps.shape
+        torch.testing.assert_close(b.maps, single.maps, atol=1e-4, rtol=0)
+    assert batch[0].maps.dim() == 4 and batch[1].maps.dim() == 3 and batch[2].maps.shape[1] == 1

@@ -325,7 +325,16 @@ class Adapter:
     ) -> list[torch.Tensor]:
         """One right-padded, batched, teacher-forced forward over all rows (prompt_i + answer_i); per row the
         unpadded last-layer normed hidden states [L_i + T_i, d]. Only the base model runs: no lm_head, no
-        per-layer hidden states."""
+        per-layer hidden states. Rows of different input kinds (images and videos) run as one batch per kind."""
+        groups = _groups_by_inputs(prompts)
+        if len(groups) > 1:
+            out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
+            for g in groups:
+                for i, h in zip(
+                    g, self.forward_hidden_batch([prompts[i] for i in g], [answers[i] for i in g])
+                ):
+                    out[i] = h
+            return out
         inputs, lengths, _ = self.collate(prompts, answers, side="right")
         out = self.base_model()(**inputs, use_cache=False, return_dict=True)
         hidden = out.last_hidden_state
@@ -341,7 +350,15 @@ class Adapter:
 
     @torch.no_grad()
     def generate_batch(self, prompts: Sequence[PromptInputs], max_new_tokens: int) -> list[list[int]]:
-        """Left-padded batched greedy generation; each row equals ``generate`` on that prompt alone."""
+        """Left-padded batched greedy generation; each row equals ``generate`` on that prompt alone (one batch
+        per input kind: images, videos)."""
+        groups = _groups_by_inputs(prompts)
+        if len(groups) > 1:
+            out: list[list[int]] = [[] for _ in prompts]
+            for g in groups:
+                for i, a in zip(g, self.generate_batch([prompts[i] for i in g], max_new_tokens)):
+                    out[i] = a
+            return out
         inputs, _, width = self.collate(prompts, [[] for _ in prompts], side="left")
         out = generation.greedy(self.model, inputs, max_new_tokens, self.pad_id())
         stops = self.stop_token_ids()
@@ -356,6 +373,15 @@ class Adapter:
         ``output_hidden_states``): per row [L_i + T_i - 1, d], i.e. every prompt position and every answer
         position but the last (whose state predicts nothing we explain). These equal the teacher-forced
         states of ``forward_hidden`` up to float rounding, so the scale-1.0 forward need not run again."""
+        groups = _groups_by_inputs(prompts)
+        if len(groups) > 1:  # images and videos: one generation per kind
+            answers_all: list[list[int]] = [[] for _ in prompts]
+            states_all: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
+            for g in groups:
+                got, kept = self.generate_with_states([prompts[i] for i in g], max_new_tokens)
+                for i, a, st in zip(g, got, kept):
+                    answers_all[i], states_all[i] = a, st
+            return answers_all, states_all
         with generation.captured_states(self.decoder()) as captured:
             if len(prompts) == 1:
                 answers = [self.generate(prompts[0], max_new_tokens)]
@@ -364,3 +390,12 @@ class Adapter:
                 answers = self.generate_batch(prompts, max_new_tokens)
                 width = max(p.length for p in prompts)  # left padding: real tokens end at ``width``
         return answers, generation.stitch_states(captured, prompts, answers, width)
+
+
+def _groups_by_inputs(prompts: Sequence[PromptInputs]) -> list[list[int]]:
+    """Indices of ``prompts`` grouped by their input keys (an image's and a video's inputs cannot share a
+    batch), in order of first appearance."""
+    groups: dict[frozenset[str], list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(frozenset(p.inputs), []).append(i)
+    return list(groups.values())
