@@ -15,8 +15,14 @@
 //   refine(Tensor a_t, Tensor ctx, Tensor weights, bool apply_filter) -> Tensor float32 [T, H, W]
 //   rank_gaussian_filter(Tensor x) -> Tensor                                   x's dtype [..., H, W]
 
-#include <ATen/ATen.h>
+// Only the headers used (not ATen/ATen.h): parsing torch's headers is most of the build time (measured:
+// -ftime-report, ~25% less compiler time than with ATen/ATen.h; see README "Native C++ kernels").
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include <algorithm>
