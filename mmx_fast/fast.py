@@ -65,6 +65,16 @@ def _maybe_flash_attention(model) -> None:
         )
 
 
+def _prepare_backends(configs, adapter) -> None:
+    """Resolve each config's backend for the model's device before any timer starts: on CPU this builds /
+    loads the native C++ kernels (a first build compiles for several seconds), which must never be
+    counted in ``timings``. Cheap once loaded; a backend that cannot run here is reported later, as before."""
+    device = adapter.lm_head_weight().device
+    for backend in {c.resolved_backend() for c in configs}:
+        if backend in ("auto", "native"):
+            ops.resolve_backend(backend, device)
+
+
 class Explainer:
     """A reusable explainer for one model: ``Explainer(model, processor, config).explain(image, prompt)``."""
 
@@ -75,6 +85,7 @@ class Explainer:
         self.adapter = get_adapter(model, processor)
         self.model = model
         _maybe_flash_attention(model)
+        _prepare_backends([self.config], self.adapter)
 
     # ------------------------------------------------------------------------------------------------
     def explain(self, image, prompt: str, answer=None) -> Explanation:
@@ -99,6 +110,7 @@ class Explainer:
         """The steps of ``mmx_fast.pipeline`` over a batch of items and several configs; generation and the
         forwards are shared by every config, and timed per item as their share of the batch."""
         ad = self.adapter
+        _prepare_backends(configs, ad)
         clock = Stopwatch()
         items = load_inputs(ad, images, prompts, answers, configs)
         answers = resolve_answers(ad, items, self.config.max_new_tokens, keep_states=True)
