@@ -42,6 +42,12 @@ def check_out_dir(text: str) -> Path:
         raise CliError(f"--out {text!r} exists and is not a directory")
     probe = out
     while not probe.exists():
+        if os.path.lexists(probe):
+            where = "" if probe == out else f" (its parent {str(probe)!r} is)"
+            raise CliError(
+                f"--out {text!r} is a broken symbolic link{where}, pointing to {os.readlink(probe)!r} which does "
+                "not exist; expected a directory"
+            )
         parent = probe.parent
         if parent == probe:
             break

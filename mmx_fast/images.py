@@ -9,10 +9,18 @@ through PIL's converters.
 from __future__ import annotations
 
 import os
+import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Bounds on every image, checked on the file's header before anything is decoded or resized (README "Limits and
+# guarantees"). A fixed-size family (LLaVA's CLIP) resizes the shortest side to its input size first, so the
+# work it does grows with the aspect ratio; Qwen2-VL's own smart_resize refuses ratios above 200.
+MAX_PIXELS = 100_000_000
+MAX_ASPECT = 50
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -61,29 +69,91 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def load_image(image) -> Image.Image:
     """Return an RGB PIL image, or raise TypeError / ValueError naming what was wrong."""
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.exists():
-            raise ValueError(f"image path {str(path)!r} does not exist")
-        if path.is_dir():
-            raise ValueError(f"image path {str(path)!r} is a directory; expected an image file")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                image = im.copy()
-        except Image.DecompressionBombError as e:
-            raise ValueError(f"image file {str(path)!r} is too large to decode safely: {e}") from e
-        except UnidentifiedImageError as e:
-            raise ValueError(
-                f"image file {str(path)!r} is not a readable image (PIL cannot identify it)"
-            ) from e
-        except (OSError, SyntaxError) as e:
-            raise ValueError(f"image file {str(path)!r} is corrupt or truncated: {e}") from e
+        image = open_image_file(image)
     elif isinstance(image, np.ndarray):
         image = _from_array(image)
     elif not isinstance(image, Image.Image):
         raise TypeError(
             f"image of type {type(image).__name__} is not supported; expected a PIL.Image, a numpy array or a path"
         )
-    if image.width < 1 or image.height < 1:
-        raise ValueError(f"image of size {image.width}x{image.height} is empty; expected at least 1x1 pixels")
+    check_size(image.width, image.height)
     return to_rgb(image)
+
+
+# ---------------------------------------------------------------------------------------------------
+# bounds and files (the header is read and checked before any pixel is decoded)
+def check_size(width: int, height: int, what: str = "image") -> None:
+    """Refuse an empty image, one with more than ``MAX_PIXELS`` pixels or an aspect ratio (longer side over
+    shorter side) above ``MAX_ASPECT``; ``what`` names the image in the message."""
+    if width < 1 or height < 1:
+        raise ValueError(f"{what} of size {width}x{height} is empty; expected at least 1x1 pixels")
+    if width * height > MAX_PIXELS:
+        raise ValueError(
+            f"{what} of size {width}x{height} has {width * height} pixels, above the limit of {MAX_PIXELS} "
+            "(mmx_fast.images.MAX_PIXELS); downscale it"
+        )
+    aspect = max(width, height) / min(width, height)
+    if aspect > MAX_ASPECT:
+        raise ValueError(
+            f"{what} of size {width}x{height} has aspect ratio {aspect:.4g}:1 (longer side / shorter side), "
+            f"above the limit of {MAX_ASPECT}:1 (mmx_fast.images.MAX_ASPECT); crop or pad it"
+        )
+
+
+def _regular_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ValueError(f"image path {str(path)!r} does not exist") from None
+    except OSError as e:
+        raise ValueError(f"image path {str(path)!r} cannot be read ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"image path {str(path)!r} is a directory; expected an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(
+            f"image path {str(path)!r} is not a regular file (a pipe, device or socket); expected an image file"
+        )
+    return path
+
+
+def check_image_file(path: str | os.PathLike, decode: bool = False) -> tuple[int, int]:
+    """(width, height) of the image file at ``path`` after checking it is a regular file PIL identifies and
+    that its header's size is within ``check_size``'s bounds; only the header is read unless ``decode``, which
+    also decodes the first frame (to find truncated or corrupt data) and drops it. ValueError otherwise."""
+    path = _regular_file(path)
+    name = f"image file {str(path)!r}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own bound applies
+            with Image.open(path) as im:
+                size = im.size
+                check_size(*size, what=name)
+                if decode:
+                    im.load()
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{name} is too large to decode safely: {e}") from e
+    except UnidentifiedImageError as e:
+        raise ValueError(f"{name} is not a readable image (PIL cannot identify it)") from e
+    except ValueError:
+        raise
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"{name} is corrupt or truncated: {e}") from e
+    return size
+
+
+def open_image_file(path: str | os.PathLike) -> Image.Image:
+    """The first frame of the image file at ``path``, decoded after ``check_image_file`` passed its header,
+    turned upright by its EXIF orientation (as a photo viewer shows it); not yet converted to RGB."""
+    path = Path(path)
+    check_image_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                return ImageOps.exif_transpose(im)
+    except UnidentifiedImageError as e:  # pragma: no cover - the header was identified a moment ago
+        raise ValueError(f"image file {str(path)!r} is not a readable image (PIL cannot identify it)") from e
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"image file {str(path)!r} is corrupt or truncated: {e}") from e

@@ -11,10 +11,14 @@ This module imports nothing else from mmx_fast (``explanation`` and ``report`` i
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import re
 import shutil
+import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -87,13 +91,89 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished folder ``tmp`` to ``final``, replacing an older result there (which is removed only
-    after the new folder is in place; on failure the old one is put back)."""
-    if not os.path.lexists(final):
-        os.rename(tmp, final)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".mmx-fast-old", dir=final.parent))
+# ---------------------------------------------------------------------------------------------------
+# result folders: the marker, the one rule for what may be replaced, temp folders of dead runs
+RESULT_MARKER = ".mmx-fast-result.json"
+RESULT_MARKER_VERSION = 1
+TEMP_PREFIX = ".mmx-fast-tmp"
+OLD_PREFIX = ".mmx-fast-old"
+_MARKER_BYTES = 1 << 20  # a marker is a few hundred bytes; anything larger is not ours
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str = TEMP_PREFIX) -> Path:
+    """A new private hidden folder ``<prefix>.<host>.<pid>.<random>`` in ``parent``: the name says which process
+    wrote it, so a later run can tell a leftover of a dead run from a folder still being written."""
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}.{_host()}.{os.getpid()}.", dir=parent))
+
+
+def write_result_marker(folder: str | os.PathLike, version: str) -> None:
+    """Mark ``folder`` as an mmx-fast result: ``.mmx-fast-result.json`` listing every file it holds (write it
+    last, once every other file is in place)."""
+    folder = Path(folder)
+    names = sorted(p.name for p in folder.iterdir() if p.name != RESULT_MARKER)
+    info = {"mmx_fast_result": RESULT_MARKER_VERSION, "version": version, "files": names}
+    atomic_write_json(folder / RESULT_MARKER, info)
+
+
+def is_replaceable_result(path: str | os.PathLike) -> bool:
+    """True only for a folder that is provably an untouched earlier mmx-fast result: a real directory (not a
+    symbolic link) holding the marker (a regular file) and otherwise only regular files the marker lists."""
+    path = Path(path)
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return False
+        marker = path / RESULT_MARKER
+        st = os.lstat(marker)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MARKER_BYTES:
+            return False
+        info = json.loads(marker.read_bytes().decode("utf-8"))
+        listed = info.get("files") if isinstance(info, dict) else None
+        if info.get("mmx_fast_result") != RESULT_MARKER_VERSION or not isinstance(listed, list):
+            return False
+        with os.scandir(path) as entries:
+            for e in entries:
+                if e.name == RESULT_MARKER:
+                    continue
+                if e.name not in listed or not e.is_file(follow_symlinks=False):
+                    return False
+    except (OSError, ValueError, AttributeError):
+        return False
+    return True
+
+
+def place_dir(tmp: Path, parent: Path, name: str) -> Path:
+    """Move the finished folder ``tmp`` to ``parent/name``, or, when that name holds anything but an untouched
+    earlier mmx-fast result (:func:`is_replaceable_result`), to the first of ``name-2``, ``name-3``, ... that
+    is free or holds such a result. Returns where it went. Nothing else is ever moved or deleted."""
+    k = 1
+    while True:
+        final = parent / (name if k == 1 else f"{name}-{k}")
+        k += 1
+        if not os.path.lexists(final):
+            try:
+                os.mkdir(final)  # claim the name; renaming a folder over an empty one replaces it
+            except FileExistsError:
+                continue
+            try:
+                os.rename(tmp, final)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.rmdir(final)
+                raise
+            return final
+        if is_replaceable_result(final):
+            _swap(tmp, final)
+            return final
+
+
+def _swap(tmp: Path, final: Path) -> None:
+    """Put ``tmp`` at ``final``, our earlier result, which is removed only after the new one is in place (on
+    failure the old one is put back)."""
+    old = make_temp_dir(final.parent, OLD_PREFIX)
     os.rmdir(old)
     os.rename(final, old)
     try:
@@ -101,10 +181,54 @@ def replace_dir(tmp: Path, final: Path) -> None:
     except BaseException:
         os.rename(old, final)
         raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink()
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def replace_dir(tmp: Path, final: Path) -> Path:
+    """:func:`place_dir` with ``final`` split into its parent and name."""
+    return place_dir(tmp, final.parent, final.name)
+
+
+_LEFTOVER = re.compile(
+    rf"^(?:{re.escape(TEMP_PREFIX)}|{re.escape(OLD_PREFIX)})\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+$"
+)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def clean_leftovers(parent: str | os.PathLike) -> list[Path]:
+    """Remove the temp folders (:func:`make_temp_dir`) that runs on this host left in ``parent`` when they were
+    killed: only real directories named ``.mmx-fast-tmp.<host>.<pid>.<random>`` (or ``.mmx-fast-old...``) with
+    this host's name, whose process is gone, holding only regular files. Returns what was removed."""
+    removed = []
+    host = _host()
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for e in entries:
+        m = _LEFTOVER.match(e.name)
+        if m is None or m["host"] != host or int(m["pid"]) == os.getpid() or _pid_alive(int(m["pid"])):
+            continue
+        try:
+            if not e.is_dir(follow_symlinks=False):
+                continue
+            with os.scandir(e.path) as inner:
+                if not all(f.is_file(follow_symlinks=False) for f in inner):
+                    continue
+            shutil.rmtree(e.path)
+            removed.append(Path(e.path))
+        except OSError:
+            continue
+    return removed
 
 
 # ---------------------------------------------------------------------------------------------------

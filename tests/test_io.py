@@ -95,11 +95,40 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["f.txt"]
 
 
-def test_replace_dir_swaps_a_finished_folder_in(tmp_path):
+def test_replace_dir_swaps_in_only_over_an_untouched_earlier_result(tmp_path):
     final, tmp = tmp_path / "r", tmp_path / ".r.tmp"
     final.mkdir()
     (final / "old").write_text("1")
     tmp.mkdir()
     (tmp / "new").write_text("2")
-    io.replace_dir(tmp, final)
-    assert os.listdir(final) == ["new"] and sorted(os.listdir(tmp_path)) == ["r"]
+    # not a result of ours: left alone, the new folder goes to the next free name
+    assert io.replace_dir(tmp, final) == tmp_path / "r-2"
+    assert os.listdir(final) == ["old"] and os.listdir(tmp_path / "r-2") == ["new"]
+    # an untouched earlier result (the marker lists every file) is replaced, the old one removed
+    io.write_result_marker(final, "0")
+    assert io.is_replaceable_result(final)
+    tmp.mkdir()
+    (tmp / "newer").write_text("3")
+    assert io.replace_dir(tmp, final) == final
+    assert os.listdir(final) == ["newer"] and sorted(os.listdir(tmp_path)) == ["r", "r-2"]
+
+
+def test_is_replaceable_result_refuses_anything_else(tmp_path):
+    r = tmp_path / "r"
+    r.mkdir()
+    (r / "maps.npz").write_bytes(b"x")
+    io.write_result_marker(r, "0")
+    assert io.is_replaceable_result(r)
+    (r / "extra.txt").write_text("user")  # a file the marker does not list
+    assert not io.is_replaceable_result(r)
+    os.unlink(r / "extra.txt")
+    os.unlink(r / "maps.npz")
+    os.mkdir(r / "maps.npz")  # a listed name that is a folder
+    assert not io.is_replaceable_result(r)
+    os.rmdir(r / "maps.npz")
+    link = tmp_path / "link"
+    link.symlink_to(r, target_is_directory=True)
+    assert io.is_replaceable_result(r) and not io.is_replaceable_result(link)
+    (r / io.RESULT_MARKER).write_text("not json")
+    assert not io.is_replaceable_result(r)
+    assert not io.is_replaceable_result(tmp_path / "missing")
