@@ -268,8 +268,9 @@ def _image_error(text: str, path: Path, e: Exception) -> CliError:
 
 def _check_images(paths: list[str]) -> list[Path]:
     """Every --image checked before the model loads: a readable regular file, every header within the bounds
-    (``mmx_fast.images.check_size``) before any pixel is decoded, then each file decoded once, one at a time,
-    and dropped (truncated or corrupt data shows only there). Returns the paths; nothing is kept in memory."""
+    (``mmx_fast.images.check_size``) before any pixel is decoded, then each file decoded and converted to RGB
+    once, one at a time, and dropped (truncated or corrupt data, NaN pixels show only there). Returns the
+    paths; nothing is kept in memory."""
     from PIL import Image
 
     from .images import check_image_file
@@ -292,12 +293,13 @@ def _check_images(paths: list[str]) -> list[Path]:
         except OSError as e:
             raise CliError(f"--image {text!r}: cannot read the file ({e.strerror or e})") from None
         checked.append(path)
-    for decode in (False, True):
-        for text, path in zip(paths, checked):
-            try:
-                check_image_file(path, decode=decode)
-            except (ValueError, TypeError, OSError, Image.DecompressionBombError) as e:
-                raise _image_error(text, path, e) from None
+    for text, path in zip(paths, checked):  # every header first: nothing decoded yet
+        try:
+            check_image_file(path)
+        except (ValueError, TypeError, OSError, Image.DecompressionBombError) as e:
+            raise _image_error(text, path, e) from None
+    for text, path in zip(paths, checked):  # then each decoded and converted as it will be, and dropped
+        _load_image(text, path)
     return checked
 
 
@@ -424,7 +426,6 @@ def write_result(exp, out: Path, stem: str, *, note: str | None, meta: dict, inf
     """OUT/<stem>/ with report.html, maps.npz, explanation.json, token_XXX.png and the result marker, all or
     nothing. An existing OUT/<stem> is replaced only when it is an untouched earlier result; otherwise the
     first free name <stem>-2, <stem>-3, ... is used (``mmx_fast.io.place_dir``). Returns the folder."""
-    from . import __version__
     from .io import chmod_like_open, clean_leftovers, make_temp_dir, place_dir, save, write_result_marker
     from .report import write_report
 
@@ -435,7 +436,7 @@ def write_result(exp, out: Path, stem: str, *, note: str | None, meta: dict, inf
         save(exp, tmp, overlays=True, info=info)
         title = "mmx-fast (RANDOM-weight model)" if meta.get("random weights") == "yes" else None
         write_report(exp, tmp / "report.html", title=title, note=note, meta=meta)
-        write_result_marker(tmp, __version__)
+        write_result_marker(tmp)
         for f in tmp.iterdir():
             chmod_like_open(f)
         chmod_like_open(tmp, directory=True)

@@ -110,13 +110,34 @@ def make_temp_dir(parent: str | os.PathLike, prefix: str = TEMP_PREFIX) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{prefix}.{_host()}.{os.getpid()}.", dir=parent))
 
 
-def write_result_marker(folder: str | os.PathLike, version: str) -> None:
+def _write_marker(folder: Path, names: list[str]) -> None:
+    from . import __version__
+
+    info = {"mmx_fast_result": RESULT_MARKER_VERSION, "version": __version__, "files": names}
+    atomic_write_json(folder / RESULT_MARKER, info)
+
+
+def write_result_marker(folder: str | os.PathLike) -> None:
     """Mark ``folder`` as an mmx-fast result: ``.mmx-fast-result.json`` listing every file it holds (write it
     last, once every other file is in place)."""
     folder = Path(folder)
-    names = sorted(p.name for p in folder.iterdir() if p.name != RESULT_MARKER)
-    info = {"mmx_fast_result": RESULT_MARKER_VERSION, "version": version, "files": names}
-    atomic_write_json(folder / RESULT_MARKER, info)
+    _write_marker(folder, sorted(p.name for p in folder.iterdir() if p.name != RESULT_MARKER))
+
+
+def marked_files(folder: str | os.PathLike) -> set[str]:
+    """The file names the marker in ``folder`` lists (files mmx-fast wrote there); empty without a valid one."""
+    marker = Path(folder) / RESULT_MARKER
+    try:
+        st = os.lstat(marker)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MARKER_BYTES:
+            return set()
+        info = json.loads(marker.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        return set()
+    files = info.get("files") if isinstance(info, dict) else None
+    if info.get("mmx_fast_result") != RESULT_MARKER_VERSION or not isinstance(files, list):
+        return set()
+    return {f for f in files if isinstance(f, str) and f and "/" not in f and f != RESULT_MARKER}
 
 
 def is_replaceable_result(path: str | os.PathLike) -> bool:
@@ -124,15 +145,10 @@ def is_replaceable_result(path: str | os.PathLike) -> bool:
     symbolic link) holding the marker (a regular file) and otherwise only regular files the marker lists."""
     path = Path(path)
     try:
-        if not stat.S_ISDIR(os.lstat(path).st_mode):
+        if not stat.S_ISDIR(os.lstat(path).st_mode) or not os.path.isfile(path / RESULT_MARKER):
             return False
-        marker = path / RESULT_MARKER
-        st = os.lstat(marker)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > _MARKER_BYTES:
-            return False
-        info = json.loads(marker.read_bytes().decode("utf-8"))
-        listed = info.get("files") if isinstance(info, dict) else None
-        if info.get("mmx_fast_result") != RESULT_MARKER_VERSION or not isinstance(listed, list):
+        listed = marked_files(path)
+        if not listed:
             return False
         with os.scandir(path) as entries:
             for e in entries:
@@ -140,7 +156,7 @@ def is_replaceable_result(path: str | os.PathLike) -> bool:
                     continue
                 if e.name not in listed or not e.is_file(follow_symlinks=False):
                     return False
-    except (OSError, ValueError, AttributeError):
+    except OSError:
         return False
     return True
 
@@ -181,6 +197,8 @@ def _swap(tmp: Path, final: Path) -> None:
     except BaseException:
         os.rename(old, final)
         raise
+    with contextlib.suppress(OSError):
+        os.chmod(old, 0o700)  # our own earlier result, perhaps made read-only: its files can go
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -330,12 +348,26 @@ def save(
 ) -> Path:
     """Write ``maps.npz`` (:func:`maps_arrays`), ``explanation.json`` (``info``, by default
     ``exp.to_dict()``) and, with ``overlays`` and an image, one PNG overlay per token (``token_000.png``...),
-    each file atomically; the folder is created if needed. Returns the folder."""
+    each file atomically; the folder is created if needed. Returns the folder.
+
+    Never overwrites a file mmx-fast did not write: the folder's marker (``.mmx-fast-result.json``, updated
+    here) lists what it wrote; any other existing file of one of those names raises FileExistsError before
+    anything is written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    n_overlays = len(exp) if overlays and exp.image is not None else 0
+    names = [MAPS_FILE, JSON_FILE] + [overlay_name(i) for i in range(n_overlays)]
+    ours = marked_files(out)
+    clash = [n for n in names if os.path.lexists(out / n) and n not in ours]
+    if clash:
+        more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
+        raise FileExistsError(
+            f"{str(out)!r} already holds {clash[0]!r}{more}, which mmx-fast did not write there; nothing was "
+            "written (save into a new or empty folder, or one mmx-fast wrote)"
+        )
     atomic_write_bytes(out / MAPS_FILE, npz_bytes(maps_arrays(exp)))
     atomic_write_json(out / JSON_FILE, exp.to_dict() if info is None else info)
-    if overlays and exp.image is not None:
-        for i in range(len(exp)):
-            atomic_write_bytes(out / overlay_name(i), png_bytes(overlay(exp, i)))
+    for i in range(n_overlays):
+        atomic_write_bytes(out / overlay_name(i), png_bytes(overlay(exp, i)))
+    _write_marker(out, sorted(ours | set(names)))
     return out

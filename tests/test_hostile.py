@@ -506,3 +506,26 @@ def test_defect8_embedded_json_escapes_every_angle_bracket():
     assert "<" not in body and ">" not in body and "\u2028" not in body and "\u2029" not in body
     assert json.loads(body)["tokens"] == tokens
     assert page.count("<script") == 3  # the error hook, the data and the page's script, nothing more
+
+
+def test_nan_pixels_in_a_later_float_tiff_write_nothing(tmp_path, capsys):
+    good = _photo(tmp_path / "good.png")
+    arr = np.random.default_rng(0).random((20, 30)).astype(np.float32)
+    arr[3, 4] = np.nan
+    bad = tmp_path / "nan.tiff"
+    Image.fromarray(arr, mode="F").save(bad)
+    out = tmp_path / "out"
+    rc = main(["explain", "--model", "/no/such/model", "--image", str(good), str(bad), "--prompt", PROMPT,
+               "--out", str(out)])  # fmt: skip
+    line = _one_error(capsys.readouterr().err)
+    assert rc == 2 and "nan.tiff" in line and "NaN" in line and not out.exists()
+
+
+def test_a_read_only_earlier_result_is_replaced_without_leftovers(tmp_path, capsys):
+    img = _photo(tmp_path / "p.png")
+    out = tmp_path / "out"
+    assert _explain("--image", str(img), "--out", str(out), capsys=capsys)[0] == 0
+    os.chmod(out / "p", 0o555)
+    rc, printed, err = _explain("--image", str(img), "--out", str(out), capsys=capsys)
+    assert rc == 0 and Path(printed.strip()) == (out / "p" / "report.html").resolve(), err
+    assert sorted(p.name for p in out.iterdir()) == ["p"]
