@@ -388,7 +388,7 @@ def load_model(source, device: str, torch_dtype):
 def _report_meta(*, source, image_path: Path, forced: bool, device: str, dtype: str) -> dict[str, str]:
     """The report's "Run" rows."""
     return {
-        "model": source.spec,
+        "model": display(source.spec),
         "random weights": "yes" if source.tiny else "no",
         "image": display(image_path),
         "answer": "forced (--answer)" if forced else "generated (greedy)",
@@ -409,7 +409,7 @@ def _explanation_json(exp, *, source, image_path: Path, forced: bool, device: st
         {"index": i, "id": int(t), "text": s, "overlay": overlay_name(i)}
         for i, (t, s) in enumerate(zip(exp.answer_ids, exp.answer_tokens))
     ]
-    info["model"] = {"id": source.spec, "family": source.family, "random_weights": source.tiny}
+    info["model"] = {"id": display(source.spec), "family": source.family, "random_weights": source.tiny}
     info["runtime"] = {"device": device, "dtype": dtype}
     info["image"] = {"path": display(image_path), "width": exp.image.width, "height": exp.image.height}
     info["files"] = {

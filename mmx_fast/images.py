@@ -8,6 +8,7 @@ through PIL's converters.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import warnings
@@ -117,6 +118,16 @@ def _regular_file(path: str | os.PathLike) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _quiet_pil():
+    """PIL's warnings that need no reader: the decompression-bomb warning (our own bound applies) and corrupt
+    EXIF data (ignored, as viewers do)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", message="Corrupt EXIF", category=UserWarning)
+        yield
+
+
 def check_image_file(path: str | os.PathLike, decode: bool = False) -> tuple[int, int]:
     """(width, height) of the image file at ``path`` after checking it is a regular file PIL identifies and
     that its header's size is within ``check_size``'s bounds; only the header is read unless ``decode``, which
@@ -124,8 +135,7 @@ def check_image_file(path: str | os.PathLike, decode: bool = False) -> tuple[int
     path = _regular_file(path)
     name = f"image file {str(path)!r}"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own bound applies
+        with _quiet_pil():
             with Image.open(path) as im:
                 size = im.size
                 check_size(*size, what=name)
@@ -148,12 +158,21 @@ def open_image_file(path: str | os.PathLike) -> Image.Image:
     path = Path(path)
     check_image_file(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _quiet_pil():
             with Image.open(path) as im:
                 im.load()
-                return ImageOps.exif_transpose(im)
+                return _upright(im)
     except UnidentifiedImageError as e:  # pragma: no cover - the header was identified a moment ago
         raise ValueError(f"image file {str(path)!r} is not a readable image (PIL cannot identify it)") from e
     except (OSError, SyntaxError) as e:
         raise ValueError(f"image file {str(path)!r} is corrupt or truncated: {e}") from e
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """A copy of ``im`` turned by its EXIF orientation; EXIF data that is corrupt is ignored (as viewers do),
+    silently."""
+    try:
+        with _quiet_pil():
+            return ImageOps.exif_transpose(im)
+    except Exception:
+        return im.copy()

@@ -529,3 +529,35 @@ def test_a_read_only_earlier_result_is_replaced_without_leftovers(tmp_path, caps
     rc, printed, err = _explain("--image", str(img), "--out", str(out), capsys=capsys)
     assert rc == 0 and Path(printed.strip()) == (out / "p" / "report.html").resolve(), err
     assert sorted(p.name for p in out.iterdir()) == ["p"]
+
+
+def test_corrupt_exif_is_ignored_silently(tmp_path, recwarn):
+    from mmx_fast.images import load_image
+
+    blob = b"Exif\x00\x00II\x2a\x00\x08\x00\x00\x00\x01\x00\x12\x01\x03\x00\x01\x00\x00\x00\x09\x00\x00\x00"
+    path = tmp_path / "odd-exif.jpg"
+    Image.new("RGB", (40, 20), (9, 9, 9)).save(path, exif=blob)
+    assert load_image(path).size == (40, 20)
+    assert not [w for w in recwarn if "EXIF" in str(w.message)]
+
+
+def test_non_utf8_model_folder_name(tmp_path):
+    from mmx_fast.testing import tiny_model
+
+    raw = os.fsencode(tmp_path) + b"/model-\xff"
+    folder = tmp_path / "model"
+    model, processor = tiny_model("qwen2_vl")
+    model.save_pretrained(folder)
+    processor.tokenizer.save_pretrained(folder)
+    processor.image_processor.save_pretrained(folder)
+    processor.to_json_file(str(folder / "processor_config.json"))
+    os.rename(folder, os.fsdecode(raw))
+    out = tmp_path / "out"
+    r = _run("explain", b"--model", raw, "--image", str(PHOTO), "--prompt", PROMPT, "--answer", "A cat.",
+             "--out", str(out), "-q")  # fmt: skip
+    if r.returncode == 0:
+        info = json.loads((out / "grace_hopper" / "explanation.json").read_bytes().decode("utf-8"))
+        assert info["model"]["id"].endswith("model-\ufffd")
+    else:  # a loader that cannot open such a path: one clear line naming --model, nothing written
+        line = _one_error(r.stderr)
+        assert r.returncode == 2 and "--model" in line and not out.exists()
