@@ -266,14 +266,14 @@ def _image_error(text: str, path: Path, e: Exception) -> CliError:
     return CliError(f"--image {text!r}: {msg}")
 
 
-def _check_images(paths: list[str]) -> list[Path]:
+def _check_images(paths: list[str], scales=(1.0,)) -> list[Path]:
     """Every --image checked before the model loads: a readable regular file, every header within the bounds
     (``mmx_fast.images.check_size``) before any pixel is decoded, then each file decoded and converted to RGB
     once, one at a time, and dropped (truncated or corrupt data, NaN pixels show only there). Returns the
     paths; nothing is kept in memory."""
     from PIL import Image
 
-    from .images import check_image_file
+    from .images import check_image_file, check_scaled_size
 
     checked = []
     for text in paths:
@@ -295,7 +295,8 @@ def _check_images(paths: list[str]) -> list[Path]:
         checked.append(path)
     for text, path in zip(paths, checked):  # every header first: nothing decoded yet
         try:
-            check_image_file(path)
+            size = check_image_file(path)
+            check_scaled_size(*size, scales, what=f"image file {str(path)!r}")
         except (ValueError, TypeError, OSError, Image.DecompressionBombError) as e:
             raise _image_error(text, path, e) from None
     for text, path in zip(paths, checked):  # then each decoded and converted as it will be, and dropped
@@ -475,7 +476,7 @@ def run_explain(
         _check_text("--answer", answer, MAX_PROMPT_CHARS)
         if not answer.strip():
             raise CliError("--answer is empty; omit it to explain the model's own answer")
-    paths = _check_images(images)
+    paths = _check_images(images, getattr(config, "scales", (1.0,)))
     out_dir = check_out_dir(out)
     source = _resolve_model(model)
     device, dtype_name, torch_dtype = _resolve_device(device, dtype, source)

@@ -101,6 +101,18 @@ def check_size(width: int, height: int, what: str = "image") -> None:
         )
 
 
+def check_scaled_size(width: int, height: int, scales, what: str = "image") -> None:
+    """An MSEA scale above 1 enlarges the image before the processor resizes it: refuse a scale at which the
+    enlarged image would exceed ``MAX_PIXELS`` (checked before any resize)."""
+    for s in sorted({float(x) for x in scales}, reverse=True):
+        w, h = max(1, round(width * s)), max(1, round(height * s))
+        if s > 1 and w * h > MAX_PIXELS:
+            raise ValueError(
+                f"{what} of size {width}x{height} at MSEA scale {s:g} would be {w}x{h} = {w * h} pixels, above the "
+                f"limit of {MAX_PIXELS} (mmx_fast.images.MAX_PIXELS); use smaller scales or a smaller image"
+            )
+
+
 def _regular_file(path: str | os.PathLike) -> Path:
     path = Path(path)
     try:

@@ -23,7 +23,7 @@ import torch
 
 from .config import MAX_NEW_TOKENS, ExplainConfig
 from .explanation import Explanation
-from .images import load_image
+from .images import check_scaled_size, load_image
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -167,6 +167,8 @@ def load_inputs(adapter: Adapter, images, prompts, answers, configs: list[Explai
         )
     prompts = [check_prompt(p) for p in prompts]
     loaded = [load_image(im) for im in images]
+    for im in loaded:
+        check_scaled_size(im.width, im.height, union_scales(configs))
     check_top_k(configs, adapter.lm_head_weight().shape[0])
     return [
         Item(image=im, prompt=p, answer=a, base=adapter.prepare(im, p, 1.0))

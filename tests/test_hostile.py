@@ -561,3 +561,23 @@ def test_non_utf8_model_folder_name(tmp_path):
     else:  # a loader that cannot open such a path: one clear line naming --model, nothing written
         line = _one_error(r.stderr)
         assert r.returncode == 2 and "--model" in line and not out.exists()
+
+
+def test_a_large_msea_scale_cannot_blow_up_the_resize(tmp_path, capsys):
+    """Scales up to 8 are allowed; the image is enlarged before the processor caps it, so the enlarged size is
+    bounded by MAX_PIXELS too (a 4000x3000 photo at scale 8 would be a 768-megapixel, 2.3 GB intermediate)."""
+    from mmx_fast.testing import tiny_model
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (4000, 3000)).save(big)
+    rc = main(["explain", "--model", "/no/such/model", "--image", str(big), "--prompt", PROMPT, "--scales", "1",
+               "8", "--out", str(tmp_path / "out")])  # fmt: skip
+    line = _one_error(capsys.readouterr().err)
+    assert rc == 2 and "big.png" in line and "scale 8 would be 32000x24000 = 768000000 pixels" in line
+    model, processor = tiny_model("qwen2_vl")
+    with pytest.raises(ValueError, match=r"4000x3000 at MSEA scale 8 would be 32000x24000"):
+        explain_fast(model, processor, Image.new("RGB", (4000, 3000)), PROMPT, answer="A cat.",
+                     config=ExplainConfig(scales=(1.0, 8.0)))  # fmt: skip
+    exp = explain_fast(model, processor, Image.new("RGB", (400, 300)), PROMPT, answer="A cat.",
+                       config=ExplainConfig(scales=(1.0, 2.0)))  # fmt: skip
+    assert exp.scale_maps is None and len(exp) > 0
