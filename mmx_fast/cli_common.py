@@ -37,6 +37,8 @@ def one_line(text: str) -> str:
 def check_out_dir(text: str) -> Path:
     """The output folder must be a folder we can create files in (or be creatable); nothing is created.
     Raises ``CliError`` naming ``--out`` otherwise."""
+    if not text.strip():
+        raise CliError(f"--out {text!r} is empty; expected a folder (--out . for the current one)")
     out = Path(text).expanduser()
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {text!r} exists and is not a directory")

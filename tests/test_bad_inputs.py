@@ -660,6 +660,7 @@ CLI_CASES = [
         lambda env: [*_ok()(env)[:2], "--prompt", "x" * 16385, "--model", "tiny:qwen2_vl"],
         r"--prompt of 16385 characters is too long; at most 16384",
     ),
+    CliCase("out-empty", lambda env: [*_ok()(env), "--out", ""], r"--out '' is empty"),
     CliCase("answer-too-long", _ok("--answer", "y" * 16385), r"--answer of 16385 characters is too long"),
     CliCase(
         "prompt-empty",
@@ -678,7 +679,8 @@ def test_cli(case: CliCase, env: Env, tmp_path, capsys):
     from mmx_fast.cli import main
 
     out = tmp_path / "out"
-    rc = main(["explain", *case.args(env), "--out", str(out), "--quiet"])
+    args = case.args(env)
+    rc = main(["explain", *args, *([] if "--out" in args else ["--out", str(out)]), "--quiet"])
     cap = capsys.readouterr()
     lines = cap.err.strip().splitlines()
     assert rc == case.code, cap.err
