@@ -96,7 +96,7 @@ def check_size(width: int, height: int, what: str = "image") -> None:
     aspect = max(width, height) / min(width, height)
     if aspect > MAX_ASPECT:
         raise ValueError(
-            f"{what} of size {width}x{height} has aspect ratio {aspect:.4g}:1 (longer side / shorter side), "
+            f"{what} of size {width}x{height} has aspect ratio {_ratio(aspect)}:1 (longer side / shorter side), "
             f"above the limit of {MAX_ASPECT}:1 (mmx_fast.images.MAX_ASPECT); crop or pad it"
         )
 
@@ -111,6 +111,11 @@ def check_scaled_size(width: int, height: int, scales, what: str = "image") -> N
                 f"{what} of size {width}x{height} at MSEA scale {s:g} would be {w}x{h} = {w * h} pixels, above the "
                 f"limit of {MAX_PIXELS} (mmx_fast.images.MAX_PIXELS); use smaller scales or a smaller image"
             )
+
+
+def _ratio(x: float) -> str:
+    """60000.0 -> '60000', 50.5 -> '50.5' (never exponent notation)."""
+    return f"{x:.1f}".rstrip("0").rstrip(".")
 
 
 def _regular_file(path: str | os.PathLike) -> Path:
