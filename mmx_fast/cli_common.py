@@ -37,11 +37,19 @@ def one_line(text: str) -> str:
 def check_out_dir(text: str) -> Path:
     """The output folder must be a folder we can create files in (or be creatable); nothing is created.
     Raises ``CliError`` naming ``--out`` otherwise."""
+    if not text.strip():
+        raise CliError(f"--out {text!r} is empty; expected a folder (--out . for the current one)")
     out = Path(text).expanduser()
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {text!r} exists and is not a directory")
     probe = out
     while not probe.exists():
+        if os.path.lexists(probe):
+            where = "" if probe == out else f" (its parent {str(probe)!r} is)"
+            raise CliError(
+                f"--out {text!r} is a broken symbolic link{where}, pointing to {os.readlink(probe)!r} which does "
+                "not exist; expected a directory"
+            )
         parent = probe.parent
         if parent == probe:
             break

@@ -21,7 +21,10 @@ class Explanation:
 
     maps:          float32 [T, Hc, Wc] in [0, 1], one map per answer token, on the canonical grid.
     answer_ids:    the T answer token ids (stop token excluded).
-    answer_tokens: one display string per answer id.
+    answer_tokens: one display string per answer id (a token holding only part of a character shows its bytes,
+                   e.g. ``<0xE2>``).
+    answer_text:   the answer text, the tokenizer's decode of the whole id sequence (characters split over
+                   several tokens come out whole); by default the tokens joined.
     grid:          (Hc, Wc), the scale-1.0 visual-token grid.
     scale_maps:    on request (``keep_scale_maps``): {scale: float32 [T, h_s, w_s]} raw clipped logit-lens maps.
     raw_maps:      on request: float32 [T, Hc, Wc], the MSEA map A_t before mitigation / filter.
@@ -41,13 +44,14 @@ class Explanation:
     raw_maps: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
     view_box: tuple[float, float, float, float] | None = None
+    answer_text: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.answer_text is None:
+            object.__setattr__(self, "answer_text", "".join(self.answer_tokens))
 
     def __len__(self) -> int:
         return len(self.answer_ids)
-
-    @property
-    def answer_text(self) -> str:
-        return "".join(self.answer_tokens)
 
     def map_uint8(self, i: int) -> np.ndarray:
         """Map i as TAM stores it, ``(map * 255).astype(uint8)`` (truncation; see ``mmx_fast.io.map_uint8``)."""
@@ -73,6 +77,7 @@ class Explanation:
         cfg = self.config.to_dict() if hasattr(self.config, "to_dict") else self.config
         return {
             "prompt": self.prompt,
+            "answer": self.answer_text,
             "answer_ids": list(map(int, self.answer_ids)),
             "answer_tokens": list(self.answer_tokens),
             "grid": list(self.grid),

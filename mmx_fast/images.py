@@ -16,18 +16,27 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import os
 import re
+import stat
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Bounds on every image, checked on the file's header before anything is decoded or resized (README "Limits and
+# guarantees"). A fixed-size family (LLaVA's CLIP) resizes the shortest side to its input size first, so the
+# work it does grows with the aspect ratio; Qwen2-VL's own smart_resize refuses ratios above 200.
+MAX_PIXELS = 100_000_000
+MAX_ASPECT = 50
 
 #: Largest image a URL may deliver (bytes, after base64 decoding for ``data:`` URLs).
 MAX_URL_BYTES = 32 * 1024 * 1024
@@ -85,11 +94,13 @@ def _short(url: str, n: int = 80) -> str:
 
 
 def _decode(source, what: str) -> Image.Image:
-    """Open and fully decode ``source`` (a path or a file object); errors name ``what``."""
+    """Open ``source`` (a file object), check its header's size (``check_size``), then decode it upright;
+    errors name ``what``."""
     try:
-        with Image.open(source) as im:
+        with _quiet_pil(), Image.open(source) as im:
+            check_size(*im.size, what=what)
             im.load()
-            return im.copy()
+            return _upright(im)
     except Image.DecompressionBombError as e:
         raise ValueError(f"{what} is too large to decode safely: {e}") from e
     except UnidentifiedImageError as e:
@@ -240,12 +251,7 @@ def load_image(image, *, max_bytes: int = MAX_URL_BYTES, timeout: float = URL_TI
         )
         image = _decode(io.BytesIO(data), what)
     elif isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.exists():
-            raise ValueError(f"image path {str(path)!r} does not exist")
-        if path.is_dir():
-            raise ValueError(f"image path {str(path)!r} is a directory; expected an image file")
-        image = _decode(path, f"image file {str(path)!r}")
+        image = open_image_file(image)
     elif isinstance(image, np.ndarray):
         image = _from_array(image)
     elif torch is not None and isinstance(image, torch.Tensor):
@@ -255,6 +261,119 @@ def load_image(image, *, max_bytes: int = MAX_URL_BYTES, timeout: float = URL_TI
             f"image of type {type(image).__name__} is not supported; expected a PIL.Image, a numpy array, a "
             "torch tensor, a path or an http(s):// / data: URL"
         )
-    if image.width < 1 or image.height < 1:
-        raise ValueError(f"image of size {image.width}x{image.height} is empty; expected at least 1x1 pixels")
+    check_size(image.width, image.height)
     return to_rgb(image)
+
+
+# ---------------------------------------------------------------------------------------------------
+# bounds and files (the header is read and checked before any pixel is decoded)
+def check_size(width: int, height: int, what: str = "image") -> None:
+    """Refuse an empty image, one with more than ``MAX_PIXELS`` pixels or an aspect ratio (longer side over
+    shorter side) above ``MAX_ASPECT``; ``what`` names the image in the message."""
+    if width < 1 or height < 1:
+        raise ValueError(f"{what} of size {width}x{height} is empty; expected at least 1x1 pixels")
+    if width * height > MAX_PIXELS:
+        raise ValueError(
+            f"{what} of size {width}x{height} has {width * height} pixels, above the limit of {MAX_PIXELS} "
+            "(mmx_fast.images.MAX_PIXELS); downscale it"
+        )
+    aspect = max(width, height) / min(width, height)
+    if aspect > MAX_ASPECT:
+        raise ValueError(
+            f"{what} of size {width}x{height} has aspect ratio {_ratio(aspect)}:1 (longer side / shorter side), "
+            f"above the limit of {MAX_ASPECT}:1 (mmx_fast.images.MAX_ASPECT); crop or pad it"
+        )
+
+
+def check_scaled_size(width: int, height: int, scales, what: str = "image") -> None:
+    """An MSEA scale above 1 enlarges the image before the processor resizes it: refuse a scale at which the
+    enlarged image would exceed ``MAX_PIXELS`` (checked before any resize)."""
+    for s in sorted({float(x) for x in scales}, reverse=True):
+        w, h = max(1, round(width * s)), max(1, round(height * s))
+        if s > 1 and w * h > MAX_PIXELS:
+            raise ValueError(
+                f"{what} of size {width}x{height} at MSEA scale {s:g} would be {w}x{h} = {w * h} pixels, above the "
+                f"limit of {MAX_PIXELS} (mmx_fast.images.MAX_PIXELS); use smaller scales or a smaller image"
+            )
+
+
+def _ratio(x: float) -> str:
+    """60000.0 -> '60000', 50.5 -> '50.5' (never exponent notation)."""
+    return f"{x:.1f}".rstrip("0").rstrip(".")
+
+
+def _regular_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ValueError(f"image path {str(path)!r} does not exist") from None
+    except OSError as e:
+        raise ValueError(f"image path {str(path)!r} cannot be read ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"image path {str(path)!r} is a directory; expected an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(
+            f"image path {str(path)!r} is not a regular file (a pipe, device or socket); expected an image file"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_pil():
+    """PIL's warnings that need no reader: the decompression-bomb warning (our own bound applies) and corrupt
+    EXIF data (ignored, as viewers do)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", message="Corrupt EXIF", category=UserWarning)
+        yield
+
+
+def check_image_file(path: str | os.PathLike, decode: bool = False) -> tuple[int, int]:
+    """(width, height) of the image file at ``path`` after checking it is a regular file PIL identifies and
+    that its header's size is within ``check_size``'s bounds; only the header is read unless ``decode``, which
+    also decodes the first frame (to find truncated or corrupt data) and drops it. ValueError otherwise."""
+    path = _regular_file(path)
+    name = f"image file {str(path)!r}"
+    try:
+        with _quiet_pil():
+            with Image.open(path) as im:
+                size = im.size
+                check_size(*size, what=name)
+                if decode:
+                    im.load()
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{name} is too large to decode safely: {e}") from e
+    except UnidentifiedImageError as e:
+        raise ValueError(f"{name} is not a readable image (PIL cannot identify it)") from e
+    except ValueError:
+        raise
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"{name} is corrupt or truncated: {e}") from e
+    return size
+
+
+def open_image_file(path: str | os.PathLike) -> Image.Image:
+    """The first frame of the image file at ``path``, decoded after ``check_image_file`` passed its header,
+    turned upright by its EXIF orientation (as a photo viewer shows it); not yet converted to RGB."""
+    path = Path(path)
+    check_image_file(path)
+    try:
+        with _quiet_pil():
+            with Image.open(path) as im:
+                im.load()
+                return _upright(im)
+    except UnidentifiedImageError as e:  # pragma: no cover - the header was identified a moment ago
+        raise ValueError(f"image file {str(path)!r} is not a readable image (PIL cannot identify it)") from e
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"image file {str(path)!r} is corrupt or truncated: {e}") from e
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """A copy of ``im`` turned by its EXIF orientation; EXIF data that is corrupt is ignored (as viewers do),
+    silently."""
+    try:
+        with _quiet_pil():
+            return ImageOps.exif_transpose(im)
+    except Exception:
+        return im.copy()
