@@ -425,3 +425,12 @@ def test_non_utf8_names_round_trip(tmp_path: Path, tiny):
     assert "GranDf_\\udcff" in (out / "table.md").read_text(encoding="utf-8")
     recs, bad = R.read_jsonl(out / "results.jsonl")
     assert bad == 0 and recs[0]["id"] == img
+
+
+def test_empty_data_set_runs_and_reruns(tmp_path: Path, tiny):
+    data = _anno(tmp_path / "GranDf_empty", [])
+    out = tmp_path / "out"
+    for _ in range(2):  # nothing to evaluate, no model needed; the second run accepts the first's folder
+        summary = R.run_eval(_opts(data, out), dist=R.DistInfo(), echo=False)
+        assert summary["counts"]["selected"] == 0
+    assert json.loads((out / "run.json").read_text())["model"] == "tiny:qwen2_vl"

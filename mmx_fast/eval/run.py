@@ -748,9 +748,7 @@ def _run(opts, info: DistInfo, model_and_processor, after_sample, echo) -> dict[
         done_records, _ = read_all_shards(out)
         done = {r["id"] for r in done_records if is_complete(r, opts.methods)}
         mine = [s for s in samples if s.index % info.world_size == info.rank and s.id not in done]
-        if not mine:
-            _check_run_settings(out, settings, dataset.samples, write=True)
-        else:
+        if mine:
             if model_and_processor is None:
                 device = resolve_device(opts.device, info.local_rank)
                 model_and_processor = load_model(opts.model, device, opts.dtype)
@@ -796,6 +794,8 @@ def _run(opts, info: DistInfo, model_and_processor, after_sample, echo) -> dict[
     if info.rank != 0:
         return None
 
+    # a run with nothing to evaluate loads no model; its results are still of these settings
+    _check_run_settings(out, settings, dataset.samples, write=True)
     records, ignored = read_all_shards(out)
     chosen = select_records(records, samples, opts.methods)
     summary = summarize(dataset, samples, opts.methods, chosen, settings, ignored)
