@@ -92,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default="auto",
         metavar="SPEC",
         help="auto (NLTK when its tagger and WordNet data are installed, else the offline fallback), nltk, "
-        "fallback, or module:attribute (a WordTyper, its class, or a function word -> function/noun/others)",
+        "fallback, or module:function (a function word -> function/noun/others; module:attribute may also name "
+        "a WordTyper or its class); checked before the model loads",
     )
     parser.add_argument(
         "--merge",
@@ -106,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="also explain the generated stop token, as TAM does (it joins the preceding word)",
     )
     parser.add_argument(
-        "--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda"
+        "--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:N"
     )
     parser.add_argument(
         "--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"
