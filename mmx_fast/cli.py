@@ -730,6 +730,12 @@ def _add_serve_arguments(sv: argparse.ArgumentParser) -> None:
     sv.add_argument("--allow-image-urls", action="store_true", help="let requests name http(s) image URLs")
     sv.add_argument("--ray", action="store_true", help="run as a Ray Serve application (needs mmx-fast[ray])")
     sv.add_argument("--replicas", type=_positive_int("--replicas"), default=1, help="Ray Serve replicas")
+    sv.add_argument(
+        "--num-cpus-per-replica", type=float, default=1.0, metavar="N", help="Ray: CPUs per replica"
+    )
+    sv.add_argument(
+        "--num-gpus-per-replica", type=float, default=0.0, metavar="N", help="Ray: GPUs per replica"
+    )
     from .serve.limits import Limits
 
     for f in dataclasses.fields(Limits):
@@ -772,7 +778,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.ray:
         from .serve import ray_app
 
-        return ray_app.run(settings, replicas=args.replicas)
+        return ray_app.run(
+            settings,
+            replicas=args.replicas,
+            num_cpus=args.num_cpus_per_replica,
+            num_gpus=args.num_gpus_per_replica,
+        )
     return serve.run(settings, log_level=args.log_level)
 
 

@@ -377,15 +377,18 @@ def test_multipart_upload_keep_report_and_client(main, local, tmp_path):
     assert e.value.status == 413 and e.value.field == "answer"
 
 
-def test_refuses_public_bind_without_auth(model_dir):
-    r = subprocess.run(_serve_cmd(model_dir, "--host", "0.0.0.0", "--port", "0"), capture_output=True, text=True,
-                       env=_env(), timeout=120)  # fmt: skip
-    assert r.returncode == 2 and "--api-key-file" in r.stderr and "--insecure-no-auth" in r.stderr
+def test_refuses_public_bind_without_auth(model_dir, capsys):
+    from mmx_fast.cli import main as cli
+
+    assert cli(["serve", "--model", str(model_dir), "--host", "0.0.0.0", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--api-key-file" in err and "--insecure-no-auth" in err
     short = model_dir.parent / "short.txt"
     short.write_text("abc\n")
-    r = subprocess.run(_serve_cmd(model_dir, "--api-key-file", str(short)), capture_output=True, text=True,
-                       env=_env(), timeout=120)  # fmt: skip
-    assert r.returncode == 2 and "16 characters" in r.stderr
+    assert cli(["serve", "--model", str(model_dir), "--api-key-file", str(short)]) == 2
+    assert "16 characters" in capsys.readouterr().err
+    assert cli(["serve", "--model", str(model_dir), "--max-aspect-ratio", "0.5"]) == 2
+    assert "max_aspect_ratio" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------

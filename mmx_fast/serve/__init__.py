@@ -105,8 +105,9 @@ def load_state(settings, load_model=None):
     return ServeState(model, processor, settings, model_info=info)
 
 
-def run(settings, *, log_level: str = "info") -> int:
-    """Load the model, serve until SIGTERM / SIGINT, drain, return 0."""
+def run(settings, *, log_level: str = "info", load_model=None) -> int:
+    """Load the model (``settings.model``, or ``load_model() -> (model, processor)``), serve until SIGTERM /
+    SIGINT, drain, return 0."""
     import signal
 
     import uvicorn
@@ -114,7 +115,7 @@ def run(settings, *, log_level: str = "info") -> int:
     from .app import StateHolder, create_app
 
     check_bind(settings.host, bool(settings.api_keys), True)  # the CLI checked the waiver already
-    state = load_state(settings)
+    state = load_state(settings, load_model)
     holder = StateHolder(state)
     app = create_app(holder, settings, on_shutdown=state.close)  # drains the queue
 
