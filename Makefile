@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-serve lint demo bench bench-quick gpu-check clean
+.PHONY: venv test test-serve test-ray lint demo bench bench-quick gpu-check clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
@@ -20,10 +20,14 @@ venv: $(VENV)/.installed
 test: venv
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
-# the serving tests, the Ray Serve one included (installs the ray extra: a ~80 MB wheel, ~20 s here)
-test-serve: venv
+# Ray Serve scale-out test: installs the ray extra (a ~80 MB wheel, ~20 s here), then ~1 min on 2 cores
+test-ray: venv
 	$(VPY) -m pip install --quiet -e ".[serve,ray]"
-	MMX_FAST_RAY_TESTS=1 $(VPY) -m pytest -q $(PYTEST_ARGS) tests/test_serve.py tests/test_serve_ray.py
+	MMX_FAST_RAY_TESTS=1 $(VPY) -m pytest -q $(PYTEST_ARGS) tests/test_serve_ray.py
+
+# every serving test: the HTTP server (also part of `make test`) and Ray Serve
+test-serve: test-ray
+	$(VPY) -m pytest -q $(PYTEST_ARGS) tests/test_serve.py
 
 lint: venv
 	$(VPY) -m ruff check .
