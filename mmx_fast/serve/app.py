@@ -20,6 +20,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import copy
 import hmac
 import io
 import json
@@ -95,7 +96,9 @@ class ServeState:
         self._explainers: collections.OrderedDict[ExplainConfig, Any] = collections.OrderedDict(
             [(self.default_config, first)]
         )
-        self.tokenizer = first.adapter.tokenizer
+        # the event loop counts tokens with its own copy: a fast tokenizer shared with the worker thread can
+        # fail with "Already borrowed" when the processor changes its padding / truncation settings
+        self.tokenizer = copy.deepcopy(first.adapter.tokenizer)
         self.vocab_size = int(first.adapter.lm_head_weight().shape[0])
         self.metrics = Metrics(settings.max_batch)
         self.kept: collections.OrderedDict[str, Any] = collections.OrderedDict()
@@ -135,6 +138,11 @@ class ServeState:
         self.explainer(self.default_config).explain(img, "What is in the image?", "a picture")
 
     def keep(self, rid: str, exp) -> None:
+        """Hold ``exp`` for its report / npz URLs; the image is kept at most 1024 px on its long side (the
+        report shows it at that size anyway), so ``keep_max`` results stay small in memory."""
+        if exp.image is not None and max(exp.image.size) > 1024:
+            exp.image = exp.image.copy()
+            exp.image.thumbnail((1024, 1024))
         with self._kept_lock:
             self.kept[rid] = exp
             while len(self.kept) > self.settings.keep_max:

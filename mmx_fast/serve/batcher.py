@@ -210,4 +210,7 @@ class Batcher:
             m.in_flight.set(0)
         for it, (res, exc) in zip(batch, results):
             it.finished = t1
-            it.loop.call_soon_threadsafe(_deliver, it.future, res, exc)
+            try:
+                it.loop.call_soon_threadsafe(_deliver, it.future, res, exc)
+            except RuntimeError:  # the event loop is closed (the server is gone): nobody is waiting
+                pass
