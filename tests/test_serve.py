@@ -527,3 +527,27 @@ def test_batcher_groups_by_config_isolates_failures_and_bounds_the_queue():
     assert calls[0] == ("msea-arc", ["1", "bad", "3"])
     assert calls[1:4] == [("msea-arc", ["1"]), ("msea-arc", ["bad"]), ("msea-arc", ["3"])]
     assert sorted(calls[4:]) == [("msea-arc", ["4"]), ("tam", ["2"])]
+
+
+def test_bind_rules_and_ray_arguments(tmp_path):
+    from mmx_fast.serve import ServeError, check_bind, is_local
+    from mmx_fast.serve.ray_app import settings_from_args
+
+    assert is_local("127.0.0.1") and is_local("::1") and is_local("localhost") and not is_local("0.0.0.0")
+    check_bind("127.0.0.1", False, False)  # loopback: auth may be off
+    check_bind("0.0.0.0", True, False)  # keys given
+    check_bind("0.0.0.0", False, True)  # explicitly waived
+    with pytest.raises(ServeError, match="--api-key-file"):
+        check_bind("10.1.2.3", False, False)
+    keys = tmp_path / "k"
+    keys.write_text(KEY + "\n")
+    # what `serve run mmx_fast.serve.ray_app:build_app key=value ...` passes: strings
+    settings, opts = settings_from_args(
+        {"model": "tiny:qwen2_vl", "replicas": "3", "num_gpus": "1", "max_batch": "16", "max_wait_ms": "5",
+         "allow_image_urls": "true", "max_image_pixels": "1000000", "api_key_file": str(keys)}
+    )  # fmt: skip
+    assert opts == {"replicas": 3, "num_cpus": 1.0, "num_gpus": 1.0}
+    assert settings.max_batch == 16 and settings.max_wait_ms == 5.0 and settings.allow_image_urls is True
+    assert settings.limits.max_image_pixels == 1_000_000 and settings.api_keys == (KEY,)
+    with pytest.raises(ValueError, match="colour"):
+        settings_from_args({"model": "x", "colour": "red"})
