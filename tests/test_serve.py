@@ -551,3 +551,32 @@ def test_bind_rules_and_ray_arguments(tmp_path):
     assert settings.limits.max_image_pixels == 1_000_000 and settings.api_keys == (KEY,)
     with pytest.raises(ValueError, match="colour"):
         settings_from_args({"model": "x", "colour": "red"})
+
+
+def test_image_url_fetch_is_bounded(tmp_path):
+    """--allow-image-urls: the fetch is bounded by max_body_bytes and errors name the field."""
+    import functools
+    import http.server
+
+    from mmx_fast.serve.app import _fetch_image_url
+    from mmx_fast.serve.limits import ApiError, Limits
+
+    (tmp_path / "small.png").write_bytes(_png(_image(20, 20, 0)))
+    (tmp_path / "big.bin").write_bytes(b"x" * 5000)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        limits = Limits(max_body_bytes=4096)
+        assert (
+            asyncio.run(_fetch_image_url(base + "/small.png", limits))
+            == (tmp_path / "small.png").read_bytes()
+        )
+        for path, status in (("/big.bin", 413), ("/missing.png", 422)):
+            with pytest.raises(ApiError) as e:
+                asyncio.run(_fetch_image_url(base + path, limits))
+            assert (e.value.status, e.value.field) == (status, "image")
+    finally:
+        httpd.shutdown()

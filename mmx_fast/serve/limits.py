@@ -116,7 +116,9 @@ def decode_image(data: bytes, limits: Limits) -> Image.Image:
         im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise invalid("image", "is not a readable image (PIL cannot identify it)") from None
-    except Exception as e:  # corrupt header, decompression bomb at open
+    except Image.DecompressionBombError as e:
+        raise too_large("image", str(e)) from None
+    except Exception as e:  # corrupt header
         raise invalid("image", f"cannot be opened: {e}") from None
     w, h = im.size
     if w < 1 or h < 1:
