@@ -7,8 +7,11 @@ For each setting (batching off = ``--max-batch 1``; on = ``--max-batch N``) a re
 subprocess (uvicorn, the model built in that process) and driven over HTTP by closed-loop clients: at
 concurrency c, c clients each send their next request as soon as the previous one returned. Requests are
 the production path: a 224x224 image (a different one per request), a prompt and a forced answer of ~10
-tokens, default method (msea-arc, three scales). Reported: explanations/s, p50 / p95 latency, the mean
-batch size the server formed, and the speed-up of batching on over off at the same concurrency.
+tokens, default method (msea-arc, three scales). The servers run ``MMX_BENCH_THREADS`` (default 1) torch
+threads. Reported: explanations/s, p50 / p95 latency, the server
+process's CPU time per explanation (user + system, from /proc: unlike wall-clock throughput it does not
+move when other jobs share the machine), the mean batch size the server formed, and the speed-ups of
+batching on over off at the same concurrency (throughput ratio; CPU-per-explanation ratio).
 
 Models: ``tiny`` (``mmx_fast.testing.tiny_model("qwen2_vl")``) and ``2b`` (Qwen2-VL-2B's dimensions with 2
 text + 2 vision layers, ``benches/models.py``).
@@ -128,6 +131,9 @@ class _Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT))
+        # intra-op threads of the server (MMX_BENCH_THREADS, default 1, as the other benches): idle OpenMP
+        # threads spin, which would count as CPU time and steal the cores the clients need
+        env["OMP_NUM_THREADS"] = os.environ.get("MMX_BENCH_THREADS", "1")
         cmd = [sys.executable, __file__, "--_server", "--model", model, "--port", str(self.port),
                "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
                "--max-new-tokens", str(max_new_tokens)]  # fmt: skip
@@ -148,6 +154,14 @@ class _Server:
             if time.monotonic() - t0 > 900:
                 raise RuntimeError("the server did not get ready in 900 s")
             time.sleep(0.5)
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) the server process has used so far; None where /proc is missing."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -171,17 +185,21 @@ def _measure(servers: dict, concurrencies, n_of, bodies, reps: int) -> dict:
         runs: dict[str, list] = {name: [] for name in servers}
         for _ in range(reps):
             for name, s in servers.items():
+                cpu0 = s.cpu_seconds()
                 wall, lat, bs = asyncio.run(_drive(s.url, bodies, c, n))
+                cpu1 = s.cpu_seconds()
+                cpu = (cpu1 - cpu0) / n if cpu0 is not None and cpu1 is not None else float("nan")
                 runs[name].append(
                     {"throughput": n / wall, "p50": _pct(lat, 0.5), "p95": _pct(lat, 0.95),
-                     "batch": statistics.mean(bs), "n": n}
+                     "batch": statistics.mean(bs), "n": n, "cpu": cpu}
                 )  # fmt: skip
         for name, rs in runs.items():
             rs.sort(key=lambda r: r["throughput"])
             r = out[(name, c)] = rs[len(rs) // 2]
             print(
                 f"  {name:>3} c={c:>2}: {r['throughput']:6.2f} expl/s, p50 {r['p50']:.3f} s, "
-                f"p95 {r['p95']:.3f} s, mean batch {r['batch']:.1f} ({n} requests x {reps} reps)",
+                f"p95 {r['p95']:.3f} s, mean batch {r['batch']:.1f}, server CPU {1000 * r['cpu']:.0f} ms/expl "
+                f"({n} requests x {reps} reps)",
                 flush=True,
             )
     return out
@@ -228,16 +246,17 @@ def main(argv=None) -> int:
     off = {c: res[("off", c)] for c in args.concurrency}
     on = {c: res[("on", c)] for c in args.concurrency}
     lines = [
-        "| model | answer | concurrency | batching off: expl/s | p50 (s) | p95 (s) | batching on: expl/s | p50 (s) | "
-        "p95 (s) | mean batch | speed-up |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | answer | concurrency | batching off: expl/s | p50 (s) | p95 (s) | CPU ms/expl | batching on: "
+        "expl/s | p50 (s) | p95 (s) | CPU ms/expl | mean batch | speed-up (throughput) | speed-up (CPU) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in args.concurrency:
         a, b = off[c], on[c]
         lines.append(
             f"| {args.model} | {args.answer} | {c} | {a['throughput']:.2f} | {a['p50']:.3f} | {a['p95']:.3f} | "
-            f"{b['throughput']:.2f} | {b['p50']:.3f} | {b['p95']:.3f} | {b['batch']:.1f} | "
-            f"{b['throughput'] / a['throughput']:.2f}x |"
+            f"{1000 * a['cpu']:.0f} | {b['throughput']:.2f} | {b['p50']:.3f} | {b['p95']:.3f} | "
+            f"{1000 * b['cpu']:.0f} | {b['batch']:.1f} | {b['throughput'] / a['throughput']:.2f}x | "
+            f"{a['cpu'] / b['cpu']:.2f}x |"
         )
     table = "\n".join(lines)
     print(table)

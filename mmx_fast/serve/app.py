@@ -37,6 +37,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from ..config import ExplainConfig
 from .batcher import Batcher, Draining, QueueFull
@@ -233,11 +234,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if n > limit:
             raise too_large("body", f"{n} bytes exceeds the limit of {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large("body", f"more than {limit} bytes (the limit)")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large("body", f"more than {limit} bytes (the limit)")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(499, "cancelled", "the client went away while sending the body") from None
     body = b"".join(chunks)
     request._body = body  # starlette's form parser reads the cached body
     return body
