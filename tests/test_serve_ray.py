@@ -2,7 +2,7 @@
 one tiny model each, answering over Ray's HTTP proxy exactly as ``Explainer.explain`` does.
 
 Ray is heavy (a ~80 MB wheel, a local cluster that takes tens of seconds to start on 2 cores), so this test
-is marked ``ray`` and runs only with ``MMX_FAST_RAY_TESTS=1``: ``make test-serve`` sets it (and installs the
+is marked ``ray`` and runs only with ``MMX_FAST_RAY_TESTS=1``: ``make test-ray`` (run by CI) sets it (and installs the
 ``ray`` extra).
 """
 
@@ -18,7 +18,7 @@ pytestmark = [
     pytest.mark.ray,
     pytest.mark.skipif(
         os.environ.get("MMX_FAST_RAY_TESTS") != "1",
-        reason="Ray tests run with MMX_FAST_RAY_TESTS=1 (make test-serve)",
+        reason="Ray tests run with MMX_FAST_RAY_TESTS=1 (make test-ray)",
     ),
 ]
 
