@@ -17,7 +17,7 @@ CPU_TORCH_INDEX := https://download.pytorch.org/whl/cpu
 GPU ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 TORCH_INDEX ?= $(if $(filter 1,$(GPU)),,$(CPU_TORCH_INDEX))
 
-.PHONY: venv test lint demo bench bench-quick gpu-check clean
+.PHONY: venv test test-serve test-ray lint demo bench bench-quick gpu-check clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,15 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+# Ray Serve scale-out test: installs the ray extra (a ~80 MB wheel, ~20 s here), then ~1 min on 2 cores
+test-ray: venv
+	$(VPY) -m pip install --quiet -e ".[serve,ray]"
+	MMX_FAST_RAY_TESTS=1 $(VPY) -m pytest -q $(PYTEST_ARGS) tests/test_serve_ray.py
+
+# every serving test: the HTTP server (also part of `make test`) and Ray Serve
+test-serve: test-ray
+	$(VPY) -m pytest -q $(PYTEST_ARGS) tests/test_serve.py
 
 lint: venv
 	$(VPY) -m ruff check .

@@ -196,6 +196,10 @@ def build_parser() -> OneLineParser:
     demo.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     demo.set_defaults(func=cmd_demo)
 
+    from .serve.cli import add_serve_parser  # mmx-fast serve (the parser and command live in mmx_fast/serve)
+
+    add_serve_parser(sub)
+
     ev = sub.add_parser(
         "eval",
         help="evaluate attribution methods (see mmx-fast eval --help)",
