@@ -44,7 +44,16 @@ from pathlib import Path
 from typing import Any
 
 from .adapters.registry import MODEL_TYPES
-from .cli_common import CliError, OneLineParser, check_out_dir, one_line
+from .cli_common import (
+    CliError,
+    OneLineParser,
+    check_out_dir,
+    load_model_option,
+    one_line,
+    positive_int,
+    resolve_device_option,
+    resolve_model_option,
+)
 from .loading import TINY_PREFIX
 
 PROG = "mmx-fast"
@@ -81,19 +90,6 @@ def _print_error(message: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------
 # argument types
-def _positive_int(name: str, maximum: int | None = None):
-    allowed = "a positive integer" if maximum is None else f"an integer in [1, {maximum}]"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid {name} {text!r}; expected {allowed}") from None
-        if value < 1 or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"invalid {name} {text!r}; expected {allowed}")
-        return value
-
-    return parse
 
 
 def _scale(text: str) -> float:
@@ -155,11 +151,11 @@ def build_parser() -> OneLineParser:
         help="MSEA image scales; must include 1.0 (default for msea-arc: 0.5 0.75 1.0)",
     )
     ex.add_argument(
-        "--top-k", type=_positive_int("--top-k"), metavar="K", help="ARC ranking depth (default 50)"
+        "--top-k", type=positive_int("--top-k"), metavar="K", help="ARC ranking depth (default 50)"
     )
     ex.add_argument(
         "--max-new-tokens",
-        type=_positive_int("--max-new-tokens", MAX_NEW_TOKENS),
+        type=positive_int("--max-new-tokens", MAX_NEW_TOKENS),
         metavar="N",
         help=f"generation budget when no --answer is given (default 32, at most {MAX_NEW_TOKENS})",
     )
@@ -355,40 +351,8 @@ def _unique_stems(paths: list[Path]) -> list[str]:
     return out
 
 
-def _resolve_device(device: str, dtype: str, source):
-    """(device, dtype name, torch dtype) for ``--device`` / ``--dtype`` (``mmx_fast.loading`` decides "auto")."""
-    from .loading import resolve_device, resolve_dtype
-
-    try:
-        device = resolve_device(device)
-    except ValueError as e:
-        why = str(e).split(": ", 1)[-1].replace("use cpu or auto", "use --device cpu or auto")
-        raise CliError(f"--device {device}: {why}") from None
-    torch_dtype = resolve_dtype(dtype, device.split(":")[0], source.checkpoint_dtype)
-    return device, str(torch_dtype).removeprefix("torch."), torch_dtype
-
-
-def _resolve_model(spec: str):
-    """``mmx_fast.loading.resolve_model``, its errors phrased for the ``--model`` option."""
-    from .loading import ModelLoadError, resolve_model
-
-    try:
-        return resolve_model(spec)
-    except ModelLoadError as e:
-        raise CliError(f"--{e}") from None
-
-
 # ---------------------------------------------------------------------------------------------------
 # model loading and writing one result folder atomically
-def load_model(source, device: str, torch_dtype):
-    """(model, processor) in eval mode on ``device``, through ``mmx_fast.load``; errors as ``CliError``."""
-    from .loading import ModelLoadError, load, quiet_transformers
-
-    try:
-        with quiet_transformers():
-            return load(source, device=device, dtype=torch_dtype)
-    except ModelLoadError as e:
-        raise CliError(f"--{e}") from None
 
 
 def _report_meta(*, source, image_path: Path, forced: bool, device: str, dtype: str) -> dict[str, str]:
@@ -483,8 +447,8 @@ def run_explain(
             raise CliError("--answer is empty; omit it to explain the model's own answer")
     paths = _check_images(images, getattr(config, "scales", (1.0,)))
     out_dir = check_out_dir(out)
-    source = _resolve_model(model)
-    device, dtype_name, torch_dtype = _resolve_device(device, dtype, source)
+    source = resolve_model_option(model)
+    device, dtype_name, torch_dtype = resolve_device_option(device, dtype, source)
     if source.tiny and note is None:
         note = random_weights_note(source.family, forced=answer is not None)
     stems = _unique_stems(paths)
@@ -497,7 +461,7 @@ def run_explain(
     reports = []
     try:
         t0 = time.perf_counter()
-        net, processor = load_model(source, device, torch_dtype)
+        net, processor = load_model_option(source, device, torch_dtype)
         try:
             explainer = Explainer(net, processor, config)
         except (ValueError, TypeError) as e:

@@ -17,22 +17,13 @@ import argparse
 import os
 import sys
 
-from ..cli_common import CliError, OneLineParser, check_out_dir, one_line
+from ..cli_common import CliError, OneLineParser, check_out_dir, one_line, positive_int
+from ..config import MAX_NEW_TOKENS
 from .datasets import LAYOUTS
 from .metrics import MERGES, PLACEMENTS
 
 PROG = "mmx-fast eval"
 DEFAULT_METHODS = ("msea-arc", "tam", "logit-lens")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}; expected a positive integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}; expected a positive integer")
-    return v
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -67,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help=f"methods to evaluate, from: {', '.join(METHODS)} (default: all three)",
     )
     parser.add_argument(
-        "--limit", type=_positive_int, default=None, metavar="N", help="only the first N samples"
+        "--limit", type=positive_int("--limit"), default=None, metavar="N", help="only the first N samples"
     )
     parser.add_argument(
         "--dataset",
@@ -78,7 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--prompt", default=None, help="override the data set's prompt (default: TAM's)")
     parser.add_argument(
-        "--max-new-tokens", type=_positive_int, default=256, metavar="N", help="generation budget (TAM: 256)"
+        "--max-new-tokens",
+        type=positive_int("--max-new-tokens", MAX_NEW_TOKENS),
+        default=256,
+        metavar="N",
+        help=f"generation budget (TAM: 256; at most {MAX_NEW_TOKENS})",
     )
     parser.add_argument(
         "--placement",

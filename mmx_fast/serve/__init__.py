@@ -86,12 +86,11 @@ def load_state(settings, load_model=None):
     from .app import ServeState
 
     if load_model is None:
-        from ..cli import _resolve_device, _resolve_model
-        from ..cli import load_model as cli_load
+        from ..cli_common import load_model_option, resolve_device_option, resolve_model_option
 
-        source = _resolve_model(settings.model)
-        device, dtype_name, torch_dtype = _resolve_device(settings.device, settings.dtype)
-        model, processor = cli_load(source, device, torch_dtype)
+        source = resolve_model_option(settings.model)
+        device, dtype_name, torch_dtype = resolve_device_option(settings.device, settings.dtype, source)
+        model, processor = load_model_option(source, device, torch_dtype)
         info = {
             "id": settings.model,
             "family": source.family,

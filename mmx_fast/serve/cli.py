@@ -11,7 +11,7 @@ from .limits import Limits
 def add_serve_parser(sub) -> None:
     """Add the ``serve`` subcommand to the ``mmx-fast`` subparsers ``sub``."""
     from .. import METHODS
-    from ..cli import _positive_int
+    from ..cli_common import positive_int as _positive_int
 
     sv = sub.add_parser(
         "serve",
@@ -66,7 +66,7 @@ def add_serve_parser(sub) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .. import serve
-    from ..cli import CliError, _resolve_model
+    from ..cli_common import CliError, resolve_model_option
 
     try:
         import fastapi  # noqa: F401
@@ -85,7 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ValueError(f"--port={args.port} is not allowed; expected 0 to 65535")
     except ValueError as e:
         raise CliError(str(e)) from None
-    _resolve_model(args.model)  # fail fast on a bad --model, before anything starts
+    resolve_model_option(args.model)  # fail fast on a bad --model, before anything starts
     settings = serve.ServeSettings(
         model=args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype,
         method=args.method, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
