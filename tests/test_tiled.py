@@ -18,6 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutp
 
 from mmx_fast import ExplainConfig, explain_fast
 from mmx_fast.adapters import get_adapter
+from mmx_fast.fast import Explainer
 from mmx_fast.reference import explain
 from mmx_fast.testing import tiny_model
 
@@ -71,6 +72,21 @@ def test_generated_answer_fast_equals_reference_tiled(tiled_model):
     fast = explain_fast(model, processor, image, PROMPT, config=cfg)
     assert fast.answer_ids == ref.answer_ids and ref.answer_ids
     torch.testing.assert_close(fast.maps, ref.maps, atol=1e-4, rtol=0)
+
+
+def test_explain_batch_equals_single_calls_tiled(tiled_model):
+    """Rows with different tile counts in one batch (generation left-padded, forwards right-padded, the per-image
+    tile tensors padded with empty tiles): each row equals its single call."""
+    name, model, processor = tiled_model
+    ex = Explainer(model, processor, ExplainConfig(method="msea-arc", max_new_tokens=4))
+    images = [photo(*SIZES[name][0]), photo(*SIZES[name][1], seed=1)]
+    prompts = [PROMPT, "Describe the picture in detail."]
+    answers = [ANSWER, None]
+    batch = ex.explain_batch(images, prompts, answers)
+    for im, p, a, b in zip(images, prompts, answers, batch):
+        single = ex.explain(im, p, a)
+        assert b.answer_ids == single.answer_ids and b.answer_ids
+        torch.testing.assert_close(b.maps, single.maps, atol=1e-4, rtol=0)
 
 
 def test_kept_scale_maps_fast_equals_reference_tiled(tiled_model):
