@@ -122,7 +122,10 @@ class Adapter:
         vis = self.visual_positions_of(inputs["input_ids"])
         views = None
         if isinstance(self.geometry, geo.Tiled):
-            layout = self.geometry.layout(self, inputs, view)
+            try:
+                layout = self.geometry.layout(self, inputs, view)
+            except ValueError as e:
+                raise ValueError(f"{self.model_type}: {e}") from None
             self.check_token_count(
                 vis.numel(), layout.expected, f"the {layout.grid[0]}x{layout.grid[1]} tiled layout"
             )
