@@ -26,7 +26,8 @@ class Explanation:
     answer_text:   the answer text, the tokenizer's decode of the whole id sequence (characters split over
                    several tokens come out whole); by default the tokens joined.
     grid:          (Hc, Wc), the scale-1.0 visual-token grid.
-    scale_maps:    on request (``keep_scale_maps``): {scale: float32 [T, h_s, w_s]} raw clipped logit-lens maps.
+    scale_maps:    on request (``keep_scale_maps``): {scale: float32 [T, h_s, w_s]} raw clipped logit-lens maps
+                   (tiled models: that scale's views combined on the canonical grid, [T, Hc, Wc]).
     raw_maps:      on request: float32 [T, Hc, Wc], the MSEA map A_t before mitigation / filter.
     view_box:      the part of the image the grid shows, as fractions (x0, y0, x1, y1) of its width and
                    height; None for the whole image. LLaVA's processor centre-crops, so its grid covers

@@ -43,6 +43,7 @@ from .pipeline import (
     collect_states,
     load_inputs,
     map_ids,
+    msea_inputs,
     plan_forwards,
     resolve_answers,
     states_at,
@@ -161,9 +162,10 @@ def attribute(
     extra = tam_extra_classes(adapter.tokenizer, text, h1, w_u) if tam else []
     ids = torch.tensor(map_ids(text, k0, extra), dtype=torch.long, device=dev)
 
-    scale_maps = logit_lens_grids(per_scale, w_u, ids, backend)
-    coverages = [st.inputs.coverage for st in per_scale]
-    maps = ops.msea(scale_maps, coverages, tuple(base.grid), config.aggregate, backend=backend)
+    views, places, owned = msea_inputs(
+        per_scale, logit_lens_flats(per_scale, w_u, ids, backend), tuple(base.grid)
+    )
+    maps = ops.msea(views, places, tuple(base.grid), config.aggregate, backend=backend)
     T, P = len(answer.ids), len(text.prompt_ids)
     a_t, prompt_maps, base_map = maps[:T], maps[T : T + P], maps[T + P : T + P + 1]
 
@@ -179,7 +181,7 @@ def attribute(
             text,
             h1,
             w_u,
-            base.visual_positions,
+            base.visual_positions if base.views is None else None,
             base.grid,
             by_id,
             config.scales,
@@ -189,14 +191,24 @@ def attribute(
     return Attribution(
         maps=refined,
         raw_maps=a_t if keep else None,
-        scale_maps={s: m[:T] for s, m in zip(config.scales, scale_maps)} if keep else None,
+        scale_maps={s: scale_map(views, places, o, base, T, backend) for s, o in zip(config.scales, owned)}
+        if keep
+        else None,
     )
 
 
-def logit_lens_grids(
+def scale_map(views, places, owned: slice, base, T: int, backend: str) -> torch.Tensor:
+    """One scale's kept map [T, h, w]: its own grid (single view), or its views combined on the canonical grid
+    (tiled)."""
+    if base.views is None:
+        return views[owned.start][:T]
+    return ops.msea([v[:T] for v in views[owned]], places[owned], tuple(base.grid), "mean", backend=backend)
+
+
+def logit_lens_flats(
     per_scale: list[ScaleStates], w_u: torch.Tensor, ids: torch.Tensor, backend: str
 ) -> list[torch.Tensor]:
-    """Stage A: every scale's visual tokens x every id, as [M, h_s, w_s] per scale."""
+    """Stage A: every scale's visual tokens x every id, as [M, N_s] per scale."""
     dev = w_u.device
     zs = [st.hidden.to(dev)[st.inputs.visual_positions.to(dev)] for st in per_scale]
     if ops.resolve_backend(backend, dev) == "triton":  # one launch over all scales
@@ -204,7 +216,7 @@ def logit_lens_grids(
         flats = flat.split([z.shape[0] for z in zs], dim=1)
     else:  # on the CPU a GEMM per scale avoids copying every scale's states into one buffer
         flats = [ops.logit_lens(z, w_u, ids, backend=backend) for z in zs]
-    return [f.reshape(len(ids), *st.inputs.grid) for f, st in zip(flats, per_scale)]
+    return list(flats)
 
 
 def arc_fused(

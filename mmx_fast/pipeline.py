@@ -394,6 +394,37 @@ def map_ids(text: TextSide, k0: int, extra: list[int]) -> list[int]:
     return text.answer_ids + text.prompt_ids + [k0] + extra
 
 
+def view_maps(
+    inputs: PromptInputs, flat: torch.Tensor, grid: tuple[int, int]
+) -> tuple[list[torch.Tensor], list[tuple]]:
+    """One scale's logit-lens maps ``flat`` [M, N] (over ``inputs.visual_positions``) as the stage ``msea``
+    inputs: (maps [M, h, w], placement) per view. Single-view families: the one grid with its coverage
+    (cy, cx). Tiled families: every view (thumbnail, tiles) with the whole canonical cells of ``grid`` its box
+    covers (y0, x0, y1, x1) (docs/design.md §1.2)."""
+    from .adapters.geometry import canonical_box
+
+    m = flat.shape[0]
+    if inputs.views is None:
+        return [flat.reshape(m, *inputs.grid)], [tuple(inputs.coverage)]
+    maps = [flat[:, v.start : v.stop].reshape(m, *v.grid) for v in inputs.views]
+    return maps, [canonical_box(v.box, grid) for v in inputs.views]
+
+
+def msea_inputs(
+    per_scale: list[ScaleStates], flats: list[torch.Tensor], grid: tuple[int, int]
+) -> tuple[list[torch.Tensor], list[tuple], list[slice]]:
+    """Every (scale, view) map and its placement, in scale order, plus the slice of them each scale owns."""
+    maps: list[torch.Tensor] = []
+    places: list[tuple] = []
+    owned: list[slice] = []
+    for st, flat in zip(per_scale, flats):
+        m, p = view_maps(st.inputs, flat, grid)
+        owned.append(slice(len(maps), len(maps) + len(m)))
+        maps += m
+        places += p
+    return maps, places, owned
+
+
 @dataclass(frozen=True)
 class Attribution:
     """What ``attribute`` returns for one (item, config).

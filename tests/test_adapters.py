@@ -336,8 +336,10 @@ def test_registry_is_the_one_family_list():
 
     from mmx_fast import cli, testing
 
-    assert supported_model_types() == list(MODEL_TYPES) == list(cli.SUPPORTED_FAMILIES) == FAMILIES
-    assert tiny_model_types() == testing.FAMILIES == tuple(FAMILIES)
+    tiled = ["llava_next", "llava_onevision", "smolvlm"]  # covered by tests/test_tiled.py
+    assert supported_model_types() == list(MODEL_TYPES) == list(cli.SUPPORTED_FAMILIES) == FAMILIES + tiled
+    assert tiny_model_types() == tuple(FAMILIES + tiled)
+    assert testing.FAMILIES == tiny_model_types() + ("internvl_tiled",)  # a variant: InternVL with tiling on
     for name, info in MODEL_TYPES.items():
         assert info.name == name and adapter_class(name) is info.adapter
         assert name in info.adapter.config_types and info.processor_class in info.adapter.processor_classes

@@ -30,6 +30,10 @@ PROCESSOR = {
     "qwen2_5_vl": "Qwen2_5_VLProcessor",
     "llava": "LlavaProcessor",
     "internvl": "InternVLProcessor",
+    "internvl_tiled": "InternVLProcessor",
+    "llava_next": "LlavaNextProcessor",
+    "llava_onevision": "LlavaOnevisionProcessor",
+    "smolvlm": "SmolVLMProcessor",
 }
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 from . import generation
 from . import geometry as geo
 from . import prompt as prompt_mod
-from .geometry import Box, Geometry
+from .geometry import Box, Geometry, TileView
 
 
 @dataclass
@@ -45,6 +45,9 @@ class PromptInputs:
     text:             the rendered chat prompt.
     base_image:       fixed-size families: the processed scale-1.0 image the canvas was built from; else None.
     model_image_hw:   (height, width) in pixels of the image the model saw (after the processor's resizing).
+    views:            tiled families: the views (thumbnail, tiles) as slices of ``visual_positions``, each with its
+                      grid and the box of the image it shows (``geometry.TileView``); ``grid`` is then the stitched
+                      tile grid. None for single-view families (the one view is ``grid`` with ``coverage``).
     """
 
     inputs: dict[str, torch.Tensor]
@@ -57,6 +60,7 @@ class PromptInputs:
     text: str = ""
     base_image: Image.Image | None = None
     model_image_hw: tuple[int, int] | None = None
+    views: tuple[TileView, ...] | None = None
 
     @property
     def length(self) -> int:
@@ -116,7 +120,28 @@ class Adapter:
         text = self.chat_text(prompt)
         inputs = self.run_processor(view.image, text, **view.overrides)
         vis = self.visual_positions_of(inputs["input_ids"])
-        grid, model_hw = self.geometry.grid(ip, inputs, vis.numel(), view)
+        views = None
+        if isinstance(self.geometry, geo.Tiled):
+            try:
+                layout = self.geometry.layout(self, inputs, view)
+            except ValueError as e:
+                raise ValueError(f"{self.model_type}: {e}") from None
+            self.check_token_count(
+                vis.numel(), layout.expected, f"the {layout.grid[0]}x{layout.grid[1]} tiled layout"
+            )
+            if layout.keep is not None:
+                vis = vis[layout.keep]
+            grid, model_hw, views = layout.grid, layout.model_hw, layout.views
+            self.check_token_count(views[-1].stop if views else 0, vis.numel(), "its views")
+        else:
+            seq = getattr(getattr(self.model, "config", None), "image_seq_length", None)
+            if not self.dynamic_resolution and isinstance(seq, int):  # fixed-size: the config says how many
+                self.check_token_count(vis.numel(), seq, "the model config's image_seq_length")
+            try:
+                grid, model_hw = self.geometry.grid(ip, inputs, vis.numel(), view)
+            except ValueError as e:
+                raise ValueError(f"{self.model_type}: {e}") from None
+            self.check_token_count(vis.numel(), grid[0] * grid[1], f"the {grid[0]}x{grid[1]} grid")
         return PromptInputs(
             inputs=inputs,
             visual_positions=vis,
@@ -128,7 +153,21 @@ class Adapter:
             text=text,
             base_image=view.base_image,
             model_image_hw=model_hw,
+            views=views,
         )
+
+    @property
+    def model_type(self) -> str:
+        return str(getattr(getattr(self.model, "config", None), "model_type", type(self.model).__name__))
+
+    def check_token_count(self, located: int, predicted: int, what: str) -> None:
+        """Never silent (issue 15): the visual tokens located in the sequence must be exactly what the geometry
+        predicts, else an error naming the model type (never a 1x1 or a shifted map)."""
+        if located != predicted or predicted == 0:
+            raise ValueError(
+                f"{self.model_type}: found {located} visual tokens but {what} predicts {predicted}; the processor "
+                f"and the model config disagree (or this {type(self.model).__name__} variant is not supported)"
+            )
 
     def chat_text(self, prompt: str) -> str:
         """The family's chat prompt (one user turn: the image, then ``prompt``; generation prompt appended)."""

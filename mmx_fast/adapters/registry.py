@@ -11,9 +11,18 @@ from typing import Any
 from .base import Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
+from .llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
 from .qwen2_vl import Qwen2VLAdapter
+from .smolvlm import SmolVLMAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (Qwen2VLAdapter, LlavaAdapter, InternVLAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (
+    Qwen2VLAdapter,
+    LlavaAdapter,
+    InternVLAdapter,
+    LlavaNextAdapter,
+    LlavaOnevisionAdapter,
+    SmolVLMAdapter,
+)
 
 
 @dataclass(frozen=True)
