@@ -624,10 +624,25 @@ def write_report(
             + [""]
         )
     path = out / "RESULTS.md"
+    md += _kept_sections(path)
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(md))
     tmp.replace(path)
     return path
+
+
+def _kept_sections(path: Path) -> list[str]:
+    """Sections this script does not produce (``## Serving``, written by ``benches/bench_serve.py`` runs), kept
+    from the previous RESULTS.md."""
+    if not path.is_file():
+        return []
+    kept, keep = [], False
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            keep = line.startswith("## Serving")
+        if keep:
+            kept.append(line)
+    return kept + [""] if kept else []
 
 
 def main(argv=None) -> int:

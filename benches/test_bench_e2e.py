@@ -20,7 +20,9 @@ import torch
 from benches.cases import quick_mode
 from benches.conftest import bench_timer, run_bench
 from benches.e2e import (
+    QUICK_ANSWER_TOKENS,
     SUITE_PROVIDERS,
+    E2ECase,
     build_model,
     default_spec,
     e2e_callables,
@@ -96,3 +98,41 @@ def test_msea_forward(benchmark, case, provider, e2e_model, device):
     info = {"kind": "forward", "model": spec.label, "image": case.image, "answer_tokens": case.answer_tokens}
     out = run_bench(benchmark, fns[provider], group, provider, {**info, "device": str(device)})
     assert len(out) == 3
+
+
+# --------------------------------------------------------------------------------------------------
+# One end-to-end row per geometry kind beyond Qwen2-VL's dynamic one: tiled (docs/design.md §1.2)
+# --------------------------------------------------------------------------------------------------
+
+TILED_CASE = E2ECase(112, QUICK_ANSWER_TOKENS)  # the tiny InternVL: 2x2 tiles + thumbnail at every scale
+
+
+@pytest.fixture(scope="module")
+def tiled_model(device):
+    from mmx_fast.testing import _SPECIALS, tiny_model
+
+    model, processor = tiny_model("internvl_tiled", seed=0)
+    tok = processor.tokenizer
+    with torch.no_grad():  # never stop early: exact answer lengths
+        model.get_output_embeddings().weight[tok.convert_tokens_to_ids(_SPECIALS["internvl"]["eos"])] = 0
+    return model.to(device), processor, e2e_callables(model.to(device), processor, TILED_CASE)
+
+
+@pytest.mark.parametrize("provider", SUITE_PROVIDERS)
+def test_e2e_tiled(benchmark, provider, tiled_model, device):
+    _, _, (fns, facts) = tiled_model
+    label = "tiny InternVL, dynamic tiling (d 64, 2 layers)"
+    group = f"e2e tiled | {label} | image {TILED_CASE.image}px, T={TILED_CASE.answer_tokens}"
+    info = {
+        "kind": "e2e",
+        "geometry": "tiled",
+        "model": label,
+        "image": TILED_CASE.image,
+        "answer_tokens": TILED_CASE.answer_tokens,
+        "grid": facts["grid"],
+        "device": str(device),
+    }
+    out = run_bench(benchmark, fns[provider], group, provider, info)
+    if provider in ("reference", "fast"):
+        assert out.maps.shape == (TILED_CASE.answer_tokens, *facts["grid"])
+        assert torch.isfinite(out.maps).all()

@@ -16,10 +16,14 @@
 - ``token_000.png`` ...: the image with token i's heatmap blended over it (alpha 0.5), one per answer token.
 
 Each folder is built in a hidden temporary folder inside OUT and renamed into place when complete, so an
-error never leaves a half-written result. Bad input (a missing or unreadable image, a file that is not an
-image, a model that is not available offline, an unsupported model family, an unwritable output folder, an
-empty prompt, a bad option value) is reported as one line on stderr, ``mmx-fast: error: ...``, with a
-non-zero exit status; nothing is written. Set ``MMX_FAST_DEBUG=1`` to get a traceback for unexpected errors.
+error never leaves a half-written result; it carries the marker ``.mmx-fast-result.json``, and an existing
+OUT/<stem> is replaced only when it is such an untouched earlier result (``mmx_fast.io.place_dir``), else the
+result goes to ``<stem>-2``, ``<stem>-3``, ... Bad input (a missing or unreadable image, a file that is not an
+image, an image beyond the size bounds, a model that is not available offline, an unsupported model family,
+an unwritable output folder, an empty or non-UTF-8 prompt, a bad option value) is reported as one line on
+stderr, ``mmx-fast: error: ...``, exit status 2, before the model loads; nothing is written. A failure later
+on keeps the results already written (each report's path is printed as soon as its folder is in place) and
+exits non-zero. Set ``MMX_FAST_DEBUG=1`` to get a traceback for unexpected errors.
 
 Model ids: a local model folder (with ``config.json``, as written by ``save_pretrained`` or downloaded
 earlier), a Hugging Face id already in the local cache, or ``tiny:<family>`` (``tiny:qwen2_vl``,
@@ -35,13 +39,21 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from .adapters.registry import MODEL_TYPES
-from .cli_common import CliError, OneLineParser, check_out_dir, one_line
+from .cli_common import (
+    CliError,
+    OneLineParser,
+    check_out_dir,
+    load_model_option,
+    one_line,
+    positive_int,
+    resolve_device_option,
+    resolve_model_option,
+)
 from .loading import TINY_PREFIX
 
 PROG = "mmx-fast"
@@ -68,25 +80,16 @@ def random_weights_note(family: str, forced: bool) -> str:
     )
 
 
+def _debug() -> bool:
+    return os.environ.get("MMX_FAST_DEBUG", "").strip() not in ("", "0")
+
+
 def _print_error(message: str) -> None:
     print(f"{PROG}: error: {one_line(message)}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------
 # argument types
-def _positive_int(name: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"invalid {name} {text!r}; expected a positive integer"
-            ) from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"invalid {name} {text!r}; expected a positive integer")
-        return value
-
-    return parse
 
 
 def _scale(text: str) -> float:
@@ -101,6 +104,7 @@ def _scale(text: str) -> float:
 
 def build_parser() -> OneLineParser:
     from . import METHODS, __version__
+    from .config import MAX_NEW_TOKENS
 
     parser = OneLineParser(
         prog=PROG,
@@ -147,13 +151,13 @@ def build_parser() -> OneLineParser:
         help="MSEA image scales; must include 1.0 (default for msea-arc: 0.5 0.75 1.0)",
     )
     ex.add_argument(
-        "--top-k", type=_positive_int("--top-k"), metavar="K", help="ARC ranking depth (default 50)"
+        "--top-k", type=positive_int("--top-k"), metavar="K", help="ARC ranking depth (default 50)"
     )
     ex.add_argument(
         "--max-new-tokens",
-        type=_positive_int("--max-new-tokens"),
+        type=positive_int("--max-new-tokens", MAX_NEW_TOKENS),
         metavar="N",
-        help="generation budget when no --answer is given (default 32)",
+        help=f"generation budget when no --answer is given (default 32, at most {MAX_NEW_TOKENS})",
     )
     ex.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available"
@@ -188,6 +192,10 @@ def build_parser() -> OneLineParser:
     demo.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     demo.set_defaults(func=cmd_demo)
 
+    from .serve.cli import add_serve_parser  # mmx-fast serve (the parser and command live in mmx_fast/serve)
+
+    add_serve_parser(sub)
+
     ev = sub.add_parser(
         "eval",
         help="evaluate attribution methods (see mmx-fast eval --help)",
@@ -200,7 +208,34 @@ def build_parser() -> OneLineParser:
 
 # ---------------------------------------------------------------------------------------------------
 # input checks (all of them run before anything is loaded or written)
+def display(text: str | os.PathLike) -> str:
+    """A path or argument as text that can always be printed or written as UTF-8: bytes that are not UTF-8
+    (kept by Python as lone surrogates) become U+FFFD."""
+    return os.fsencode(text).decode("utf-8", "replace")
+
+
+def _check_text(option: str, text: str, limit: int) -> str:
+    """--prompt / --answer: valid UTF-8, not blank, at most ``limit`` characters (checked before anything
+    loads)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raw = os.fsencode(text)
+        bad = raw[len(os.fsencode(text[: e.start])) :][:1]
+        raise CliError(
+            f"{option} is not valid UTF-8 (byte 0x{bad.hex() or '??'} at character {e.start}); expected UTF-8 text"
+        ) from None
+    if len(text) > limit:
+        raise CliError(
+            f"{option} of {len(text)} characters is too long; at most {limit} characters are allowed"
+        )
+    return text
+
+
 def _check_prompt(prompt: str) -> str:
+    from .pipeline import MAX_PROMPT_CHARS
+
+    _check_text("--prompt", prompt, MAX_PROMPT_CHARS)
     if not prompt.strip():
         raise CliError("--prompt is empty; expected a non-empty question or instruction")
     return prompt
@@ -224,41 +259,89 @@ def _make_config(args: argparse.Namespace):
         raise CliError(msg) from None
 
 
-def _load_images(paths: list[str]):
+def _image_error(text: str, path: Path, e: Exception) -> CliError:
+    msg = str(e)
+    for prefix in (f"image file {str(path)!r} ", f"image path {str(path)!r} "):
+        if msg.startswith(prefix):
+            return CliError(f"--image {text!r} {msg[len(prefix) :]}")
+    return CliError(f"--image {text!r}: {msg}")
+
+
+def _check_images(paths: list[str], scales=(1.0,)) -> list[Path]:
+    """Every --image checked before the model loads: a readable regular file, every header within the bounds
+    (``mmx_fast.images.check_size``) before any pixel is decoded, then each file decoded and converted to RGB
+    once, one at a time, and dropped (truncated or corrupt data, NaN pixels show only there). Returns the
+    paths; nothing is kept in memory."""
     from PIL import Image
 
-    from .images import load_image
+    from .images import check_image_file, check_scaled_size
 
-    loaded = []
+    checked = []
     for text in paths:
         path = Path(text).expanduser()
-        if not path.exists():
-            raise CliError(f"--image {text!r}: no such file")
+        if not os.path.lexists(path) or not path.exists():
+            what = "a broken symbolic link" if os.path.lexists(path) else "no such file"
+            raise CliError(f"--image {text!r}: {what}")
         if path.is_dir():
             raise CliError(f"--image {text!r} is a directory; expected an image file")
+        if not path.is_file():
+            raise CliError(
+                f"--image {text!r} is not a regular file (a pipe, device or socket); expected an image"
+            )
         try:
             with open(path, "rb") as f:
                 f.read(1)
         except OSError as e:
             raise CliError(f"--image {text!r}: cannot read the file ({e.strerror or e})") from None
+        checked.append(path)
+    for text, path in zip(paths, checked):  # every header first: nothing decoded yet
         try:
-            image = load_image(path)
+            size = check_image_file(path)
+            check_scaled_size(*size, scales, what=f"image file {str(path)!r}")
         except (ValueError, TypeError, OSError, Image.DecompressionBombError) as e:
-            msg = str(e)
-            for prefix in (f"image file {str(path)!r} ", f"image path {str(path)!r} "):
-                if msg.startswith(prefix):
-                    raise CliError(f"--image {text!r} {msg[len(prefix) :]}") from None
-            raise CliError(f"--image {text!r}: {msg}") from None
-        loaded.append((path, image))
-    return loaded
+            raise _image_error(text, path, e) from None
+    for text, path in zip(paths, checked):  # then each decoded and converted as it will be, and dropped
+        _load_image(text, path)
+    return checked
+
+
+def _load_image(text: str, path: Path):
+    """One image, decoded when it is explained (``_check_images`` has vetted it)."""
+    from PIL import Image
+
+    from . import images
+
+    try:
+        return images.load_image(path)
+    except (ValueError, TypeError, OSError, Image.DecompressionBombError) as e:
+        raise _image_error(text, path, e) from None
+
+
+MAX_STEM_BYTES = 100
+
+
+def _safe_stem(path: Path) -> str:
+    """A folder name for an image: its stem with bytes that are not UTF-8 and control characters replaced by
+    ``_``, never hidden, at most MAX_STEM_BYTES bytes of UTF-8 (a longer stem is cut and given a short hash of
+    the whole name, so different long names stay different)."""
+    raw = os.fsencode(path.name)
+    stem = os.fsencode(path.stem).decode("utf-8", "replace")
+    stem = re.sub(r"[\x00-\x1f\x7f\ufffd/\\]", "_", stem).lstrip(".").strip() or "image"
+    if len(stem.encode("utf-8")) > MAX_STEM_BYTES:
+        import hashlib
+
+        tag = hashlib.sha256(raw).hexdigest()[:10]
+        cut = stem.encode("utf-8")[: MAX_STEM_BYTES - len(tag) - 1].decode("utf-8", "ignore")
+        stem = f"{cut}-{tag}"
+    return stem
 
 
 def _unique_stems(paths: list[Path]) -> list[str]:
-    """Output folder names: the image stems, made unique (``cat``, ``cat-2``, ...) and never hidden."""
+    """Output folder names: the safe image stems, made unique (``cat``, ``cat-2``, ...) and never hidden."""
     seen: set[str] = set()
     out = []
     for p in paths:
-        stem = p.stem.lstrip(".") or "image"
+        stem = _safe_stem(p)
         name, k = stem, 2
         while name.lower() in seen:
             name = f"{stem}-{k}"
@@ -268,48 +351,16 @@ def _unique_stems(paths: list[Path]) -> list[str]:
     return out
 
 
-def _resolve_device(device: str, dtype: str, source):
-    """(device, dtype name, torch dtype) for ``--device`` / ``--dtype`` (``mmx_fast.loading`` decides "auto")."""
-    from .loading import resolve_device, resolve_dtype
-
-    try:
-        device = resolve_device(device)
-    except ValueError as e:
-        why = str(e).split(": ", 1)[-1].replace("use cpu or auto", "use --device cpu or auto")
-        raise CliError(f"--device {device}: {why}") from None
-    torch_dtype = resolve_dtype(dtype, device.split(":")[0], source.checkpoint_dtype)
-    return device, str(torch_dtype).removeprefix("torch."), torch_dtype
-
-
-def _resolve_model(spec: str):
-    """``mmx_fast.loading.resolve_model``, its errors phrased for the ``--model`` option."""
-    from .loading import ModelLoadError, resolve_model
-
-    try:
-        return resolve_model(spec)
-    except ModelLoadError as e:
-        raise CliError(f"--{e}") from None
-
-
 # ---------------------------------------------------------------------------------------------------
 # model loading and writing one result folder atomically
-def load_model(source, device: str, torch_dtype):
-    """(model, processor) in eval mode on ``device``, through ``mmx_fast.load``; errors as ``CliError``."""
-    from .loading import ModelLoadError, load, quiet_transformers
-
-    try:
-        with quiet_transformers():
-            return load(source, device=device, dtype=torch_dtype)
-    except ModelLoadError as e:
-        raise CliError(f"--{e}") from None
 
 
 def _report_meta(*, source, image_path: Path, forced: bool, device: str, dtype: str) -> dict[str, str]:
     """The report's "Run" rows."""
     return {
-        "model": source.spec,
+        "model": display(source.spec),
         "random weights": "yes" if source.tiny else "no",
-        "image": str(image_path),
+        "image": display(image_path),
         "answer": "forced (--answer)" if forced else "generated (greedy)",
         "device": device,
         "dtype": dtype,
@@ -328,9 +379,9 @@ def _explanation_json(exp, *, source, image_path: Path, forced: bool, device: st
         {"index": i, "id": int(t), "text": s, "overlay": overlay_name(i)}
         for i, (t, s) in enumerate(zip(exp.answer_ids, exp.answer_tokens))
     ]
-    info["model"] = {"id": source.spec, "family": source.family, "random_weights": source.tiny}
+    info["model"] = {"id": display(source.spec), "family": source.family, "random_weights": source.tiny}
     info["runtime"] = {"device": device, "dtype": dtype}
-    info["image"] = {"path": str(image_path), "width": exp.image.width, "height": exp.image.height}
+    info["image"] = {"path": display(image_path), "width": exp.image.width, "height": exp.image.height}
     info["files"] = {
         "report": "report.html",
         "maps": "maps.npz",
@@ -342,21 +393,24 @@ def _explanation_json(exp, *, source, image_path: Path, forced: bool, device: st
 
 
 def write_result(exp, out: Path, stem: str, *, note: str | None, meta: dict, info: dict) -> Path:
-    """OUT/<stem>/ with report.html, maps.npz, explanation.json and token_XXX.png, all or nothing."""
-    from .io import chmod_like_open, replace_dir, save
+    """OUT/<stem>/ with report.html, maps.npz, explanation.json, token_XXX.png and the result marker, all or
+    nothing. An existing OUT/<stem> is replaced only when it is an untouched earlier result; otherwise the
+    first free name <stem>-2, <stem>-3, ... is used (``mmx_fast.io.place_dir``). Returns the folder."""
+    from .io import chmod_like_open, clean_leftovers, make_temp_dir, place_dir, save, write_result_marker
     from .report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".mmx-fast-tmp", dir=out))
+    clean_leftovers(out)  # temp folders of killed runs on this host (their process is gone)
+    tmp = make_temp_dir(out)
     try:
         save(exp, tmp, overlays=True, info=info)
         title = "mmx-fast (RANDOM-weight model)" if meta.get("random weights") == "yes" else None
         write_report(exp, tmp / "report.html", title=title, note=note, meta=meta)
+        write_result_marker(tmp)
         for f in tmp.iterdir():
             chmod_like_open(f)
         chmod_like_open(tmp, directory=True)
-        final = out / stem
-        replace_dir(tmp, final)
+        final = place_dir(tmp, out, stem)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -376,59 +430,90 @@ def run_explain(
     dtype: str = "auto",
     quiet: bool = False,
     note: str | None = None,
+    on_written=None,
 ) -> list[Path]:
     """Check every input, load the model once, explain each image and write its folder; returns the
-    report paths. Raises ``CliError`` for bad input before anything is written."""
+    report paths. Raises ``CliError`` for bad input before anything is loaded or written. Images are decoded
+    one at a time. A failure mid-run keeps the folders already written (``on_written`` is called with each
+    report's path as soon as its folder is in place) and raises."""
     from tqdm import tqdm
 
     prompt = _check_prompt(prompt)
-    if answer is not None and not answer.strip():
-        raise CliError("--answer is empty; omit it to explain the model's own answer")
-    loaded = _load_images(images)
+    if answer is not None:
+        from .pipeline import MAX_PROMPT_CHARS
+
+        _check_text("--answer", answer, MAX_PROMPT_CHARS)
+        if not answer.strip():
+            raise CliError("--answer is empty; omit it to explain the model's own answer")
+    paths = _check_images(images, getattr(config, "scales", (1.0,)))
     out_dir = check_out_dir(out)
-    source = _resolve_model(model)
-    device, dtype_name, torch_dtype = _resolve_device(device, dtype, source)
+    source = resolve_model_option(model)
+    device, dtype_name, torch_dtype = resolve_device_option(device, dtype, source)
     if source.tiny and note is None:
         note = random_weights_note(source.family, forced=answer is not None)
-    stems = _unique_stems([p for p, _ in loaded])
+    stems = _unique_stems(paths)
 
     from .fast import Explainer
 
     bar = tqdm(
-        total=len(loaded), unit="image", desc="loading model", disable=quiet, file=sys.stderr, leave=True
+        total=len(paths), unit="image", desc="loading model", disable=quiet, file=sys.stderr, leave=True
     )
     reports = []
     try:
         t0 = time.perf_counter()
-        net, processor = load_model(source, device, torch_dtype)
+        net, processor = load_model_option(source, device, torch_dtype)
         try:
             explainer = Explainer(net, processor, config)
         except (ValueError, TypeError) as e:
             raise CliError(f"--model {model!r}: {e}") from None
         t_load = time.perf_counter() - t0
-        for (path, image), stem in zip(loaded, stems):
-            bar.set_description(f"{stem}: explaining")
+        for text, path, stem in zip(images, paths, stems):
             try:
-                exp = explainer.explain(image, prompt, answer)
-            except (ValueError, TypeError) as e:
-                raise CliError(f"{path}: {e}") from None
-            exp = dataclasses.replace(exp, timings={"load_model": t_load, **exp.timings})
-            bar.set_description(f"{stem}: writing")
-            run = {"source": source, "image_path": path, "forced": answer is not None, "device": device}
-            folder = write_result(
-                exp,
-                out_dir,
-                stem,
-                note=note,
-                meta=_report_meta(**run, dtype=dtype_name),
-                info=_explanation_json(exp, **run, dtype=dtype_name),
-            )
+                bar.set_description(f"{stem}: explaining")
+                image = _load_image(text, path)
+                try:
+                    exp = explainer.explain(image, prompt, answer)
+                except (ValueError, TypeError) as e:
+                    raise CliError(f"--image {text!r}: {e}") from None
+                del image
+                exp = dataclasses.replace(exp, timings={"load_model": t_load, **exp.timings})
+                bar.set_description(f"{stem}: writing")
+                run = {"source": source, "image_path": path, "forced": answer is not None, "device": device}
+                folder = write_result(
+                    exp,
+                    out_dir,
+                    stem,
+                    note=note,
+                    meta=_report_meta(**run, dtype=dtype_name),
+                    info=_explanation_json(exp, **run, dtype=dtype_name),
+                )
+                del exp
+            except Exception as e:
+                kept = (
+                    f"; the {len(reports)} result(s) before it were kept (their paths are printed above)"
+                    if reports
+                    else ""
+                )
+                if isinstance(e, CliError):
+                    raise CliError(f"{e}{kept}", code=e.code) from None
+                if _debug():
+                    raise
+                raise CliError(f"--image {text!r}: {type(e).__name__}: {e}{kept}", code=1) from None
             reports.append(folder / "report.html")
+            if on_written is not None:
+                on_written(reports[-1])
             bar.update(1)
         bar.set_description("done")
     finally:
         bar.close()
     return reports
+
+
+def _print_path(path: Path) -> None:
+    """A result's absolute path on stdout, as the file system's own bytes (usable even when not UTF-8)."""
+    sys.stdout.flush()
+    sys.stdout.buffer.write(os.fsencode(path.resolve()) + b"\n")
+    sys.stdout.buffer.flush()
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -443,10 +528,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         quiet=args.quiet,
+        on_written=_print_path,
     )
-    for r in reports:
-        print(r.resolve())
-    return 0
+    return 0 if reports else 1
 
 
 def demo_image_path() -> Path:
@@ -477,7 +561,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         dtype="float32",
         quiet=args.quiet,
     )
-    print(reports[0].resolve())
+    _print_path(reports[0])
     return 0
 
 
@@ -518,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_error("interrupted")
         return 130
     except Exception as e:
-        if os.environ.get("MMX_FAST_DEBUG", "").strip() not in ("", "0"):
+        if _debug():
             raise
         _print_error(f"{type(e).__name__}: {e} (set MMX_FAST_DEBUG=1 for a traceback)")
         return 1

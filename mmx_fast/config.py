@@ -8,15 +8,20 @@ can be re-run. See README "Spec decisions" for why each default is what it is.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
+
+import numpy as np
 
 from .constants import AGGREGATIONS, BACKENDS, RBO_VARIANTS
 
 METHODS = ("msea-arc", "tam", "logit-lens")
 MITIGATIONS = ("arc", "tam", "none")
 BASES = ("argmin", "none")
+# the most answer tokens generated (``max_new_tokens``) or forced (``mmx_fast.pipeline.MAX_ANSWER_TOKENS``)
+MAX_NEW_TOKENS = 1024
 
 # What each preset sets; fields not listed keep their dataclass defaults.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -27,7 +32,39 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _fail(name: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"ExplainConfig.{name}={value!r} is not allowed; expected {allowed}")
+    raise ValueError(f"ExplainConfig.{name}={_plain(value)!r} is not allowed; expected {allowed}")
+
+
+def _plain(value: Any) -> Any:
+    """numpy / other ``numbers`` scalars as the plain Python value they stand for (so that a message shows
+    ``0.5``, not ``np.float64(0.5)``, and ``to_dict`` stays JSON); anything else as it is."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, np.bool_):  # numpy's bool is no numbers.Integral
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return (
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, bool)
+        and not isinstance(value, np.bool_)
+    )
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not isinstance(value, np.bool_)
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool) or isinstance(value, np.bool_)
 
 
 @dataclass(frozen=True)
@@ -76,12 +113,15 @@ class ExplainConfig:
         scales = self.scales
         if isinstance(scales, (str, bytes)):
             _fail("scales", self.scales, "a non-empty sequence of positive numbers (not a string)")
-        if isinstance(scales, (int, float)):
+        if _is_real(scales):
             scales = (scales,)
         try:
-            scales = tuple(float(s) for s in scales)
-        except (TypeError, ValueError):
+            scales = list(scales)
+        except TypeError:
             _fail("scales", self.scales, "a non-empty sequence of positive numbers")
+        if not all(_is_real(s) for s in scales):
+            _fail("scales", self.scales, "a non-empty sequence of positive numbers (int or float, not str)")
+        scales = tuple(float(s) for s in scales)
         if len(scales) == 0:
             _fail("scales", self.scales, "a non-empty sequence of positive numbers containing 1.0")
         for s in scales:
@@ -102,25 +142,26 @@ class ExplainConfig:
             _fail("aggregate", self.aggregate, f"one of {', '.join(AGGREGATIONS)}")
         if self.mitigation not in MITIGATIONS:
             _fail("mitigation", self.mitigation, f"one of {', '.join(MITIGATIONS)}")
-        if not isinstance(self.filter, bool):
-            _fail("filter", self.filter, "True or False")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-            _fail("top_k", self.top_k, "an integer >= 1 (and at most the vocabulary size)")
-        if self.top_k > 64:
+        for name in ("filter", "keep_scale_maps"):
+            value = getattr(self, name)
+            if not _is_bool(value):
+                _fail(name, value, "True or False")
+            object.__setattr__(self, name, bool(value))
+        if not _is_int(self.top_k) or not 1 <= self.top_k <= 64:
             _fail("top_k", self.top_k, "an integer in [1, 64] (the fused ranking kernels keep k <= 64)")
+        object.__setattr__(self, "top_k", int(self.top_k))
         p = self.rbo_p
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or not 0 < p < 1:
+        if not _is_real(p) or not math.isfinite(p) or not 0 < p < 1:
             _fail("rbo_p", self.rbo_p, "a number strictly between 0 and 1")
+        object.__setattr__(self, "rbo_p", float(p))
         if self.rbo_variant not in RBO_VARIANTS:
             _fail("rbo_variant", self.rbo_variant, f"one of {', '.join(RBO_VARIANTS)}")
         if self.base not in BASES:
             _fail("base", self.base, f"one of {', '.join(BASES)}")
-        if (
-            isinstance(self.max_new_tokens, bool)
-            or not isinstance(self.max_new_tokens, int)
-            or self.max_new_tokens < 1
-        ):
-            _fail("max_new_tokens", self.max_new_tokens, "an integer >= 1")
+        n = self.max_new_tokens
+        if not _is_int(n) or not 1 <= n <= MAX_NEW_TOKENS:
+            _fail("max_new_tokens", n, f"an integer in [1, {MAX_NEW_TOKENS}]")
+        object.__setattr__(self, "max_new_tokens", int(n))
         if self.backend not in BACKENDS:
             _fail("backend", self.backend, f"one of {', '.join(BACKENDS)}")
 
@@ -140,7 +181,15 @@ class ExplainConfig:
         return env
 
     def with_(self, **changes: Any) -> ExplainConfig:
-        return replace(self, **changes)
+        """A changed copy. Changing ``method`` re-applies that method's preset (every field a preset sets goes
+        back to the new preset's value); fields given in the same call win."""
+        if "method" not in changes:
+            return replace(self, **changes)
+        preset_fields = {name for preset in PRESETS.values() for name in preset}
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self)}
+        kwargs.update({name: None for name in preset_fields})
+        kwargs.update(changes)
+        return ExplainConfig(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -23,11 +23,15 @@ class Explanation:
                    (``frames`` set) has a time axis: [T, t, Hc, Wc], t = the model's temporal grid (Qwen-VL:
                    ceil(frames / 2); map [i, k] covers frames 2k and 2k + 1, see ``mmx_fast.video``).
     answer_ids:    the T answer token ids (stop token excluded).
-    answer_tokens: one display string per answer id.
+    answer_tokens: one display string per answer id (a token holding only part of a character shows its bytes,
+                   e.g. ``<0xE2>``).
+    answer_text:   the answer text, the tokenizer's decode of the whole id sequence (characters split over
+                   several tokens come out whole); by default the tokens joined.
     grid:          (Hc, Wc), the scale-1.0 visual-token grid (of one frame for a video).
     frames:        a video's frames (``image`` is then its first frame); None for an image.
     scale_maps:    on request (``keep_scale_maps``): {scale: float32 [T, h_s, w_s]} raw clipped logit-lens maps
-                   (video: [T, t, h_s, w_s]).
+                   (tiled models: that scale's views combined on the canonical grid, [T, Hc, Wc]; video:
+                   [T, t, h_s, w_s]).
     raw_maps:      on request: float32 [T, Hc, Wc], the MSEA map A_t before mitigation / filter (video:
                    [T, t, Hc, Wc]).
     view_box:      the part of the image the grid shows, as fractions (x0, y0, x1, y1) of its width and
@@ -47,13 +51,14 @@ class Explanation:
     timings: dict[str, float] = field(default_factory=dict)
     view_box: tuple[float, float, float, float] | None = None
     frames: tuple[Image.Image, ...] | None = None
+    answer_text: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.answer_text is None:
+            object.__setattr__(self, "answer_text", "".join(self.answer_tokens))
 
     def __len__(self) -> int:
         return len(self.answer_ids)
-
-    @property
-    def answer_text(self) -> str:
-        return "".join(self.answer_tokens)
 
     def map_uint8(self, i: int) -> np.ndarray:
         """Map i as TAM stores it, ``(map * 255).astype(uint8)`` (truncation; see ``mmx_fast.io.map_uint8``)."""
@@ -81,6 +86,7 @@ class Explanation:
         cfg = self.config.to_dict() if hasattr(self.config, "to_dict") else self.config
         out = {
             "prompt": self.prompt,
+            "answer": self.answer_text,
             "answer_ids": list(map(int, self.answer_ids)),
             "answer_tokens": list(self.answer_tokens),
             "grid": list(self.grid),

@@ -43,6 +43,7 @@ from .pipeline import (
     collect_states,
     load_inputs,
     map_ids,
+    msea_inputs,
     per_frame,
     plan_forwards,
     resolve_answers,
@@ -69,6 +70,16 @@ def _maybe_flash_attention(model) -> None:
         )
 
 
+def _prepare_backends(configs, adapter) -> None:
+    """Resolve each config's backend for the model's device before any timer starts: on CPU this builds /
+    loads the native C++ kernels (a first build compiles for several seconds), which must never be
+    counted in ``timings``. Cheap once loaded; a backend that cannot run here is reported later, as before."""
+    device = adapter.lm_head_weight().device
+    for backend in {c.resolved_backend() for c in configs}:
+        if backend in ("auto", "native"):
+            ops.resolve_backend(backend, device)
+
+
 class Explainer:
     """A reusable explainer for one model: ``Explainer(model, processor, config).explain(image, prompt)``."""
 
@@ -79,6 +90,7 @@ class Explainer:
         self.adapter = get_adapter(model, processor)
         self.model = model
         _maybe_flash_attention(model)
+        _prepare_backends([self.config], self.adapter)
 
     # ------------------------------------------------------------------------------------------------
     def explain(self, image, prompt: str, answer=None) -> Explanation:
@@ -103,6 +115,7 @@ class Explainer:
         """The steps of ``mmx_fast.pipeline`` over a batch of items and several configs; generation and the
         forwards are shared by every config, and timed per item as their share of the batch."""
         ad = self.adapter
+        _prepare_backends(configs, ad)
         clock = Stopwatch()
         items = load_inputs(ad, images, prompts, answers, configs)
         answers = resolve_answers(ad, items, self.config.max_new_tokens, keep_states=True)
@@ -153,9 +166,10 @@ def attribute(
     extra = tam_extra_classes(adapter.tokenizer, text, h1, w_u) if tam else []
     ids = torch.tensor(map_ids(text, k0, extra), dtype=torch.long, device=dev)
 
-    scale_maps = logit_lens_grids(per_scale, w_u, ids, backend)
-    coverages = [st.inputs.coverage for st in per_scale]
-    maps = ops.msea(scale_maps, coverages, tuple(base.grid), config.aggregate, backend=backend)
+    views, places, owned = msea_inputs(
+        per_scale, logit_lens_flats(per_scale, w_u, ids, backend), tuple(base.grid)
+    )
+    maps = ops.msea(views, places, tuple(base.grid), config.aggregate, backend=backend)
     maps = stacked(maps, base)  # video: [M * t, Hc, Wc] -> [M, t * Hc, Wc] (see pipeline.stacked)
     T, P = len(answer.ids), len(text.prompt_ids)
     a_t, prompt_maps, base_map = maps[:T], maps[T : T + P], maps[T + P : T + P + 1]
@@ -174,7 +188,7 @@ def attribute(
             text,
             h1,
             w_u,
-            base.visual_positions,
+            base.visual_positions if base.views is None else None,
             tuple(a_t.shape[1:]),
             by_id,
             config.scales,
@@ -189,18 +203,24 @@ def attribute(
     return Attribution(
         maps=unstacked(refined, base),
         raw_maps=unstacked(a_t, base) if keep else None,
-        scale_maps={
-            s: scale_answer_maps(m, st.inputs, T) for s, m, st in zip(config.scales, scale_maps, per_scale)
-        }
+        scale_maps={s: scale_map(views, places, o, base, T, backend) for s, o in zip(config.scales, owned)}
         if keep
         else None,
     )
 
 
-def logit_lens_grids(
+def scale_map(views, places, owned: slice, base, T: int, backend: str) -> torch.Tensor:
+    """One scale's kept map [T, h, w]: its own grid (single view; video: [T, t, h, w]), or its views combined on
+    the canonical grid (tiled)."""
+    if base.views is None:
+        return scale_answer_maps(views[owned.start], base, T)
+    return ops.msea([v[:T] for v in views[owned]], places[owned], tuple(base.grid), "mean", backend=backend)
+
+
+def logit_lens_flats(
     per_scale: list[ScaleStates], w_u: torch.Tensor, ids: torch.Tensor, backend: str
 ) -> list[torch.Tensor]:
-    """Stage A: every scale's visual tokens x every id, as [M, h_s, w_s] per scale."""
+    """Stage A: every scale's visual tokens x every id, as [M, N_s] per scale."""
     dev = w_u.device
     zs = [st.hidden.to(dev)[st.inputs.visual_positions.to(dev)] for st in per_scale]
     if ops.resolve_backend(backend, dev) == "triton":  # one launch over all scales
@@ -208,7 +228,7 @@ def logit_lens_grids(
         flats = flat.split([z.shape[0] for z in zs], dim=1)
     else:  # on the CPU a GEMM per scale avoids copying every scale's states into one buffer
         flats = [ops.logit_lens(z, w_u, ids, backend=backend) for z in zs]
-    return [f.reshape(st.inputs.stack_shape(len(ids))) for f, st in zip(flats, per_scale)]
+    return list(flats)
 
 
 def arc_fused(

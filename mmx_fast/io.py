@@ -11,10 +11,14 @@ This module imports nothing else from mmx_fast (``explanation`` and ``report`` i
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import re
 import shutil
+import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -87,13 +91,105 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished folder ``tmp`` to ``final``, replacing an older result there (which is removed only
-    after the new folder is in place; on failure the old one is put back)."""
-    if not os.path.lexists(final):
-        os.rename(tmp, final)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".mmx-fast-old", dir=final.parent))
+# ---------------------------------------------------------------------------------------------------
+# result folders: the marker, the one rule for what may be replaced, temp folders of dead runs
+RESULT_MARKER = ".mmx-fast-result.json"
+RESULT_MARKER_VERSION = 1
+TEMP_PREFIX = ".mmx-fast-tmp"
+OLD_PREFIX = ".mmx-fast-old"
+_MARKER_BYTES = 1 << 20  # a marker is a few hundred bytes; anything larger is not ours
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str = TEMP_PREFIX) -> Path:
+    """A new private hidden folder ``<prefix>.<host>.<pid>.<random>`` in ``parent``: the name says which process
+    wrote it, so a later run can tell a leftover of a dead run from a folder still being written."""
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}.{_host()}.{os.getpid()}.", dir=parent))
+
+
+def _write_marker(folder: Path, names: list[str]) -> None:
+    from . import __version__
+
+    info = {"mmx_fast_result": RESULT_MARKER_VERSION, "version": __version__, "files": names}
+    atomic_write_json(folder / RESULT_MARKER, info)
+
+
+def write_result_marker(folder: str | os.PathLike) -> None:
+    """Mark ``folder`` as an mmx-fast result: ``.mmx-fast-result.json`` listing every file it holds (write it
+    last, once every other file is in place)."""
+    folder = Path(folder)
+    _write_marker(folder, sorted(p.name for p in folder.iterdir() if p.name != RESULT_MARKER))
+
+
+def marked_files(folder: str | os.PathLike) -> set[str]:
+    """The file names the marker in ``folder`` lists (files mmx-fast wrote there); empty without a valid one."""
+    marker = Path(folder) / RESULT_MARKER
+    try:
+        st = os.lstat(marker)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MARKER_BYTES:
+            return set()
+        info = json.loads(marker.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        return set()
+    files = info.get("files") if isinstance(info, dict) else None
+    if info.get("mmx_fast_result") != RESULT_MARKER_VERSION or not isinstance(files, list):
+        return set()
+    return {f for f in files if isinstance(f, str) and f and "/" not in f and f != RESULT_MARKER}
+
+
+def is_replaceable_result(path: str | os.PathLike) -> bool:
+    """True only for a folder that is provably an untouched earlier mmx-fast result: a real directory (not a
+    symbolic link) holding the marker (a regular file) and otherwise only regular files the marker lists."""
+    path = Path(path)
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode) or not os.path.isfile(path / RESULT_MARKER):
+            return False
+        listed = marked_files(path)
+        if not listed:
+            return False
+        with os.scandir(path) as entries:
+            for e in entries:
+                if e.name == RESULT_MARKER:
+                    continue
+                if e.name not in listed or not e.is_file(follow_symlinks=False):
+                    return False
+    except OSError:
+        return False
+    return True
+
+
+def place_dir(tmp: Path, parent: Path, name: str) -> Path:
+    """Move the finished folder ``tmp`` to ``parent/name``, or, when that name holds anything but an untouched
+    earlier mmx-fast result (:func:`is_replaceable_result`), to the first of ``name-2``, ``name-3``, ... that
+    is free or holds such a result. Returns where it went. Nothing else is ever moved or deleted."""
+    k = 1
+    while True:
+        final = parent / (name if k == 1 else f"{name}-{k}")
+        k += 1
+        if not os.path.lexists(final):
+            try:
+                os.mkdir(final)  # claim the name; renaming a folder over an empty one replaces it
+            except FileExistsError:
+                continue
+            try:
+                os.rename(tmp, final)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.rmdir(final)
+                raise
+            return final
+        if is_replaceable_result(final):
+            _swap(tmp, final)
+            return final
+
+
+def _swap(tmp: Path, final: Path) -> None:
+    """Put ``tmp`` at ``final``, our earlier result, which is removed only after the new one is in place (on
+    failure the old one is put back)."""
+    old = make_temp_dir(final.parent, OLD_PREFIX)
     os.rmdir(old)
     os.rename(final, old)
     try:
@@ -101,10 +197,56 @@ def replace_dir(tmp: Path, final: Path) -> None:
     except BaseException:
         os.rename(old, final)
         raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink()
+    with contextlib.suppress(OSError):
+        os.chmod(old, 0o700)  # our own earlier result, perhaps made read-only: its files can go
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def replace_dir(tmp: Path, final: Path) -> Path:
+    """:func:`place_dir` with ``final`` split into its parent and name."""
+    return place_dir(tmp, final.parent, final.name)
+
+
+_LEFTOVER = re.compile(
+    rf"^(?:{re.escape(TEMP_PREFIX)}|{re.escape(OLD_PREFIX)})\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+$"
+)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def clean_leftovers(parent: str | os.PathLike) -> list[Path]:
+    """Remove the temp folders (:func:`make_temp_dir`) that runs on this host left in ``parent`` when they were
+    killed: only real directories named ``.mmx-fast-tmp.<host>.<pid>.<random>`` (or ``.mmx-fast-old...``) with
+    this host's name, whose process is gone, holding only regular files. Returns what was removed."""
+    removed = []
+    host = _host()
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for e in entries:
+        m = _LEFTOVER.match(e.name)
+        if m is None or m["host"] != host or int(m["pid"]) == os.getpid() or _pid_alive(int(m["pid"])):
+            continue
+        try:
+            if not e.is_dir(follow_symlinks=False):
+                continue
+            with os.scandir(e.path) as inner:
+                if not all(f.is_file(follow_symlinks=False) for f in inner):
+                    continue
+            shutil.rmtree(e.path)
+            removed.append(Path(e.path))
+        except OSError:
+            continue
+    return removed
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -228,16 +370,32 @@ def save(
 ) -> Path:
     """Write ``maps.npz`` (:func:`maps_arrays`), ``explanation.json`` (``info``, by default
     ``exp.to_dict()``) and, with ``overlays`` and an image, one PNG overlay per token (``token_000.png``...),
-    each file atomically; the folder is created if needed. Returns the folder."""
+    each file atomically; the folder is created if needed. Returns the folder.
+
+    Never overwrites a file mmx-fast did not write: the folder's marker (``.mmx-fast-result.json``, updated
+    here) lists what it wrote; any other existing file of one of those names raises FileExistsError before
+    anything is written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    n_overlays = len(exp) if overlays and exp.image is not None else 0
+    video = getattr(exp, "frames", None) is not None
+    # (token, frame) per overlay: a video has one per temporal patch (``frame`` k), an image one per token
+    if video:
+        pngs = [(i, k) for i in range(n_overlays) for k in range(int(exp.maps.shape[1]))]
+    else:
+        pngs = [(i, None) for i in range(n_overlays)]
+    names = [MAPS_FILE, JSON_FILE] + [overlay_name(i, k) for i, k in pngs]
+    ours = marked_files(out)
+    clash = [n for n in names if os.path.lexists(out / n) and n not in ours]
+    if clash:
+        more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
+        raise FileExistsError(
+            f"{str(out)!r} already holds {clash[0]!r}{more}, which mmx-fast did not write there; nothing was "
+            "written (save into a new or empty folder, or one mmx-fast wrote)"
+        )
     atomic_write_bytes(out / MAPS_FILE, npz_bytes(maps_arrays(exp)))
     atomic_write_json(out / JSON_FILE, exp.to_dict() if info is None else info)
-    if overlays and exp.image is not None:
-        for i in range(len(exp)):
-            if getattr(exp, "frames", None) is None:
-                atomic_write_bytes(out / overlay_name(i), png_bytes(overlay(exp, i)))
-                continue
-            for k in range(int(exp.maps.shape[1])):
-                atomic_write_bytes(out / overlay_name(i, k), png_bytes(overlay(exp, i, frame=k)))
+    for i, k in pngs:
+        atomic_write_bytes(out / overlay_name(i, k), png_bytes(overlay(exp, i, frame=k)))
+    _write_marker(out, sorted(ours | set(names)))
     return out

@@ -1,10 +1,16 @@
 """Native C++ CPU kernels of the fused stages (``csrc/``), registered as torch custom ops ``torch.ops.mmx_fast.*``.
 
-The extension is compiled on first use (one translation unit, ``-O3 -fopenmp``; about 15 s on 2 cores) into a
-cache directory (``$TORCH_EXTENSIONS_DIR/mmx_fast`` if set, else ``~/.cache/mmx_fast/torch_extensions``; one
-sub-folder per Python / torch version, rebuilt when the sources change), then loaded with
-``torch.ops.load_library``. It is built with ``torch.utils.cpp_extension.load`` when ninja is installed and by
-calling the C++ compiler directly otherwise.
+The extension is compiled once (one translation unit, ``-O3 -fopenmp``; about 10 s of compiler time on an
+idle core, see README "Native C++ kernels") into a cache directory (``$TORCH_EXTENSIONS_DIR/mmx_fast`` if set,
+else ``~/.cache/mmx_fast/torch_extensions``; one sub-folder per Python / torch version, rebuilt when the
+sources change), then loaded with ``torch.ops.load_library``. It is built with
+``torch.utils.cpp_extension.load`` when ninja is installed and by calling the C++ compiler directly otherwise.
+
+Ahead of time: ``python -m mmx_fast.native build`` (prints where and how long; ``--force`` rebuilds,
+``info`` only says where and whether it is built). Otherwise the first use builds it and says so: one line on
+stderr and an INFO record on the ``mmx_fast.native`` logger when the compiler starts, the elapsed seconds while
+it runs, and the time taken when it ends. ``Explainer`` loads it when it is constructed, so the build is never
+counted in an explanation's ``timings``.
 
 Environment variable ``MMX_FAST_NATIVE``:
 
@@ -44,13 +50,17 @@ Numerics and threads (details in ``csrc/mmx_fast_ops.cpp``):
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import threading
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -62,6 +72,8 @@ __all__ = [
     "available",
     "load",
     "build_error",
+    "build",
+    "BuildResult",
     "source_files",
     "rankings_topk",
     "rankings_rbo",
@@ -81,6 +93,21 @@ _lock = threading.RLock()
 _loaded_path: str | None = None
 _error: str | None = None
 _warned = False
+_last_build: BuildResult | None = None
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What :func:`build` did: the library's ``path``, the wall ``seconds`` spent (compiling and loading),
+    ``cached`` (True: an earlier build of these exact sources was loaded, nothing compiled) and ``tool``
+    (``ninja``, the compiler's name, or ``cache``)."""
+
+    path: str
+    seconds: float
+    cached: bool
+    tool: str
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,7 +234,58 @@ def _build_with_compiler(sources: list[Path], build_dir: Path) -> str:
     return str(target)
 
 
-def _build_and_load() -> str:
+class _BuildProgress:
+    """Tells the user a compiler is running: one line on stderr and an INFO log record when it starts, the
+    elapsed seconds while it runs (rewritten in place on a terminal, a line every ``interval`` s otherwise)
+    and one line with the time taken when it ends."""
+
+    def __init__(self, build_dir: Path, tool: str, stream=None, interval: float | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interval = interval if interval is not None else (1.0 if self.tty else 15.0)
+        self.msg = (
+            f"mmx_fast: compiling the native C++ kernels with {tool} (once per torch version, about 10-60 s; "
+            f"cached in {build_dir}; ahead of time: python -m mmx_fast.native build)"
+        )
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed or broken stderr never breaks the build
+            pass
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.interval):
+            elapsed = time.perf_counter() - self.t0
+            if self.tty:
+                self._write(f"\r{self.msg} ... {elapsed:.0f} s")
+            else:
+                self._write(f"mmx_fast: still compiling the native C++ kernels ({elapsed:.0f} s)\n")
+
+    def __enter__(self) -> _BuildProgress:
+        self.t0 = time.perf_counter()
+        log.info(self.msg)
+        self._write(self.msg + (" ..." if self.tty else "\n"))
+        self._thread = threading.Thread(target=self._tick, name="mmx_fast-native-build", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.seconds = time.perf_counter() - self.t0
+        end = "failed" if exc_type is not None else "built"
+        line = f"mmx_fast: native C++ kernels {end} in {self.seconds:.1f} s"
+        (log.warning if exc_type is not None else log.info)(line)
+        self._write(("\r" + self.msg + " ... done\n" if self.tty else "") + line + "\n")
+
+
+def _build_and_load() -> BuildResult:
+    t0 = time.perf_counter()
     sources = source_files()
     build_dir = _build_dir(sources)
     if sysconfig.get_platform().startswith("win"):
@@ -215,11 +293,15 @@ def _build_and_load() -> str:
     cached = build_dir / f"{_NAME}.so"
     done = build_dir / f"{_NAME}.so.ok"  # written once a build has completed and loaded (never partial)
     if cached.is_file() and done.is_file():
-        path = str(cached)  # built before from these exact sources: no build tool is invoked
+        path, tool = str(cached), "cache"  # built before from these exact sources: no build tool is invoked
     elif _ninja_available():
-        path = _build_with_ninja(sources, build_dir)  # ninja's file lock serialises concurrent builds
+        tool = "ninja"
+        with _BuildProgress(build_dir, f"{os.environ.get('CXX', 'c++')} (ninja)"):
+            path = _build_with_ninja(sources, build_dir)  # ninja's file lock serialises concurrent builds
     else:
-        path = _build_with_compiler(sources, build_dir)
+        tool = os.environ.get("CXX", "c++")
+        with _BuildProgress(build_dir, tool):
+            path = _build_with_compiler(sources, build_dir)
     if not hasattr(torch.ops.mmx_fast, "rankings_topk"):
         torch.ops.load_library(path)
     _register_python_impls()
@@ -228,13 +310,74 @@ def _build_and_load() -> str:
             done.write_text(f"{torch.__version__}\n")
         except OSError:  # a read-only cache still works, it is just rebuilt-checked next time
             pass
-    return path
+    return BuildResult(path=path, seconds=time.perf_counter() - t0, cached=tool == "cache", tool=tool)
+
+
+def build(force: bool = False) -> BuildResult:
+    """Build (if needed) and load the extension now, ahead of first use; returns a :class:`BuildResult`.
+    ``force=True`` deletes this version's cached build first (only before the library is loaded in this
+    process). Raises RuntimeError like :func:`load`."""
+    global _loaded_path, _error
+    if force:
+        if _loaded_path is not None:
+            raise RuntimeError(
+                f"the native library is already loaded in this process ({_loaded_path}); rebuild it from a "
+                "fresh process: python -m mmx_fast.native build --force"
+            )
+        build_dir = _build_dir(source_files())
+        if build_dir.is_dir() and _cache_root() in build_dir.parents:
+            shutil.rmtree(build_dir)  # a folder of our own cache, named by the sources' digest
+        with _lock:
+            _error = None
+    if _loaded_path is not None and _last_build is not None:
+        return BuildResult(path=_loaded_path, seconds=0.0, cached=True, tool="loaded")
+    load()
+    assert _last_build is not None
+    return _last_build
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mmx_fast.native build [--force] | info``: build ahead of time, or say where the build is."""
+    import argparse
+
+    from mmx_fast import native as mod  # the package's module, also under ``python -m`` (one set of ops)
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mmx_fast.native", description="Build the native C++ CPU kernels ahead of first use."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_build = sub.add_parser(
+        "build", help="compile (if not cached) and load the kernels; prints where and how long"
+    )
+    p_build.add_argument("--force", action="store_true", help="delete this version's cached build first")
+    sub.add_parser("info", help="print the cache folder and whether the kernels are built (builds nothing)")
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        build_dir = mod._build_dir(mod.source_files())
+        built = (build_dir / f"{_NAME}.so.ok").is_file()
+        print(f"{'built' if built else 'not built'}: {build_dir / (_NAME + '.so')}")
+        return 0
+    if mod._mode() == "0":
+        print(f"the native C++ kernels are disabled ({ENV_VAR}=0); nothing built", file=sys.stderr)
+        return 2
+    try:
+        res = mod.build(force=args.force)
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    what = "cached build loaded" if res.cached else f"built with {res.tool}"
+    print(f"{what} in {res.seconds:.1f} s: {res.path}")
+    return 0
+
+
+if __name__ == "__main__":  # the command needs only what is defined above
+    sys.exit(main())
 
 
 def load() -> str:
     """Build (first use) and load the extension; returns the library's path. Raises RuntimeError when it is
     disabled (``MMX_FAST_NATIVE=0``) or cannot be built (the message carries the compiler's output)."""
-    global _loaded_path, _error
+    global _loaded_path, _error, _last_build
     if _loaded_path is not None:
         return _loaded_path
     if _mode() == "0":
@@ -245,7 +388,8 @@ def load() -> str:
         if _error is not None:
             raise RuntimeError(_error)
         try:
-            _loaded_path = _build_and_load()
+            _last_build = _build_and_load()
+            _loaded_path = _last_build.path
         except Exception as err:
             _error = f"the native C++ kernels could not be built or loaded: {type(err).__name__}: {err}"
             raise RuntimeError(_error) from err

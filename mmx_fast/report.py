@@ -94,6 +94,22 @@ def _chip_text(tok: str) -> tuple[str, bool]:
     return text, starts_word
 
 
+def _script_json(obj: Any) -> str:
+    """``obj`` as JSON that is inert inside ``<script type="application/json">``: every ``<`` (so neither
+    ``</script>`` nor ``<!--`` + ``<script>`` can end or swallow the element), ``>`` and ``&`` escaped as
+    ``\\u003c`` etc., and U+2028 / U+2029 (which ``ensure_ascii`` already escapes) too."""
+    text = json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
+    for ch, esc in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
+        text = text.replace(ch, esc)
+    return text
+
+
 def _fmt_value(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:g}"
@@ -281,7 +297,7 @@ def render_report(
         css=_asset("report.css"),
         boxcss=_box_css(exp) if photo is not None else "",
         js=_asset("report.js"),
-        data=json.dumps(data, ensure_ascii=True, separators=(",", ":")).replace("</", "<\\/"),
+        data=_script_json(data),
         n_tokens=str(T),
     )
     return re.sub(r"@@(\w+)@@", lambda m: values[m.group(1)], _asset("report.html"))

@@ -41,7 +41,8 @@ import torch
 from .adapters.registry import model_type_info, tiny_model_types
 from .loading import accept_missing_video_processor
 
-FAMILIES = tiny_model_types()  # the model types of the registry that have a tiny builder below
+# the model types of the registry that have a tiny builder below, then the variants (``_VARIANTS``)
+FAMILIES = tiny_model_types() + ("internvl_tiled",)
 
 _HIDDEN = 64
 _LAYERS = 2
@@ -53,6 +54,9 @@ _VISION_LAYERS = 2
 _VISION_HEADS = 2
 _PATCH = 14
 _BPE_VOCAB = 1200  # byte alphabet (256) + merges; special tokens come on top
+_INTERNVL_MAX_TILES = (
+    4  # internvl_tiled: at most 4 tiles (+ thumbnail); set image_processor.max_patches to change
+)
 
 # ImageNet statistics, as the real InternVL processors use.
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -171,6 +175,38 @@ _SPECIALS["paligemma"] = {
     "bos": None,  # the processor writes <bos> after the image tokens
 }
 _SPECIALS["qwen2_5_vl"] = _SPECIALS["qwen3_vl"] = _SPECIALS["qwen3_vl_moe"] = _SPECIALS["qwen2_vl"]
+_SPECIALS["llava_next"] = _SPECIALS["llava"]
+_SPECIALS["llava_onevision"] = {
+    "tokens": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"],
+    "named": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+    "extra": {"image_token": "<image>", "video_token": "<video>"},
+    "eos": "<|im_end|>",
+    "bos": None,
+}
+_SPECIALS["smolvlm"] = {
+    "tokens": [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<end_of_utterance>",
+        "<image>",
+        "<fake_token_around_image>",
+        "<global-img>",
+        "<video>",
+    ]
+    + [f"<row_{r}_col_{c}>" for r in range(1, 5) for c in range(1, 5)],
+    "named": {"eos_token": "<end_of_utterance>", "pad_token": "<|endoftext|>"},
+    "extra": {
+        "image_token": "<image>",
+        "fake_image_token": "<fake_token_around_image>",
+        "global_image_token": "<global-img>",
+        "end_of_utterance_token": "<end_of_utterance>",
+        "video_token": "<video>",
+    },
+    "eos": "<end_of_utterance>",
+    "bos": None,
+}
+# Tiny-model names that are a variant of a model type: name -> the model type (tokenizer, template, adapter).
+_VARIANTS = {"internvl_tiled": "internvl"}
 
 # Chat templates (Jinja) mimicking the real ones. ``content`` may be a string or a list of typed parts.
 _CHATML_TEMPLATE = (
@@ -224,6 +260,28 @@ _TEMPLATES["gemma3"] = (
 )
 _TEMPLATES["paligemma"] = None  # PaliGemma has no chat template (a prefix-LM prompt)
 _TEMPLATES["qwen2_5_vl"] = _TEMPLATES["qwen3_vl"] = _TEMPLATES["qwen3_vl_moe"] = _TEMPLATES["qwen2_vl"]
+_TEMPLATES["llava_onevision"] = _CHATML_TEMPLATE.replace("IMAGE_PLACEHOLDER", "<image>\n")
+_TEMPLATES["smolvlm"] = (  # SmolVLM's own shape
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'] is string %}{{ ': ' + message['content'] }}"
+    "{% else %}{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+_TEMPLATES["llava_next"] = (  # Mistral-style, as llava-v1.6-mistral
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}[INST] "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}"
+    "{% endif %} [/INST]"
+    "{% else %}{{ message['content'] if message['content'] is string else message['content'][0]['text'] }}</s>"
+    "{% endif %}"
+    "{% endfor %}"
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -253,6 +311,7 @@ def tiny_tokenizer(family: str):
     from transformers import PreTrainedTokenizerFast
 
     _check_family(family)
+    family = _VARIANTS.get(family, family)
     spec = _SPECIALS[family]
     tok = Tokenizer.from_str(_base_bpe_json())
     tok.add_special_tokens(list(spec["tokens"]))
@@ -268,7 +327,7 @@ def tiny_tokenizer(family: str):
         tokenizer_object=tok,
         extra_special_tokens=dict(spec["extra"]),
         chat_template=_TEMPLATES[family],
-        padding_side="left" if family == "internvl" else "right",
+        padding_side="left" if family in ("internvl", "llava_onevision") else "right",
         clean_up_tokenization_spaces=False,
         model_max_length=4096,
         **kwargs,
@@ -425,7 +484,7 @@ def _build_internvl(family: str, tok, image_size: int | None):
         Qwen2Config,
     )
 
-    size = image_size or 112
+    size = image_size or (56 if family == "internvl_tiled" else 112)
     vision = InternVLVisionConfig(
         hidden_size=_VISION_WIDTH,
         intermediate_size=2 * _VISION_WIDTH,
@@ -446,9 +505,12 @@ def _build_internvl(family: str, tok, image_size: int | None):
         vision_feature_select_strategy="default",
         tie_word_embeddings=False,
     )
+    tiled = family == "internvl_tiled"
     image_processor = GotOcr2ImageProcessorPil(
         size={"height": size, "width": size},
-        crop_to_patches=False,
+        crop_to_patches=tiled,
+        min_patches=1,
+        max_patches=_INTERNVL_MAX_TILES,
         image_mean=list(_IMAGENET_MEAN),
         image_std=list(_IMAGENET_STD),
     )
@@ -595,6 +657,150 @@ def _build_paligemma(family: str, tok, image_size: int | None):
     return config, PaliGemmaForConditionalGeneration, processor
 
 
+_ANYRES_PINPOINTS = [[56, 56], [56, 112], [112, 56], [112, 112]]  # at most 2x2 tiles of 56 px
+
+
+def _build_llava_next(family: str, tok, image_size: int | None):
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+    )
+
+    size = image_size or 56
+    pinpoints = [[size * a // 56, size * b // 56] for a, b in _ANYRES_PINPOINTS]
+    vision = CLIPVisionConfig(
+        hidden_size=_VISION_WIDTH,
+        intermediate_size=2 * _VISION_WIDTH,
+        projection_dim=_VISION_WIDTH,
+        num_hidden_layers=_VISION_LAYERS,
+        num_attention_heads=_VISION_HEADS,
+        image_size=size,
+        patch_size=_PATCH,
+    )
+    config = LlavaNextConfig(
+        vision_config=vision,
+        text_config=LlamaConfig(**_text_kwargs(len(tok), tok)),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        tie_word_embeddings=False,
+    )
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_grid_pinpoints=pinpoints,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=_PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=_TEMPLATES["llava_next"],
+    )
+    return config, LlavaNextForConditionalGeneration, processor
+
+
+def _build_llava_onevision(family: str, tok, image_size: int | None):
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessorPil,
+        LlavaOnevisionProcessor,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    size = image_size or 56
+    pinpoints = [[size * a // 56, size * b // 56] for a, b in _ANYRES_PINPOINTS]
+    vision = SiglipVisionConfig(
+        hidden_size=_VISION_WIDTH,
+        intermediate_size=2 * _VISION_WIDTH,
+        num_hidden_layers=_VISION_LAYERS,
+        num_attention_heads=_VISION_HEADS,
+        image_size=size,
+        patch_size=_PATCH,
+    )
+    # anyres_max_2: a 2x2-tile grid (more than 2 tiles' worth of cells) is shrunk by the model, as the real
+    # anyres_max_9 does for large images
+    config = LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=Qwen2Config(**_text_kwargs(len(tok), tok)),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=pinpoints,
+        vision_aspect_ratio="anyres_max_2",
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        tie_word_embeddings=False,
+    )
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": size, "width": size}, image_grid_pinpoints=pinpoints
+    )
+    processor = accept_missing_video_processor(LlavaOnevisionProcessor)(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=None,
+        num_image_tokens=(size // _PATCH) ** 2,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_2",
+        chat_template=_TEMPLATES["llava_onevision"],
+    )
+    return config, LlavaOnevisionForConditionalGeneration, processor
+
+
+def _build_smolvlm(family: str, tok, image_size: int | None):
+    """SmolVLM with image splitting: tiles of ``image_size`` (default 56) px, the image's longest edge resized to
+    two tiles (at most 2x2 tiles + the global image); pixel shuffle 2, so 4 tokens per tile. Needs ``num2words``
+    (the SmolVLM processor class checks for it)."""
+    from transformers import (
+        LlamaConfig,
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+        SmolVLMImageProcessorPil,
+        SmolVLMProcessor,
+        SmolVLMVisionConfig,
+    )
+
+    size = image_size or 56
+    vision = SmolVLMVisionConfig(
+        hidden_size=_VISION_WIDTH,
+        intermediate_size=2 * _VISION_WIDTH,
+        num_hidden_layers=_VISION_LAYERS,
+        num_attention_heads=_VISION_HEADS,
+        image_size=size,
+        patch_size=_PATCH,
+    )
+    seq = (size // _PATCH) ** 2 // 4
+    config = SmolVLMConfig(
+        vision_config=vision,
+        text_config=LlamaConfig(**_text_kwargs(len(tok), tok)),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+        tie_word_embeddings=False,
+    )
+    image_processor = SmolVLMImageProcessorPil(
+        size={"longest_edge": 2 * size},
+        max_image_size={"longest_edge": size},
+        do_image_splitting=True,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    processor = accept_missing_video_processor(SmolVLMProcessor)(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=None,
+        image_seq_len=seq,
+        chat_template=_TEMPLATES["smolvlm"],
+    )
+    return config, SmolVLMForConditionalGeneration, processor
+
+
 # registry ``tiny_builder`` name -> builder(model_type, tokenizer, image_size) -> (config, model class, processor)
 _BUILDERS = {
     "qwen2_vl": _build_qwen,
@@ -603,6 +809,9 @@ _BUILDERS = {
     "qwen3_vl": _build_qwen3,
     "gemma3": _build_gemma3,
     "paligemma": _build_paligemma,
+    "llava_next": _build_llava_next,
+    "llava_onevision": _build_llava_onevision,
+    "smolvlm": _build_smolvlm,
 }
 
 
@@ -624,7 +833,7 @@ def tiny_model(
     tok = tiny_tokenizer(family)
     if image_size is not None and (image_size < 28 or image_size % 28):
         raise ValueError(f"image_size={image_size} must be a positive multiple of 28")
-    build = _BUILDERS[model_type_info(family).tiny_builder]
+    build = _BUILDERS[model_type_info(_VARIANTS.get(family, family)).tiny_builder]
     config, model_cls, processor = build(family, tok, image_size)
     config._attn_implementation = attn_implementation
 
@@ -634,7 +843,8 @@ def tiny_model(
     model = model.to(dtype).eval()
     _silence_special_rows(model, tok)
 
-    set_greedy_generation(model, tok, tok.convert_tokens_to_ids(_SPECIALS[family]["eos"]))
+    eos = _SPECIALS[_VARIANTS.get(family, family)]["eos"]
+    set_greedy_generation(model, tok, tok.convert_tokens_to_ids(eos))
     return model, processor
 
 

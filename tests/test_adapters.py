@@ -336,10 +336,13 @@ def test_registry_is_the_one_family_list():
 
     from mmx_fast import cli, testing
 
-    # issue 15 families (tests/test_families.py) come after the first four
-    families = FAMILIES + ["qwen3_vl", "qwen3_vl_moe", "gemma3", "paligemma"]
-    assert supported_model_types() == list(MODEL_TYPES) == list(cli.SUPPORTED_FAMILIES) == families
-    assert tiny_model_types() == testing.FAMILIES == tuple(families)
+    # issue 15 families (tests/test_families.py), then the tiled ones (tests/test_tiled.py)
+    families = ["qwen3_vl", "qwen3_vl_moe", "gemma3", "paligemma"]
+    tiled = ["llava_next", "llava_onevision", "smolvlm"]
+    every = FAMILIES + families + tiled
+    assert supported_model_types() == list(MODEL_TYPES) == list(cli.SUPPORTED_FAMILIES) == every
+    assert tiny_model_types() == tuple(every)
+    assert testing.FAMILIES == tiny_model_types() + ("internvl_tiled",)  # a variant: InternVL with tiling on
     for name, info in MODEL_TYPES.items():
         assert info.name == name and adapter_class(name) is info.adapter
         assert name in info.adapter.config_types and info.processor_class in info.adapter.processor_classes

@@ -108,8 +108,19 @@ def make_files(d: Path) -> dict[str, Path]:
     with Image.open(d / "palette-alpha.png") as im:
         assert im.mode == "P" and im.info.get("transparency") == 0
     Image.new("RGB", (1, 1), (200, 10, 10)).save(d / "one-pixel.png")
+    Image.new("RGB", (3000, 10), (200, 10, 10)).save(d / "wide.png")  # aspect ratio 300:1
     (d / "a-folder.jpg").mkdir()
-    for name in ("gray16.png", "cmyk.jpg", "palette-alpha.png", "one-pixel.png", "a-folder.jpg"):
+    os.mkfifo(d / "pipe.jpg")
+    names = (
+        "gray16.png",
+        "cmyk.jpg",
+        "palette-alpha.png",
+        "one-pixel.png",
+        "a-folder.jpg",
+        "wide.png",
+        "pipe.jpg",
+    )
+    for name in names:
         out[name] = d / name
     return out
 
@@ -241,6 +252,13 @@ def _obj_call(make_image: Callable[[], Any]):
     return call
 
 
+def _call_prompt(prompt: str):
+    def call(env: Env, fn, mp):
+        return fn(env.model, env.processor, photo(), prompt, answer=ANSWER)
+
+    return call
+
+
 def _check_size(w: int, h: int):
     def check(exp: Explanation, env: Env) -> None:
         assert exp.image.size == (w, h) and len(exp) == len(env.processor.tokenizer(ANSWER)["input_ids"])
@@ -283,6 +301,20 @@ IMAGE_CASES = [
         r"bomb\.png'.*(200000000 pixels|20000x10000)",
     ),
     Case("directory-as-image", _image_call("a-folder.jpg"), ValueError, r"a-folder\.jpg'.*is a directory"),
+    Case("fifo-as-image", _image_call("pipe.jpg"), ValueError, r"pipe\.jpg' is not a regular file"),
+    Case(
+        "aspect-300-to-1",
+        _image_call("wide.png"),
+        ValueError,
+        r"wide\.png' of size 3000x10 has aspect ratio 300:1",
+    ),
+    Case(
+        "array-aspect-60-to-1",
+        _obj_call(lambda: np.zeros((1, 60, 3), np.uint8)),
+        ValueError,
+        r"size 60x1 has aspect ratio 60:1.*50:1",
+    ),
+    Case("prompt-too-long", _call_prompt("x" * 16385), ValueError, r"prompt of 16385 characters is too long"),
     Case(
         "missing-file",
         _obj_call(lambda: "/nonexistent/mmx/photo.jpg"),
@@ -498,6 +530,15 @@ CONFIG_CASES = [
     (dict(rbo_p=float("nan")), r"ExplainConfig\.rbo_p=nan is not allowed"),
     (dict(method="logit_lens"), r"ExplainConfig\.method='logit_lens' is not allowed; expected one of"),
     (dict(max_new_tokens=0), r"ExplainConfig\.max_new_tokens=0 is not allowed"),
+    (
+        dict(max_new_tokens=1025),
+        r"ExplainConfig\.max_new_tokens=1025 is not allowed; expected an integer in \[1, 1024\]",
+    ),
+    (
+        dict(keep_scale_maps="yes"),
+        r"ExplainConfig\.keep_scale_maps='yes' is not allowed; expected True or False",
+    ),
+    (dict(scales=["0.5", 1]), r"ExplainConfig\.scales=\['0\.5', 1\] is not allowed"),
 ]
 
 
@@ -608,6 +649,20 @@ CLI_CASES = [
     CliCase("method-misspelt", _ok("--method", "msea_arc"), r"invalid choice: 'msea_arc'"),
     CliCase("max-new-tokens-zero", _ok("--max-new-tokens", "0"), r"invalid --max-new-tokens '0'"),
     CliCase(
+        "max-new-tokens-1025", _ok("--max-new-tokens", "1025"), r"'1025'; expected an integer in \[1, 1024\]"
+    ),
+    CliCase(
+        "aspect-300-to-1", _img("wide.png"), r"--image '.*wide\.png' of size 3000x10 has aspect ratio 300:1"
+    ),
+    CliCase("fifo-as-image", _img("pipe.jpg"), r"--image '.*pipe\.jpg' is not a regular file"),
+    CliCase(
+        "prompt-too-long",
+        lambda env: [*_ok()(env)[:2], "--prompt", "x" * 16385, "--model", "tiny:qwen2_vl"],
+        r"--prompt of 16385 characters is too long; at most 16384",
+    ),
+    CliCase("out-empty", lambda env: [*_ok()(env), "--out", ""], r"--out '' is empty"),
+    CliCase("answer-too-long", _ok("--answer", "y" * 16385), r"--answer of 16385 characters is too long"),
+    CliCase(
         "prompt-empty",
         lambda env: [*_ok()(env)[:2], "--prompt", "", "--model", "tiny:qwen2_vl"],
         r"--prompt is empty",
@@ -624,7 +679,8 @@ def test_cli(case: CliCase, env: Env, tmp_path, capsys):
     from mmx_fast.cli import main
 
     out = tmp_path / "out"
-    rc = main(["explain", *case.args(env), "--out", str(out), "--quiet"])
+    args = case.args(env)
+    rc = main(["explain", *args, *([] if "--out" in args else ["--out", str(out)]), "--quiet"])
     cap = capsys.readouterr()
     lines = cap.err.strip().splitlines()
     assert rc == case.code, cap.err

@@ -69,7 +69,7 @@ def _check_folder(folder: Path, n_expected_tokens: int | None = None) -> int:
     assert len(pngs) == T and [p.name for p in pngs] == [t["overlay"] for t in info["tokens"]]
     assert Image.open(pngs[0]).size == (info["image"]["width"], info["image"]["height"])
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["report.html", "maps.npz", "explanation.json"] + [p.name for p in pngs]
+        ["report.html", "maps.npz", "explanation.json", ".mmx-fast-result.json"] + [p.name for p in pngs]
     )
     if n_expected_tokens is not None:
         assert T == n_expected_tokens
@@ -77,7 +77,7 @@ def _check_folder(folder: Path, n_expected_tokens: int | None = None) -> int:
 
 
 def _no_temp_left(out: Path) -> None:
-    left = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    left = [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".mmx-fast-result.json"]
     assert not left, f"temporary files left behind: {left}"
 
 
@@ -176,10 +176,13 @@ def test_rerun_replaces_a_result_and_a_failed_write_leaves_nothing(tmp_path, pho
         "-q",
     ]
     assert main([*base, "--answer", "A cat."]) == 0
-    (out / "portrait" / "stale.txt").write_text("old")
-    assert main([*base, "--answer", "A woman in a uniform."]) == 0
-    assert not (out / "portrait" / "stale.txt").exists()
+    assert main([*base, "--answer", "A woman in a uniform."]) == 0  # replaces its own earlier result
+    assert sorted(p.name for p in out.iterdir()) == ["portrait"]
     T = _check_folder(out / "portrait")
+    (out / "portrait" / "stale.txt").write_text("old")  # now the folder holds a user's file: never replaced
+    assert main([*base, "--answer", "A cat."]) == 0
+    assert (out / "portrait" / "stale.txt").read_text() == "old"
+    _check_folder(out / "portrait-2")
     _no_temp_left(out)
     capsys.readouterr()
 
@@ -192,6 +195,7 @@ def test_rerun_replaces_a_result_and_a_failed_write_leaves_nothing(tmp_path, pho
     assert main([*base, "--answer", "A woman."]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mmx-fast: error:") and "No space left" in err[0]
+    os.unlink(out / "portrait" / "stale.txt")
     _check_folder(out / "portrait", T)  # the earlier result is intact
     _no_temp_left(out)
     new_out = tmp_path / "fresh"

@@ -232,9 +232,9 @@ def test_gemma3_begin_of_image_id_is_refused_not_a_1x1_map():
         "NaiveGemma3", (Gemma3Adapter,), {"image_token_id": property(lambda s: s.processor.image_token_id)}
     )
     bad = naive(model, processor)
-    with pytest.raises(ValueError, match=r"'gemma3'.*located 1 visual tokens.*predicts 16"):
+    with pytest.raises(ValueError, match=r"^gemma3: found 1 visual tokens but .* predicts 16"):
         bad.prepare(photo(), PROMPT, 1.0)
-    with pytest.raises(ValueError, match="'gemma3'"):
+    with pytest.raises(ValueError, match="^gemma3: "):
         bad.prepare(photo(), PROMPT, 0.5)
 
 
@@ -243,7 +243,7 @@ def test_visual_token_count_mismatch_names_model_type(name, monkeypatch):
     _, model, processor, ad = _family(name)
     want = ad.expected_visual_tokens(ad.prepare(photo(), PROMPT, 1.0).inputs)
     monkeypatch.setattr(type(ad), "expected_visual_tokens", lambda self, inputs: want + 1)
-    with pytest.raises(ValueError, match=rf"'{name}'.*located {want} visual tokens.*predicts {want + 1}"):
+    with pytest.raises(ValueError, match=rf"^{name}: found {want} visual tokens but .* predicts {want + 1}"):
         ad.prepare(photo(), PROMPT, 1.0)
 
 

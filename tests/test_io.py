@@ -34,7 +34,14 @@ def test_save_writes_every_array_the_json_and_one_overlay_per_token(tmp_path):
     exp = _exp()
     assert exp.save(tmp_path / "out") == tmp_path / "out"
     names = sorted(os.listdir(tmp_path / "out"))
-    assert names == ["explanation.json", "maps.npz", "token_000.png", "token_001.png", "token_002.png"]
+    assert names == [
+        io.RESULT_MARKER,
+        "explanation.json",
+        "maps.npz",
+        "token_000.png",
+        "token_001.png",
+        "token_002.png",
+    ]
     with np.load(tmp_path / "out" / "maps.npz") as z:
         assert set(z.files) == {"maps", "grid", "answer_ids", "raw_maps", "scale_0.5", "scale_1.0"}
         np.testing.assert_array_equal(z["maps"], exp.maps.numpy())
@@ -47,7 +54,7 @@ def test_save_writes_every_array_the_json_and_one_overlay_per_token(tmp_path):
 
 def test_save_with_info_and_without_image(tmp_path):
     io.save(_exp(with_image=False), tmp_path, info={"x": "é"})
-    assert sorted(os.listdir(tmp_path)) == ["explanation.json", "maps.npz"]
+    assert sorted(os.listdir(tmp_path)) == [io.RESULT_MARKER, "explanation.json", "maps.npz"]
     assert (tmp_path / "explanation.json").read_bytes() == '{\n  "x": "é"\n}\n'.encode()
 
 
@@ -95,11 +102,56 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["f.txt"]
 
 
-def test_replace_dir_swaps_a_finished_folder_in(tmp_path):
+def test_replace_dir_swaps_in_only_over_an_untouched_earlier_result(tmp_path):
     final, tmp = tmp_path / "r", tmp_path / ".r.tmp"
     final.mkdir()
     (final / "old").write_text("1")
     tmp.mkdir()
     (tmp / "new").write_text("2")
-    io.replace_dir(tmp, final)
-    assert os.listdir(final) == ["new"] and sorted(os.listdir(tmp_path)) == ["r"]
+    # not a result of ours: left alone, the new folder goes to the next free name
+    assert io.replace_dir(tmp, final) == tmp_path / "r-2"
+    assert os.listdir(final) == ["old"] and os.listdir(tmp_path / "r-2") == ["new"]
+    # an untouched earlier result (the marker lists every file) is replaced, the old one removed
+    io.write_result_marker(final)
+    assert io.is_replaceable_result(final)
+    tmp.mkdir()
+    (tmp / "newer").write_text("3")
+    assert io.replace_dir(tmp, final) == final
+    assert os.listdir(final) == ["newer"] and sorted(os.listdir(tmp_path)) == ["r", "r-2"]
+
+
+def test_is_replaceable_result_refuses_anything_else(tmp_path):
+    r = tmp_path / "r"
+    r.mkdir()
+    (r / "maps.npz").write_bytes(b"x")
+    io.write_result_marker(r)
+    assert io.is_replaceable_result(r)
+    (r / "extra.txt").write_text("user")  # a file the marker does not list
+    assert not io.is_replaceable_result(r)
+    os.unlink(r / "extra.txt")
+    os.unlink(r / "maps.npz")
+    os.mkdir(r / "maps.npz")  # a listed name that is a folder
+    assert not io.is_replaceable_result(r)
+    os.rmdir(r / "maps.npz")
+    link = tmp_path / "link"
+    link.symlink_to(r, target_is_directory=True)
+    assert io.is_replaceable_result(r) and not io.is_replaceable_result(link)
+    (r / io.RESULT_MARKER).write_text("not json")
+    assert not io.is_replaceable_result(r)
+    assert not io.is_replaceable_result(tmp_path / "missing")
+
+
+def test_save_never_overwrites_a_file_it_did_not_write(tmp_path):
+    (tmp_path / "token_001.png").write_bytes(b"my holiday photo")
+    with pytest.raises(
+        FileExistsError, match=r"already holds 'token_001\.png', which mmx-fast did not write"
+    ):
+        _exp().save(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["token_001.png"]  # nothing written
+    assert (tmp_path / "token_001.png").read_bytes() == b"my holiday photo"
+    other = tmp_path / "other"
+    _exp().save(other)
+    _exp().save(other)  # its own files: overwritten
+    (other / "notes.txt").write_text("mine")
+    _exp(with_image=False).save(other)  # other files beside ours are fine, and kept
+    assert (other / "notes.txt").read_text() == "mine"

@@ -34,6 +34,10 @@ PROCESSOR = {
     "qwen3_vl_moe": "Qwen3VLProcessor",
     "gemma3": "Gemma3Processor",
     "paligemma": "PaliGemmaProcessor",
+    "internvl_tiled": "InternVLProcessor",
+    "llava_next": "LlavaNextProcessor",
+    "llava_onevision": "LlavaOnevisionProcessor",
+    "smolvlm": "SmolVLMProcessor",
 }
 
 

@@ -375,3 +375,32 @@ def test_video_frame_scrubber(video_report, chrome):
 def test_image_report_has_no_scrubber(report):
     _, path = report
     assert 'id="frame"' not in path.read_text()
+
+
+def test_hostile_tokens_and_a_malformed_fragment(chrome, tmp_path):
+    """Tokens that would end or swallow the page's script (``<!--`` then ``<script>``, ``</script>``, U+2028)
+    stay data, and a malformed percent escape in the fragment does not throw (issue 13, defect 8)."""
+    import torch
+
+    from mmx_fast import Explanation
+
+    tokens = ["<!--", "<script>", "x</script>", "\u2028", "&amp;"]
+    g = torch.Generator().manual_seed(0)
+    exp = Explanation(
+        maps=torch.rand(len(tokens), 3, 4, generator=g),
+        answer_ids=list(range(5, 5 + len(tokens))),
+        answer_tokens=tokens,
+        grid=(3, 4),
+        prompt="<!-- <script>",
+        image=Image.fromarray(np.full((30, 40, 3), 120, np.uint8)),
+    )
+    path = exp.to_html(tmp_path / "hostile.html")
+    page = Page(chrome)
+    page.goto(Path(path).as_uri() + "#token=%E0%A4%A&view=%")
+    assert page.js("document.querySelectorAll('.chip').length") == len(tokens)
+    assert page.js("JSON.parse(document.getElementById('mmx-data').textContent).tokens") == tokens
+    assert page.js("document.body.getAttribute('data-token')") == "0"
+    assert not page.js("document.title").startswith("ERROR")
+    assert page.js("document.body.getAttribute('data-error')") is None
+    page.click('.chip[data-i="2"]')
+    assert page.js("document.body.getAttribute('data-token')") == "2"

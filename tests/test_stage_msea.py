@@ -113,3 +113,70 @@ def test_msea_aggregate_checks_arguments():
         ops.msea(m, [(1, 1), (1, 1)], (3, 3))
     with pytest.raises(ValueError, match="same M"):
         ops.msea(m + [torch.rand(3, 3, 3)], [(1, 1), (1, 1)], (3, 3))
+
+
+# --------------------------------------------------------------------------------------------------
+# Tiled inputs: (map, box) placements (docs/design.md §1.2, tiled models)
+# --------------------------------------------------------------------------------------------------
+
+# one scale of a 2x2-tile input + thumbnail on a 6x8 canonical grid, a smaller scale's single tile, and a
+# stitched view covering everything; odd sizes so every view is resized
+TILED_VIEWS = (
+    ((3, 4), (0, 0, 3, 4)),
+    ((3, 4), (0, 4, 3, 8)),
+    ((3, 4), (3, 0, 6, 4)),
+    ((3, 4), (3, 4, 6, 8)),
+    ((2, 2), (0, 0, 6, 8)),
+    ((5, 3), (1, 2, 6, 7)),
+)
+
+
+@pytest.mark.parametrize("aggregate", ["mean", "max"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", STAGE_BACKENDS)
+def test_msea_boxes_every_backend(backend, dtype, aggregate):
+    """Views placed on boxes of canonical cells, mixed with a coverage placement: the flash-attention rule
+    against the float64 reference."""
+    be, dev = backend_or_skip(backend)
+    g = gen(77)
+    maps = [torch.rand(4, h, w, generator=g) for (h, w), _ in TILED_VIEWS] + [
+        torch.rand(4, 6, 8, generator=g)
+    ]
+    places = [box for _, box in TILED_VIEWS] + [(1.0, 1.0)]
+    fast = ops.msea([m.to(dtype).to(dev) for m in maps], places, (6, 8), aggregate, backend=be).cpu()
+    ref64 = ref_msea.msea_aggregate([m.to(dtype).double() for m in maps], places, (6, 8), aggregate)
+    plain = ref_msea.msea_aggregate([m.to(dtype) for m in maps], places, (6, 8), aggregate)
+    assert fast.shape == (4, 6, 8)
+    assert_flash_rule(fast, plain, ref64, 1e-6, f"msea boxes {backend} {dtype} {aggregate}")
+
+
+def test_msea_box_places_each_view_on_its_cells_only():
+    """A constant view on a box: inside the box the mean over the covering views, outside untouched; a cell no
+    view covers is 0 (never NaN)."""
+    ones = torch.ones(1, 2, 2)
+    out = ref_msea.msea_aggregate([ones * 4, ones * 2], [(0, 0, 2, 2), (1, 1, 3, 4)], (4, 4), "mean")
+    want = torch.zeros(1, 4, 4)
+    want[0, :2, :2] = 4
+    want[0, 1:3, 1:4] = 2
+    want[0, 1, 1] = 3  # covered by both
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(ops.msea([ones * 4, ones * 2], [(0, 0, 2, 2), (1, 1, 3, 4)], (4, 4)), want)
+
+
+def test_msea_coverage_equals_its_box():
+    """A coverage (cy, cx) >= 1 is the box of its covered cells: the generalisation keeps single-view families
+    bit-identical."""
+    m = [torch.rand(3, 5, 7, generator=gen(3))]
+    a = ops.msea(m, [(1.5, 1.5)], (9, 12))
+    b = ops.msea(m, [(0, 0, 6, 8)], (9, 12))
+    assert torch.equal(a, b)
+
+
+def test_msea_box_checks():
+    m = [torch.rand(2, 3, 3)]
+    with pytest.raises(ValueError, match=r"coverages\[0\]=.*box"):
+        ops.msea(m, [(0, 0, 4, 3)], (3, 3))
+    with pytest.raises(ValueError, match=r"coverages\[0\]=.*box"):
+        ops.msea(m, [(1, 0, 1, 3)], (3, 3))
+    with pytest.raises(ValueError, match=r"coverages\[0\]=.*box"):
+        ops.msea(m, [(0, 0, 1.5, 3)], (3, 3))

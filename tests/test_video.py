@@ -267,6 +267,17 @@ def test_video_on_a_family_without_video_is_refused(name):
         explain_fast(model, processor, FRAMES, PROMPT, answer=ANSWER)
 
 
+@pytest.mark.parametrize("name", ["llava_next", "internvl_tiled", "smolvlm"])
+def test_video_on_a_tiled_family_is_refused(name):
+    """Video and tiles together are not explained (docs/design.md §1.2): the error names the model type, the
+    tiled geometry and the families that take video."""
+    model, processor, _ = family(name)
+    with pytest.raises(
+        ValueError, match=r"'(llava_next|internvl|smolvlm)' lays an image out as tiles.*qwen2_vl"
+    ):
+        explain_fast(model, processor, FRAMES, PROMPT, answer=ANSWER)
+
+
 def test_video_explanation_save_and_overlays(tmp_path):
     model, processor, _ = family("qwen2_vl")
     exp = explain_fast(model, processor, FRAMES, PROMPT, answer="The cat.", config=ExplainConfig())

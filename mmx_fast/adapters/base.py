@@ -24,7 +24,7 @@ from ..video import Video
 from . import generation
 from . import geometry as geo
 from . import prompt as prompt_mod
-from .geometry import Box, Geometry
+from .geometry import Box, Geometry, TileView
 
 
 @dataclass
@@ -49,6 +49,9 @@ class PromptInputs:
     temporal:         video only (``mmx_fast.video``): t of the (t, h, w) visual grid after the model's temporal
                       merge (map k covers frames 2k, 2k + 1); ``visual_positions`` are then row-major over
                       (t, h, w) and ``grid`` is one frame's (h, w). None for an image.
+    views:            tiled families: the views (thumbnail, tiles) as slices of ``visual_positions``, each with its
+                      grid and the box of the image it shows (``geometry.TileView``); ``grid`` is then the stitched
+                      tile grid. None for single-view families (the one view is ``grid`` with ``coverage``).
     """
 
     inputs: dict[str, torch.Tensor]
@@ -62,6 +65,7 @@ class PromptInputs:
     base_image: Image.Image | None = None
     model_image_hw: tuple[int, int] | None = None
     temporal: int | None = None
+    views: tuple[TileView, ...] | None = None
 
     @property
     def length(self) -> int:
@@ -141,8 +145,30 @@ class Adapter:
         text = self.chat_text(prompt)
         inputs = self.run_processor(view.image, text, **view.overrides)
         vis = self.visual_positions_of(inputs["input_ids"])
-        self.check_visual_tokens(vis.numel(), inputs)
-        grid, model_hw = self.geometry.grid(ip, inputs, vis.numel(), view)
+        views = None
+        if isinstance(self.geometry, geo.Tiled):
+            try:
+                layout = self.geometry.layout(self, inputs, view)
+            except ValueError as e:
+                raise ValueError(f"{self.model_type}: {e}") from None
+            self.check_token_count(
+                vis.numel(), layout.expected, f"the {layout.grid[0]}x{layout.grid[1]} tiled layout"
+            )
+            if layout.keep is not None:
+                vis = vis[layout.keep]
+            grid, model_hw, views = layout.grid, layout.model_hw, layout.views
+            self.check_token_count(views[-1].stop if views else 0, vis.numel(), "its views")
+        else:
+            self.check_token_count(
+                vis.numel(),
+                self.expected_visual_tokens(inputs),
+                f"its {type(self.geometry).__name__} geometry",
+            )
+            try:
+                grid, model_hw = self.geometry.grid(ip, inputs, vis.numel(), view)
+            except ValueError as e:
+                raise ValueError(f"{self.model_type}: {e}") from None
+            self.check_token_count(vis.numel(), grid[0] * grid[1], f"the {grid[0]}x{grid[1]} grid")
         return PromptInputs(
             inputs=inputs,
             visual_positions=vis,
@@ -154,16 +180,50 @@ class Adapter:
             text=text,
             base_image=view.base_image,
             model_image_hw=model_hw,
+            views=views,
         )
 
     def prepare_video(self, video: Video, prompt: str, scale: float) -> PromptInputs:
         """Hook: chat prompt with a video (frames resized by ``scale``); only video families implement it."""
         from .registry import video_model_types
 
+        if isinstance(self.geometry, geo.Tiled):
+            raise ValueError(
+                f"model type {self.model_type!r} lays an image out as tiles ({type(self.geometry).__name__}); "
+                f"video is not explained for tiled models, only for: {', '.join(video_model_types())}"
+            )
         raise ValueError(
             f"model type {self.model_type!r} does not take video; video is explained for: "
             f"{', '.join(video_model_types())}"
         )
+
+    @property
+    def model_type(self) -> str:
+        return str(getattr(getattr(self.model, "config", None), "model_type", type(self.model).__name__))
+
+    def expected_visual_tokens(self, inputs: dict[str, torch.Tensor]) -> int:
+        """Hook: how many visual tokens a single-view family's geometry predicts for these processor outputs
+        (tiled families predict theirs with ``geometry.layout``). Dynamic resolution:
+        ``prod(image_grid_thw) / merge_size**2``; fixed size: the model config's ``image_seq_length`` where it has
+        one, else the family overrides this with the count its vision tower and projector produce."""
+        if self.geometry.dynamic_resolution:
+            thw = inputs["image_grid_thw"].reshape(-1, 3)
+            merge = int(getattr(self.image_processor, "merge_size", 1))
+            return int(thw.prod(-1).sum()) // (merge * merge)
+        seq = getattr(getattr(self.model, "config", None), "image_seq_length", None)
+        if isinstance(seq, int):
+            return seq
+        raise NotImplementedError(f"{type(self).__name__} must say how many visual tokens it expects")
+
+    def check_token_count(self, located: int, predicted: int, what: str) -> None:
+        """Never silent (issue 15, docs/design.md §1.2): the visual tokens located in the sequence must be exactly
+        what the geometry predicts, else an error naming the model type (a wrong image token id would otherwise
+        give a 1x1 or a shifted map)."""
+        if located != predicted or predicted == 0:
+            raise ValueError(
+                f"{self.model_type}: found {located} visual tokens but {what} predicts {predicted}; the processor "
+                f"and the model config disagree (or this {type(self.model).__name__} variant is not supported)"
+            )
 
     def chat_text(self, prompt: str) -> str:
         """The family's chat prompt (one user turn: the image, then ``prompt``; generation prompt appended)."""
@@ -174,31 +234,6 @@ class Adapter:
         kwargs = {**self.processor_kwargs, **overrides}
         out = self.processor(images=[image], text=[text], return_tensors="pt", **kwargs)
         return {k: v for k, v in out.items() if torch.is_tensor(v) and k not in self.drop_keys}
-
-    @property
-    def model_type(self) -> str:
-        return str(getattr(getattr(self.model, "config", None), "model_type", self.family))
-
-    def expected_visual_tokens(self, inputs: dict[str, torch.Tensor]) -> int:
-        """Hook: how many visual tokens the family's geometry predicts for these processor outputs.
-        Dynamic resolution: ``prod(image_grid_thw) / merge_size**2``; a fixed-size family overrides this with the
-        count its vision tower and projector produce (from the model's config)."""
-        if self.geometry.dynamic_resolution:
-            thw = inputs["image_grid_thw"].reshape(-1, 3)
-            merge = int(getattr(self.image_processor, "merge_size", 1))
-            return int(thw.prod(-1).sum()) // (merge * merge)
-        raise NotImplementedError(f"{type(self).__name__} must say how many visual tokens it expects")
-
-    def check_visual_tokens(self, n: int, inputs: dict[str, torch.Tensor]) -> None:
-        """docs/design.md §1.2, never silent: the located visual tokens must be exactly what the geometry
-        predicts (a wrong image token id would otherwise give a 1x1 map)."""
-        want = self.expected_visual_tokens(inputs)
-        if n != want:
-            raise ValueError(
-                f"model type {self.model_type!r}: located {n} visual tokens (token id {self.image_token_id}) "
-                f"but its {type(self.geometry).__name__} geometry predicts {want}; refusing to build a map "
-                "on a grid that does not match the image"
-            )
 
     @property
     def image_token_id(self) -> int:

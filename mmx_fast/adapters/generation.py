@@ -55,6 +55,20 @@ def padding_mask(lengths: Sequence[int], width: int, side: str) -> torch.Tensor:
     return mask
 
 
+def pad_views(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-image tensors of tiled families ([1, views, ...]: LLaVA-NeXT's ``pixel_values``, Idefics3's pixel
+    attention mask) with zeros appended along dim 1 up to the largest view count; the models drop the padding
+    views themselves (from ``image_sizes`` / all-zero images). Other tensors as they are."""
+    if len(tensors) < 2 or tensors[0].dim() < 4 or len({t.shape[1] for t in tensors}) == 1:
+        return tensors
+    n = max(t.shape[1] for t in tensors)
+    out = []
+    for t in tensors:
+        pad = t.new_zeros((t.shape[0], n - t.shape[1], *t.shape[2:]))
+        out.append(torch.cat((t, pad), dim=1))
+    return out
+
+
 def collate(
     prompts: Sequence[PromptInputs],
     answers: Sequence[Sequence[int]],
@@ -83,7 +97,7 @@ def collate(
             ]
             batch[key] = torch.stack(rows).to(device)
         else:
-            t = torch.cat([p.inputs[key] for p in prompts], dim=0)
+            t = torch.cat(pad_views([p.inputs[key] for p in prompts]), dim=0)
             batch[key] = t.to(device=device, dtype=dtype if t.is_floating_point() else None)
     if "attention_mask" not in batch:
         batch["attention_mask"] = padding_mask(lengths, width, side).to(device)

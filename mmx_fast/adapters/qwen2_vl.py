@@ -65,11 +65,7 @@ class Qwen2VLAdapter(Adapter):
         enc = self.tokenizer([text.replace(token, placeholder)], return_tensors="pt")
         ids = enc["input_ids"]
         vis = (ids[0] == self.video_token_id).nonzero().flatten().long()
-        if vis.numel() != n:
-            raise ValueError(
-                f"model type {self.model_type!r}: located {vis.numel()} video tokens but the (t, h, w) grid "
-                f"{t}x{gh // merge}x{gw // merge} predicts {n}"
-            )
+        self.check_token_count(vis.numel(), n, f"the {t}x{gh // merge}x{gw // merge} (t, h, w) video grid")
         inputs = {
             "input_ids": ids,
             "attention_mask": enc["attention_mask"],

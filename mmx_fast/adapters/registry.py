@@ -12,9 +12,11 @@ from .base import Adapter
 from .gemma3 import Gemma3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
+from .llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
 from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2VLAdapter
 from .qwen3_vl import Qwen3VLAdapter
+from .smolvlm import SmolVLMAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (
     Qwen2VLAdapter,
@@ -23,6 +25,9 @@ ADAPTERS: tuple[type[Adapter], ...] = (
     Qwen3VLAdapter,
     Gemma3Adapter,
     PaliGemmaAdapter,
+    LlavaNextAdapter,
+    LlavaOnevisionAdapter,
+    SmolVLMAdapter,
 )
 
 # Model types that cannot be explained by the logit lens, with the reason (refused by name, never "unsupported").

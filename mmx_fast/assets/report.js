@@ -165,10 +165,14 @@
 
   // state from the URL fragment: #token=3&view=raw&opacity=0.7&compare=1&cells=1
   var params = {};
+  function decode(text) {  // a malformed escape (#token=%E0%A4%A) is ignored, never thrown
+    try { return decodeURIComponent(text); } catch (e) { return null; }
+  }
   (location.hash || "").replace(/^#/, "").split("&").forEach(function (kv) {
     if (!kv) { return; }
     var p = kv.split("=");
-    params[decodeURIComponent(p[0])] = decodeURIComponent(p.slice(1).join("="));
+    var key = decode(p[0]), value = decode(p.slice(1).join("="));
+    if (key !== null && value !== null) { params[key] = value; }
   });
   if (params.opacity !== undefined) { setOpacity(params.opacity); } else if (opacity) { setOpacity(opacity.value); }
   if (cells && params.cells === "1") { cells.checked = true; body.classList.add("cells"); }

@@ -17,22 +17,13 @@ import argparse
 import os
 import sys
 
-from ..cli_common import CliError, OneLineParser, check_out_dir, one_line
+from ..cli_common import CliError, OneLineParser, check_out_dir, one_line, positive_int
+from ..config import MAX_NEW_TOKENS
 from .datasets import LAYOUTS
 from .metrics import MERGES, PLACEMENTS
 
 PROG = "mmx-fast eval"
 DEFAULT_METHODS = ("msea-arc", "tam", "logit-lens")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}; expected a positive integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}; expected a positive integer")
-    return v
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -67,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help=f"methods to evaluate, from: {', '.join(METHODS)} (default: all three)",
     )
     parser.add_argument(
-        "--limit", type=_positive_int, default=None, metavar="N", help="only the first N samples"
+        "--limit", type=positive_int("--limit"), default=None, metavar="N", help="only the first N samples"
     )
     parser.add_argument(
         "--dataset",
@@ -78,7 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--prompt", default=None, help="override the data set's prompt (default: TAM's)")
     parser.add_argument(
-        "--max-new-tokens", type=_positive_int, default=256, metavar="N", help="generation budget (TAM: 256)"
+        "--max-new-tokens",
+        type=positive_int("--max-new-tokens", MAX_NEW_TOKENS),
+        default=256,
+        metavar="N",
+        help=f"generation budget (TAM: 256; at most {MAX_NEW_TOKENS})",
     )
     parser.add_argument(
         "--placement",
@@ -92,7 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default="auto",
         metavar="SPEC",
         help="auto (NLTK when its tagger and WordNet data are installed, else the offline fallback), nltk, "
-        "fallback, or module:attribute (a WordTyper, its class, or a function word -> function/noun/others)",
+        "fallback, or module:function (a function word -> function/noun/others; module:attribute may also name "
+        "a WordTyper or its class); checked before the model loads",
     )
     parser.add_argument(
         "--merge",
@@ -106,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="also explain the generated stop token, as TAM does (it joins the preceding word)",
     )
     parser.add_argument(
-        "--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda"
+        "--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:N"
     )
     parser.add_argument(
         "--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"

@@ -28,14 +28,23 @@ Missing files are never skipped silently: the loader lists every sample whose im
 evaluates a sample with a missing mask as TAM does (an empty mask: no Obj-IoU, Func-IoU still counts),
 flagging it, and the report counts both.
 
-Sample ids: the COCO image id (``str``), or for anno.json the image path (with ``#2``, ``#3``, ... appended
-to repeats), so that results can be merged and resumed by id.
+Sample ids (:func:`sample_id`): the COCO image id (``str``), or for anno.json the image path, with every
+``%`` written ``%25`` and every ``#`` written ``%23``, and ``#2``, ``#3``, ... appended to the 2nd, 3rd, ...
+entry with the same image (COCO: the same image id). The escaped part never holds ``#``, so an id names
+exactly one entry (a file literally named ``0.jpg#2`` gets ``0.jpg%232``, the second ``0.jpg`` entry
+``0.jpg#2``): results are merged and resumed by id, none used twice or lost.
+
+Malformed annotation files (not JSON, not UTF-8/16/32, larger than :data:`MAX_ANNOTATION_BYTES`, nested too
+deeply, entries of the wrong shape or type, image ids that are not non-negative integers) raise
+``ValueError`` naming the file and the entry; nothing is read from them silently.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +146,21 @@ COCO_CATEGORIES: dict[str, int] = {
 
 COCO_INSTANCES = "annotations/instances_minival2014.json"
 COCO_CAPTIONS = "annotations/captions_val2014.json"
+# the largest annotation file read (COCO's captions_val2014.json is 10 MB, instances_val2014.json 160 MB)
+MAX_ANNOTATION_BYTES = 1 << 30
+
+
+def sample_id(key: str, occurrence: int) -> str:
+    """The id of the ``occurrence``-th (1-based) entry with image ``key``: ``key`` with ``%`` -> ``%25`` and
+    ``#`` -> ``%23``, then ``#<occurrence>`` from the second one on. Distinct (key, occurrence) pairs give
+    distinct ids, and an id without ``%`` is the key itself (ids from before the escaping are unchanged)."""
+    esc = key.replace("%", "%25").replace("#", "%23")
+    return esc if occurrence == 1 else f"{esc}#{occurrence}"
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -213,11 +237,45 @@ def detect_layout(root: str | os.PathLike) -> str:
 
 
 def _read_json(path: Path) -> Any:
+    """The parsed JSON of an annotation file (UTF-8 with or without BOM, UTF-16 or UTF-32, as ``json.loads``
+    detects on bytes); every failure is a ``ValueError`` naming the file."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        size = path.stat().st_size
+        if size > MAX_ANNOTATION_BYTES:
+            raise ValueError(
+                f"{str(path)!r} is {size} bytes; annotation files larger than {MAX_ANNOTATION_BYTES} bytes "
+                "are not read"
+            )
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"{str(path)!r} cannot be read: {e.strerror or e}") from None
+    try:
+        return json.loads(data)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from e
+        raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{str(path)!r} is not UTF-8 (or UTF-16/32) text: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{str(path)!r} is nested too deeply to be an annotation file") from None
+
+
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _image_id(value: Any, where: str) -> int:
+    """A COCO image id: a non-negative integer (also written as an integral float such as ``139.0`` or a
+    string of digits); anything else is a ``ValueError`` naming ``where``."""
+    if isinstance(value, bool) or value is None:
+        pass
+    elif isinstance(value, int):
+        if value >= 0:
+            return value
+    elif isinstance(value, float):
+        if math.isfinite(value) and value.is_integer() and value >= 0:
+            return int(value)
+    elif isinstance(value, str) and _DIGITS.fullmatch(value):
+        return int(value)
+    raise ValueError(f"{where} is {_show(value)}; expected a non-negative integer image id")
 
 
 def load_dataset(root: str | os.PathLike, layout: str = "auto", prompt: str | None = None) -> EvalDataset:
@@ -256,24 +314,27 @@ def _load_coco(root: Path, prompt: str) -> EvalDataset:
     captions: dict[int, list[str]] = {}
     cap_path = root / COCO_CAPTIONS
     if cap_path.is_file():
-        caps = _read_json(cap_path)
-        for a in caps.get("annotations", []) if isinstance(caps, dict) else []:
-            captions.setdefault(int(a["image_id"]), []).append(str(a["caption"]))
+        captions = _read_captions(cap_path)
     else:
         problems.append(f"missing {COCO_CAPTIONS} (reference captions; not needed for the IoU metrics)")
     samples = []
     no_caption = 0
+    seen: dict[int, int] = {}
     for k, im in enumerate(images):
         if not isinstance(im, dict) or "id" not in im:
-            raise ValueError(f"{str(inst_path)!r}: images[{k}] has no 'id'")
-        iid = int(im["id"])
+            raise ValueError(
+                f"{str(inst_path)!r}: images[{k}] is {_show(im)}; expected an object with an 'id'"
+            )
+        iid = _image_id(im["id"], f"{str(inst_path)!r}: images[{k}]['id']")
+        n = seen.get(iid, 0) + 1
+        seen[iid] = n
         fn = str(iid).zfill(12)
         caps = captions.get(iid, [])
         if cap_path.is_file() and not caps:
             no_caption += 1
         samples.append(
             Sample(
-                id=str(iid),
+                id=sample_id(str(iid), n),
                 index=k,
                 image=str(root / "image" / f"{fn}.jpg"),
                 prompt=prompt,
@@ -284,9 +345,34 @@ def _load_coco(root: Path, prompt: str) -> EvalDataset:
         )
     if no_caption:
         problems.append(f"{no_caption} images have no reference caption in {COCO_CAPTIONS}")
+    repeats = sum(n - 1 for n in seen.values())
+    if repeats:
+        problems.append(
+            f"{repeats} repeated image ids in {COCO_INSTANCES} (each entry evaluated, as TAM does)"
+        )
     return EvalDataset(
         name=root.name, layout="coco", root=str(root), prompt=prompt, samples=samples, problems=problems
     )
+
+
+def _read_captions(path: Path) -> dict[int, list[str]]:
+    """image id -> reference captions, from a COCO captions file (``{"annotations": [{"image_id", "caption"}]}``)."""
+    caps = _read_json(path)
+    if not isinstance(caps, dict) or not isinstance(caps.get("annotations"), list):
+        raise ValueError(
+            f"{str(path)!r} has no 'annotations' list; expected COCO captions "
+            '({"annotations": [{"image_id": ..., "caption": ...}, ...]})'
+        )
+    captions: dict[int, list[str]] = {}
+    for k, a in enumerate(caps["annotations"]):
+        where = f"{str(path)!r}: annotations[{k}]"
+        if not isinstance(a, dict) or "image_id" not in a or "caption" not in a:
+            raise ValueError(f"{where} is {_show(a)}; expected an object with 'image_id' and 'caption'")
+        iid = _image_id(a["image_id"], f"{where}['image_id']")
+        if not isinstance(a["caption"], str):
+            raise ValueError(f"{where}['caption'] is {_show(a['caption'])}; expected a string")
+        captions.setdefault(iid, []).append(a["caption"])
+    return captions
 
 
 def _load_anno(root: Path, layout: str, prompt: str) -> EvalDataset:
@@ -299,26 +385,32 @@ def _load_anno(root: Path, layout: str, prompt: str) -> EvalDataset:
     samples = []
     seen: dict[str, int] = {}
     for k, item in enumerate(data):
+        where = f"{str(path)!r}: entry {k}"
         if not isinstance(item, (list, tuple)) or len(item) < 4:
-            raise ValueError(
-                f"{str(path)!r}: entry {k} is {item!r}; expected [image, caption, mask, categories]"
-            )
+            raise ValueError(f"{where} is {_show(item)}; expected [image, caption, mask, categories]")
         img, cap, mask, cats = item[0], item[1], item[2], item[3]
-        if not isinstance(img, str) or not isinstance(mask, str):
-            raise ValueError(f"{str(path)!r}: entry {k} has non-string image / mask paths")
+        for what, p in (("image", img), ("mask", mask)):
+            if not isinstance(p, str) or not p.strip() or "\x00" in p:
+                raise ValueError(f"{where} has {what} path {_show(p)}; expected a non-empty relative path")
         if not isinstance(cats, dict) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in cats.values()
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in cats.values()
         ):
             raise ValueError(
-                f"{str(path)!r}: entry {k} categories {cats!r}; expected a dict name -> integer mask value"
+                f"{where} categories {_show(cats)}; expected a dict name -> mask value (an integer 0..255)"
             )
+        if any(not name.strip() for name in cats):
+            raise ValueError(f"{where} categories {_show(cats)} have an empty name")
+        if isinstance(cap, str):
+            caps: tuple[str, ...] = (cap,)
+        elif isinstance(cap, list) and all(isinstance(c, str) for c in cap):
+            caps = tuple(cap)
+        else:
+            raise ValueError(f"{where} has caption {_show(cap)}; expected a string or a list of strings")
         n = seen.get(img, 0) + 1
         seen[img] = n
-        sid = img if n == 1 else f"{img}#{n}"
-        caps = tuple(str(c) for c in cap) if isinstance(cap, list) else (str(cap),)
         samples.append(
             Sample(
-                id=sid,
+                id=sample_id(img, n),
                 index=k,
                 image=str(root / img),
                 prompt=prompt,

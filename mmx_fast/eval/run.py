@@ -21,8 +21,11 @@ Output folder (``out``):
   ``fsync``: a killed run leaves at most one partial last line, which readers ignore and the owning rank
   truncates before appending again. A re-run skips every sample that already has an ``ok`` record with all
   requested methods in any shard file (whatever the world size of the run that wrote it).
-- ``run.json``: the settings that make records comparable (model, data, prompt, placement, ...); a re-run
-  with different settings into the same folder is refused.
+- ``run.json``: the settings that make records comparable (model, data, prompt, placement, ...), written
+  (atomically) only once the model has loaded, so a run that fails to start leaves nothing behind; a re-run
+  with different settings into the same folder is refused. A folder holding our output names (shard files,
+  ``results.jsonl``, ``summary.json``, ``table.md``, ``maps``) but no ``run.json`` is refused: those files
+  are not ours to append to or replace.
 - after the run (rank 0, after a barrier): ``results.jsonl`` (one record per selected sample, in data-set
   order, deduplicated by sample id: the last ``ok`` record with all methods wins), ``summary.json``
   (pooled metrics per method and the counts) and ``table.md`` (printed too).
@@ -53,7 +56,7 @@ import numpy as np
 
 from ..io import atomic_write_bytes
 from .datasets import EvalDataset, Sample, load_dataset, load_mask
-from .metrics import MERGES, PLACEMENTS, box_in_mask, evaluate_sample, pool
+from .metrics import MERGES, PLACEMENTS, SampleScores, box_in_mask, evaluate_sample, pool
 from .words import WordTyper, get_word_typer, group_words, retokenization_mismatch, token_pieces, word_labels
 
 RECORD_VERSION = 1
@@ -63,6 +66,11 @@ METHOD_NAMES = {
     "logit-lens": "Logit lens / CAM (logit-lens)",
 }
 SHARD_GLOB = "shard-*.jsonl"
+# sample ids: 2 = escaped (datasets.sample_id); 1 = the unescaped ids of earlier versions (equal whenever no id
+# holds a '%')
+SAMPLE_ID_SCHEME = 2
+OUTPUT_NAMES = ("results.jsonl", "summary.json", "table.md", "maps")
+MAX_DIST_TIMEOUT_MIN = 7 * 24 * 60.0
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -111,6 +119,41 @@ class EvalOptions:
             )
         if self.merge not in MERGES:
             raise ValueError(f"merge={self.merge!r} is not allowed; expected one of {', '.join(MERGES)}")
+        self._check_runtime()
+
+    def _check_runtime(self) -> None:
+        """--device, --dtype, --backend, --prompt, --dist-timeout-min: checked before anything loads."""
+        from ..config import BACKENDS
+        from ..loading import resolve_device as _device
+        from ..loading import resolve_dtype
+
+        if not isinstance(self.device, str):
+            raise ValueError(f"device={self.device!r} is not allowed; expected auto, cpu, cuda or cuda:N")
+        dev = _device(self.device)
+        if dev.startswith("cuda:"):
+            import torch
+
+            n = torch.cuda.device_count()
+            if int(dev.split(":")[1]) >= n:
+                raise ValueError(f"device={self.device!r} is not allowed; this machine has {n} CUDA GPU(s)")
+        if self.dtype != "auto":
+            resolve_dtype(self.dtype, "cpu")
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"backend={self.backend!r} is not allowed; expected one of {', '.join(BACKENDS)}"
+            )
+        if self.prompt is not None:
+            try:
+                self.prompt.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"prompt {self.prompt!r} holds bytes that are not valid UTF-8; expected text"
+                ) from None
+        t = self.dist_timeout_min
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= MAX_DIST_TIMEOUT_MIN:
+            raise ValueError(
+                f"dist_timeout_min={t!r} is not allowed; expected minutes, > 0 and <= {MAX_DIST_TIMEOUT_MIN:g}"
+            )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -126,14 +169,16 @@ class DistInfo:
 
 def init_distributed(timeout_min: float = 360.0) -> DistInfo:
     """Initialise torch.distributed when ``WORLD_SIZE > 1`` (torchrun): nccl when CUDA is available, else gloo."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
+    world = _env_int("WORLD_SIZE", 1, 1)
+    if world == 1:
         return DistInfo()
+    rank = _env_int("RANK", 0, 0)
+    local = _env_int("LOCAL_RANK", rank, 0)
+    if rank >= world:
+        raise ValueError(f"RANK={rank} is out of range for WORLD_SIZE={world}; expected 0 .. {world - 1}")
     import torch
     import torch.distributed as dist
 
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), local, False)
     cuda = torch.cuda.is_available()
@@ -143,6 +188,20 @@ def init_distributed(timeout_min: float = 360.0) -> DistInfo:
         backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=float(timeout_min))
     )
     return DistInfo(dist.get_rank(), dist.get_world_size(), local, True)
+
+
+def _env_int(name: str, default: int, low: int) -> int:
+    """An integer environment variable set by torchrun (``default`` when unset or empty), at least ``low``."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        v = int(text)
+    except ValueError:
+        v = low - 1
+    if v < low:
+        raise ValueError(f"{name}={text!r} is not allowed; expected an integer >= {low} (torchrun sets it)")
+    return v
 
 
 def _barrier(info: DistInfo) -> None:
@@ -200,6 +259,10 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "auto"):
 # --------------------------------------------------------------------------------------------------------
 # append-only JSON lines
 # --------------------------------------------------------------------------------------------------------
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def read_jsonl(path: str | os.PathLike) -> tuple[list[dict], int]:
     """(complete records, number of ignored lines). A trailing line without its newline (a write cut short)
     and lines that are not JSON objects are ignored and counted."""
@@ -215,11 +278,11 @@ def read_jsonl(path: str | os.PathLike) -> tuple[list[dict], int]:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            rec = json.loads(line, parse_constant=_no_constant)
+        except ValueError:  # not JSON, not UTF-8, or NaN / Infinity (never written by us)
             bad += 1
             continue
-        if isinstance(rec, dict):
+        if isinstance(rec, dict) and isinstance(rec.get("id"), str):
             records.append(rec)
         else:
             bad += 1
@@ -255,6 +318,17 @@ def truncate_partial_tail(path: str | os.PathLike) -> int:
     return size - keep
 
 
+def json_line(record: dict) -> bytes:
+    """``record`` as one UTF-8 JSON line (no NaN). Text that cannot be UTF-8 (a lone surrogate: a path with
+    undecodable bytes) is written as ``\\uXXXX`` escapes, which read back to the same string."""
+    try:
+        return (
+            json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"
+        ).encode()
+    except UnicodeEncodeError:
+        return (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
+
+
 class JsonlAppender:
     """Appends records to one file: each line with a single ``os.write`` on an ``O_APPEND`` fd, then fsync."""
 
@@ -264,9 +338,7 @@ class JsonlAppender:
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def append(self, record: dict) -> None:
-        data = (
-            json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"
-        ).encode()
+        data = json_line(record)
         n = os.write(self.fd, data)
         if n != len(data):  # a regular file only writes short when the disk is full: say so, never go on
             raise OSError(f"short write to {str(self.path)!r} ({n} of {len(data)} bytes); is the disk full?")
@@ -292,14 +364,37 @@ def read_all_shards(out: str | os.PathLike) -> tuple[list[dict], int]:
     """Every complete record of every shard file in ``out`` (sorted file order, then line order)."""
     records, bad = [], 0
     for p in sorted(Path(out).glob(SHARD_GLOB)):
-        r, b = read_jsonl(p)
+        if not p.is_file():
+            raise ValueError(f"{str(p)!r} is not a file; remove it or use another --out")
+        try:
+            r, b = read_jsonl(p)
+        except OSError as e:
+            raise ValueError(f"{str(p)!r} cannot be read: {e.strerror or e}") from None
         records.extend(r)
         bad += b
     return records, bad
 
 
+def _scores_ok(scores: Any) -> bool:
+    if not isinstance(scores, dict):
+        return False
+    try:
+        s = SampleScores.from_dict(scores)
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        return False
+    values = [*s.obj_iou, *s.func_iou, *s.precision, *s.recall]
+    return all(math.isfinite(v) for v in values)
+
+
 def is_complete(record: dict, methods: Sequence[str]) -> bool:
-    return record.get("status") == "ok" and set(methods) <= set(record.get("methods", {}))
+    """An ``ok`` record holding well-formed scores of every method in ``methods`` (a record damaged on disk
+    is not complete: its sample is evaluated again)."""
+    got = record.get("methods")
+    return (
+        record.get("status") == "ok"
+        and isinstance(got, dict)
+        and all(m in got and _scores_ok(got[m]) for m in methods)
+    )
 
 
 def select_records(
@@ -498,9 +593,16 @@ def summarize(
     }
 
 
+def _printable(value: Any) -> str:
+    """``value`` as text that encodes to UTF-8 (a folder name with undecodable bytes shows them as ``\\udcXX``)."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def format_table(summary: dict[str, Any]) -> str:
     """The paper-shaped markdown table (method x Obj-IoU / Func-IoU / F1-IoU, plus precision / recall, in %)."""
-    ds, st, c = summary["dataset"], summary["settings"], summary["counts"]
+    ds = {k: _printable(v) if isinstance(v, str) else v for k, v in summary["dataset"].items()}
+    st = {k: _printable(v) if isinstance(v, str) else v for k, v in summary["settings"].items()}
+    c = summary["counts"]
     lines = [
         f"### {ds['name']} ({ds['layout']}), model `{st['model']}`",
         "",
@@ -527,7 +629,7 @@ def format_table(summary: dict[str, Any]) -> str:
         f'max new tokens: {st["max_new_tokens"]}; prompt: "{ds["prompt"]}".',
     ]
     if ds["problems"]:
-        lines.append("Data set notes: " + "; ".join(ds["problems"]) + ".")
+        lines.append("Data set notes: " + "; ".join(map(_printable, ds["problems"])) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -543,25 +645,63 @@ def _settings(opts: EvalOptions, dataset: EvalDataset, typer: WordTyper) -> dict
         "include_stop_token": opts.include_stop_token,
         "word_typer": typer.name,
         "word_typer_exact": bool(getattr(typer, "exact", False)),
+        "sample_ids": SAMPLE_ID_SCHEME,
     }
 
 
-def _check_run_settings(out: Path, settings: dict[str, Any], rank: int) -> None:
+def _read_run_settings(out: Path) -> dict[str, Any] | None:
+    """The settings in ``out/run.json`` (None when there is none); a folder with our output files but no
+    run.json is not ours (``ValueError``)."""
     path = out / "run.json"
-    if path.exists():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{str(path)!r} is unreadable ({e}); remove it or use another --out") from None
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-        if diff:
-            what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+    if not path.exists() and not path.is_symlink():
+        ours = sorted(p.name for p in out.glob(SHARD_GLOB)) + [n for n in OUTPUT_NAMES if (out / n).exists()]
+        if ours:
             raise ValueError(
-                f"--out {str(out)!r} holds results of a run with other settings ({what}); use another --out "
-                "or remove that folder"
+                f"--out {str(out)!r} holds {', '.join(ours[:3])} but no run.json, so not an mmx-fast eval folder "
+                "(or its run.json was removed); nothing there is replaced: use another --out"
             )
-    elif rank == 0:
-        atomic_write_bytes(path, (json.dumps(settings, indent=2) + "\n").encode())
+        return None
+    try:
+        old = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:  # ValueError: not JSON, not UTF-8
+        raise ValueError(f"{str(path)!r} is unreadable ({e}); remove it or use another --out") from None
+    if not isinstance(old, dict):
+        raise ValueError(f"{str(path)!r} is not a settings object; remove it or use another --out")
+    return old
+
+
+def _check_run_settings(out: Path, settings: dict[str, Any], samples: Sequence[Sample], write: bool) -> None:
+    """Refuse an ``out`` holding results of other settings; with ``write``, record ``settings`` there when it
+    has none yet (called once the model has loaded: a run that fails to start writes nothing)."""
+    old = _read_run_settings(out)
+    if old is None:
+        if write:
+            atomic_write_bytes(out / "run.json", (json.dumps(settings, indent=2) + "\n").encode())
+        return
+    if "sample_ids" not in old and not any("%" in s.id for s in samples):
+        old = {**old, "sample_ids": SAMPLE_ID_SCHEME}  # the ids of earlier versions are the same ids
+    diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+    if diff:
+        what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"--out {str(out)!r} holds results of a run with other settings ({what}); use another --out "
+            "or remove that folder"
+        )
+
+
+def _prepare_out(out: Path, save_maps: bool) -> None:
+    """Create ``out`` (and ``out/maps``); every failure is a ``ValueError`` naming the path."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not out.is_dir():
+            raise FileExistsError(f"{str(out)!r} exists and is not a directory")
+        for p in out.glob(SHARD_GLOB):
+            if not p.is_file():
+                raise ValueError(f"{str(p)!r} is not a file; remove it or use another --out")
+        if save_maps and (out / "maps").exists() and not (out / "maps").is_dir():
+            raise ValueError(f"{str(out / 'maps')!r} exists and is not a directory; --save-maps writes there")
+    except OSError as e:
+        raise ValueError(f"--out {str(out)!r} cannot be used: {e.strerror or e}") from None
 
 
 def run_eval(
@@ -602,8 +742,9 @@ def _run(opts, info: DistInfo, model_and_processor, after_sample, echo) -> dict[
         settings = _settings(opts, dataset, typer)
         if model_and_processor is None:
             check_model_spec(opts.model, opts.dtype)  # before anything is written
-        out.mkdir(parents=True, exist_ok=True)
-        _check_run_settings(out, settings, info.rank)
+        if out.is_dir():
+            _check_run_settings(out, settings, dataset.samples, write=False)  # refuse before loading
+        _prepare_out(out, opts.save_maps)
         done_records, _ = read_all_shards(out)
         done = {r["id"] for r in done_records if is_complete(r, opts.methods)}
         mine = [s for s in samples if s.index % info.world_size == info.rank and s.id not in done]
@@ -623,6 +764,9 @@ def _run(opts, info: DistInfo, model_and_processor, after_sample, echo) -> dict[
                 include_stop_token=opts.include_stop_token,
                 backend=opts.backend,
             )
+            # the model has loaded: now the folder is a run of these settings (every rank may write it:
+            # same content, atomic)
+            _check_run_settings(out, settings, dataset.samples, write=True)
             maps_dir = out / "maps" if opts.save_maps else None
             if maps_dir is not None:
                 maps_dir.mkdir(exist_ok=True)
@@ -650,14 +794,12 @@ def _run(opts, info: DistInfo, model_and_processor, after_sample, echo) -> dict[
     if info.rank != 0:
         return None
 
+    # a run with nothing to evaluate loads no model; its results are still of these settings
+    _check_run_settings(out, settings, dataset.samples, write=True)
     records, ignored = read_all_shards(out)
     chosen = select_records(records, samples, opts.methods)
     summary = summarize(dataset, samples, opts.methods, chosen, settings, ignored)
-    merged = b"".join(
-        (json.dumps(chosen[s.id], ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-        for s in samples
-        if s.id in chosen
-    )
+    merged = b"".join(json_line(chosen[s.id]) for s in samples if s.id in chosen)
     atomic_write_bytes(out / "results.jsonl", merged)
     atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     table = format_table(summary)

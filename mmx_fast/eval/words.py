@@ -334,15 +334,35 @@ class CallableWordTyper:
         return bool(self._same_word(a, b))
 
 
+SPEC_FORM = (
+    "auto, nltk, fallback or module:function (module:attribute naming a function word -> type, a WordTyper "
+    "or its class)"
+)
+
+
 def _import_object(spec: str) -> Any:
+    """The object ``module:attribute`` names; every failure (no such module, an import that raises, no such
+    attribute) is a ``ValueError`` naming ``spec`` and the expected form."""
     module, _, attr = spec.partition(":")
-    if not module or not attr:
+    if not module.strip() or not attr.strip() or ":" in attr:
+        raise ValueError(f"word typer {spec!r} is not allowed; expected {SPEC_FORM}")
+    try:
+        obj: Any = importlib.import_module(module)
+    except Exception as e:  # ModuleNotFoundError, or whatever the module raises while importing
         raise ValueError(
-            f"word typer {spec!r} is not allowed; expected auto, nltk, fallback or module:attribute"
-        )
-    obj: Any = importlib.import_module(module)
+            f"word typer {spec!r}: cannot import module {module!r} ({type(e).__name__}: {e}); expected {SPEC_FORM}"
+        ) from None
     for part in attr.split("."):
-        obj = getattr(obj, part)
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(
+                f"word typer {spec!r}: module {module!r} has no attribute {attr!r}; expected {SPEC_FORM}"
+            ) from None
+    if isinstance(obj, str) or not (callable(obj) or hasattr(obj, "word_type")):
+        raise ValueError(
+            f"word typer {spec!r} names a {type(obj).__name__}, not a WordTyper, its class or a function"
+        )
     return obj
 
 
@@ -367,7 +387,12 @@ def get_word_typer(spec: str | WordTyper | Callable[[str], str] | None = "auto")
             return FallbackWordTyper()
         obj = _import_object(spec)
         if isinstance(obj, type):
-            obj = obj()
+            try:
+                obj = obj()
+            except Exception as e:
+                raise ValueError(
+                    f"word typer {spec!r}: cannot create {obj.__name__}() ({type(e).__name__}: {e})"
+                ) from None
         return get_word_typer(obj)
     if isinstance(spec, WordTyper) and hasattr(spec, "name"):
         return spec

@@ -321,8 +321,18 @@ def _check_msea(per_scale, coverages, grid, aggregate: str):
                 f"per_scale[{i}] must be [M, h, w] with the same M for every scale and h, w >= 1; got "
                 f"{tuple(maps.shape) if isinstance(maps, torch.Tensor) else maps!r}"
             )
-        if len(cov) != 2 or not all(c > 0 and c == c and c != float("inf") for c in cov):
-            raise ValueError(f"coverages[{i}]={cov!r} is not allowed; expected (cy, cx), positive and finite")
+        if len(cov) == 4:
+            y0, x0, y1, x1 = cov
+            if not all(c == int(c) for c in cov) or not (0 <= y0 < y1 <= grid[0] and 0 <= x0 < x1 <= grid[1]):
+                raise ValueError(
+                    f"coverages[{i}]={cov!r} is not allowed; a box (y0, x0, y1, x1) must be whole cells with "
+                    f"0 <= y0 < y1 <= {grid[0]} and 0 <= x0 < x1 <= {grid[1]}"
+                )
+        elif len(cov) != 2 or not all(c > 0 and c == c and c != float("inf") for c in cov):
+            raise ValueError(
+                f"coverages[{i}]={cov!r} is not allowed; expected (cy, cx), positive and finite, or a box "
+                "(y0, x0, y1, x1) of canonical cells"
+            )
     _check_same_device(**{f"per_scale[{i}]": t for i, t in enumerate(per_scale)})
     return per_scale, coverages, grid
 
@@ -350,9 +360,10 @@ def logit_lens(z: torch.Tensor, w_u: torch.Tensor, ids, backend: str = "auto") -
 
 
 def msea(per_scale, coverages, grid, aggregate: str = "mean", backend: str = "auto") -> torch.Tensor:
-    """Stage ``msea`` (docs/design.md §1.2) for all maps at once: per_scale[s] is [M, h_s, w_s],
-    coverages[s] its (cy, cx) coverage of the canonical grid ``grid`` = (Hc, Wc); returns [M, Hc, Wc]
-    (``mean`` or ``max`` per cell over the covering scales). Equal to
+    """Stage ``msea`` (docs/design.md §1.2) for all maps at once: per_scale[s] is [M, h_s, w_s] (one per
+    scale, or one per (scale, view) for tiled models), coverages[s] its (cy, cx) coverage of the canonical grid
+    ``grid`` = (Hc, Wc) or the box (y0, x0, y1, x1) of canonical cells it is resized onto; returns [M, Hc, Wc]
+    (``mean`` or ``max`` per cell over the covering maps). Equal to
     :func:`mmx_fast.reference.msea.msea_aggregate`.
 
     Runs the torch implementation on the maps' device for every backend (it is a few resizes)."""

@@ -1,15 +1,20 @@
 """Multi-scale explanation aggregation, MSEA (paper Eq. 3 and 5; docs/design.md §1.2).
 
-Each scale's map lives on that scale's visual-token grid. ``coverage`` (from the adapter) says how that
-grid lines up with the canonical (scale 1.0) grid:
+Each map (one per scale, or one per view of a scale for tiled models) lives on its own visual-token grid. Its
+``placement`` says how that grid lines up with the canonical (scale 1.0) grid, in one of two forms:
 
-- (1, 1): the scale-s grid shows the whole image (dynamic-resolution models): resize the whole map.
-- c < 1 (fixed-size model, image shrunk by alpha = c and pasted top-left): only the top-left
-  round(c * h_s) x round(c * w_s) cells show the image; that part is resized onto the whole canonical grid.
-- c > 1 (image enlarged, top-left crop): the whole scale-s map shows the top-left 1/c of the image; it is
-  resized onto the top-left round(Hc / c) x round(Wc / c) cells of the canonical grid, the rest is uncovered.
+- a coverage ``(cy, cx)`` (single-view families, one map per scale):
 
-Maps are resized bilinearly (align_corners=False) and combined per cell over the scales covering it.
+  - (1, 1): the scale-s grid shows the whole image (dynamic-resolution models): resize the whole map.
+  - c < 1 (fixed-size model, image shrunk by alpha = c and pasted top-left): only the top-left
+    round(c * h_s) x round(c * w_s) cells show the image; that part is resized onto the whole canonical grid.
+  - c > 1 (image enlarged, top-left crop): the whole scale-s map shows the top-left 1/c of the image; it is
+    resized onto the top-left round(Hc / c) x round(Wc / c) cells of the canonical grid, the rest is uncovered.
+
+- a box ``(y0, x0, y1, x1)`` of whole canonical cells (half-open; tiled models, one map per view): the whole
+  map is resized onto that box.
+
+Maps are resized bilinearly (align_corners=False) and combined per cell over the maps covering it.
 """
 
 from __future__ import annotations
@@ -26,32 +31,43 @@ def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps.unsqueeze(0), size=size, mode="bilinear", align_corners=False).squeeze(0)
 
 
-def to_canonical(maps: torch.Tensor, coverage: tuple[float, float], grid: tuple[int, int]):
-    """Place one scale's maps [M, h, w] on the canonical grid. Returns (maps [M, Hc, Wc], covered [Hc, Wc])."""
+def placement(hw: tuple[int, int], where, grid: tuple[int, int]) -> tuple[int, int, int, int, int, int]:
+    """(source rows, source cols, y0, x0, y1, x1): the top-left source part of a map of size ``hw`` and the
+    canonical box it is resized onto, for a coverage ``(cy, cx)`` or a box ``(y0, x0, y1, x1)``."""
     hc, wc = grid
-    _, h, w = maps.shape
-    cy, cx = coverage
-    src = maps
-    dst_h, dst_w = hc, wc
+    h, w = hw
+    if len(where) == 4:
+        y0, x0, y1, x1 = (int(v) for v in where)
+        return h, w, y0, x0, y1, x1
+    cy, cx = where
+    src_h, src_w, dst_h, dst_w = h, w, hc, wc
     if cy < 1:
-        src = src[:, : max(1, min(h, round(cy * h))), :]
+        src_h = max(1, min(h, round(cy * h)))
     else:
         dst_h = max(1, min(hc, round(hc / cy)))
     if cx < 1:
-        src = src[:, :, : max(1, min(w, round(cx * w)))]
+        src_w = max(1, min(w, round(cx * w)))
     else:
         dst_w = max(1, min(wc, round(wc / cx)))
-    placed = _resize(src, (dst_h, dst_w))
+    return src_h, src_w, 0, 0, dst_h, dst_w
+
+
+def to_canonical(maps: torch.Tensor, coverage, grid: tuple[int, int]):
+    """Place one map stack [M, h, w] on the canonical grid; ``coverage`` is a coverage ``(cy, cx)`` or a box
+    ``(y0, x0, y1, x1)``. Returns (maps [M, Hc, Wc], covered [Hc, Wc])."""
+    hc, wc = grid
+    src_h, src_w, y0, x0, y1, x1 = placement(tuple(maps.shape[1:]), coverage, grid)
+    placed = _resize(maps[:, :src_h, :src_w], (y1 - y0, x1 - x0))
     out = maps.new_zeros((maps.shape[0], hc, wc))
-    out[:, :dst_h, :dst_w] = placed
+    out[:, y0:y1, x0:x1] = placed
     covered = torch.zeros((hc, wc), dtype=torch.bool, device=maps.device)
-    covered[:dst_h, :dst_w] = True
+    covered[y0:y1, x0:x1] = True
     return out, covered
 
 
 def msea_aggregate(per_scale, coverages, grid: tuple[int, int], aggregate: str = "mean") -> torch.Tensor:
-    """Combine per-scale maps ([M, h_s, w_s] each) into [M, Hc, Wc] by ``mean`` or ``max`` per cell over
-    the scales covering that cell."""
+    """Combine maps ([M, h_s, w_s] each; one per scale, or one per (scale, view)) into [M, Hc, Wc] by ``mean``
+    or ``max`` per cell over the maps covering that cell. ``coverages[i]``: see ``to_canonical``."""
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"aggregate={aggregate!r} is not allowed; expected one of {', '.join(AGGREGATIONS)}")
     total = None

@@ -26,6 +26,7 @@ from ..pipeline import (
     collect_states,
     load_inputs,
     map_ids,
+    msea_inputs,
     per_frame,
     plan_forwards,
     resolve_answers,
@@ -91,8 +92,9 @@ def attribute(
     extra = tam_extra_classes(adapter.tokenizer, text, h1, w_u) if tam else []
     ids = torch.tensor(map_ids(text, k0, extra), dtype=torch.long)
 
-    scale_maps = [logit_lens_grid(st, w_u, ids) for st in per_scale]
-    maps = msea_aggregate(scale_maps, [st.inputs.coverage for st in per_scale], base.grid, config.aggregate)
+    flats = [logit_lens_flat(st, w_u, ids) for st in per_scale]
+    views, places, owned = msea_inputs(per_scale, flats, base.grid)
+    maps = msea_aggregate(views, places, base.grid, config.aggregate)
     # video: MSEA ran per frame ([M * t, Hc, Wc]); each id's frames now stack into one [t * Hc, Wc] map
     maps = stacked(maps, base)
     T, P = len(answer.ids), len(text.prompt_ids)
@@ -117,7 +119,7 @@ def attribute(
             text,
             h1,
             w_u,
-            base.visual_positions,
+            base.visual_positions if base.views is None else None,
             tuple(a_t.shape[1:]),
             by_id,
             config.scales,
@@ -130,19 +132,25 @@ def attribute(
     return Attribution(
         maps=unstacked(refined, base),
         raw_maps=unstacked(a_t, base) if keep else None,
-        scale_maps={
-            s: scale_answer_maps(m, st.inputs, T) for s, m, st in zip(config.scales, scale_maps, per_scale)
-        }
+        scale_maps={s: scale_map(views, places, o, base, T) for s, o in zip(config.scales, owned)}
         if keep
         else None,
     )
 
 
-def logit_lens_grid(st: ScaleStates, w_u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Eq. 2/4 at one scale: the clipped logit-lens map of every id over this scale's grid, [M, h, w] (a video:
-    [M * t, h, w], each id's frames in order)."""
+def scale_map(views, places, owned: slice, base, T: int) -> torch.Tensor:
+    """One scale's kept map [T, h, w]: its own grid (single view; video: [T, t, h, w]), or its views combined on
+    the canonical grid (tiled)."""
+    if base.views is None:
+        return scale_answer_maps(views[owned.start], base, T)
+    return msea_aggregate(views[owned], places[owned], base.grid, "mean")[:T]
+
+
+def logit_lens_flat(st: ScaleStates, w_u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Eq. 2/4 at one scale: the clipped logit-lens value of every id at every visual token, [M, N] (a video:
+    N = t * h * w, row-major over (t, h, w))."""
     z = st.hidden.to(w_u.device)[st.inputs.visual_positions]
-    return logit_lens_maps(z, w_u, ids).reshape(st.inputs.stack_shape(len(ids))).cpu()
+    return logit_lens_maps(z, w_u, ids).cpu()
 
 
 def text_rankings(

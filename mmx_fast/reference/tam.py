@@ -198,7 +198,7 @@ def tam_mitigation(
     text: TextSide,
     h1: torch.Tensor,
     w_u: torch.Tensor,
-    visual_positions: torch.Tensor,
+    visual_positions: torch.Tensor | None,
     grid: tuple[int, int],
     by_id: dict[int, torch.Tensor],
     scales: tuple[float, ...],
@@ -209,11 +209,13 @@ def tam_mitigation(
     exact TAM when scales == (1.0,) and the filter is on.
 
     h1: the scale-1.0 hidden states; by_id: {vocab id: flat float32 MSEA map} for MSEA + TAM combinations
-    (single scale: the image scores are TAM's own, the clipped logits at the visual positions)."""
+    (single scale: the image scores are TAM's own, the clipped logits at the visual positions).
+    visual_positions: None for tiled inputs, whose scale-1.0 views are first combined on the canonical grid
+    (``by_id`` then holds them, docs/design.md §1.2)."""
     logits = tam_logits(h1, w_u)
     scores_pos = logits.clamp_min(0)
-    vis = visual_positions.cpu()
-    if scales == (1.0,):
+    if scales == (1.0,) and visual_positions is not None:
+        vis = visual_positions.cpu()
 
         def image_scores(c: int) -> np.ndarray:
             return scores_pos[vis, c].numpy()
