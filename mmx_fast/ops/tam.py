@@ -22,6 +22,7 @@ position. Here:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -72,6 +73,7 @@ def column_layout(ids: Sequence[int], vocab: int) -> tuple[torch.Tensor, list[in
     return rows, where
 
 
+@torch.no_grad()
 def class_logits(
     h1: torch.Tensor, w_u: torch.Tensor, ids: Sequence[int], groups: Sequence[tuple[int, int]]
 ) -> torch.Tensor:
@@ -99,26 +101,47 @@ def _group_of(pos: int, groups: Sequence[tuple[int, int]]) -> tuple[int, int]:
     raise ValueError(f"position {pos} is in no lm_head group {list(groups)}")
 
 
-def _streamed_candidates(x: torch.Tensor, w_u: torch.Tensor, k: int) -> tuple[list[int], float, float]:
-    """One streamed pass over W_U for the row ``x`` (model dtype): (top-k ids by a float32 GEMV, the
-    (k+1)-th largest value or -inf, the largest row norm of W_U)."""
-    h = x.float()
-    best_v = torch.empty(0, device=w_u.device)
-    best_i = torch.empty(0, dtype=torch.long, device=w_u.device)
+_NORMS: dict[int, tuple[weakref.ref, tuple, float]] = {}
+
+
+def max_row_norm(w_u: torch.Tensor) -> float:
+    """max_k ||w_k||_2 over the rows of W_U, in float32, cached per weight tensor (one streamed pass the
+    first time; the cache entry is keyed by the tensor object itself, its storage, shape and version
+    counter, so an in-place change or another tensor recomputes it)."""
+    sig = (w_u.data_ptr(), w_u._version, tuple(w_u.shape), tuple(w_u.stride()), w_u.dtype, str(w_u.device))
+    hit = _NORMS.get(id(w_u))
+    if hit is not None and hit[0]() is w_u and hit[1] == sig:
+        return hit[2]
     wmax = torch.zeros((), device=w_u.device)
     for start in range(0, w_u.shape[0], STREAM_ROWS):
         wc = w_u[start : start + STREAM_ROWS].float()
-        v = wc @ h
         wmax = torch.maximum(wmax, torch.linalg.vector_norm(wc, dim=1).max())
+    val = float(wmax)
+    if len(_NORMS) > 16:
+        _NORMS.clear()
+    _NORMS[id(w_u)] = (weakref.ref(w_u), sig, val)
+    return val
+
+
+def _streamed_candidates(x: torch.Tensor, w_u: torch.Tensor, k: int) -> tuple[list[int], float]:
+    """One streamed pass over W_U for the row ``x`` (model dtype): (top-k ids by a float32 GEMV, the
+    (k+1)-th largest value or -inf)."""
+    h = x.float()
+    best_v = torch.empty(0, device=w_u.device)
+    best_i = torch.empty(0, dtype=torch.long, device=w_u.device)
+    for start in range(0, w_u.shape[0], STREAM_ROWS):
+        wc = w_u[start : start + STREAM_ROWS].float()
+        v = wc @ h
         top = torch.topk(v, min(k + 1, v.numel()))
         best_v = torch.cat([best_v, top.values])
         best_i = torch.cat([best_i, top.indices + start])
         keep = torch.topk(best_v, min(k + 1, best_v.numel()))
         best_v, best_i = keep.values, best_i[keep.indices]
     tau = float(best_v[k]) if best_v.numel() > k else float("-inf")
-    return best_i[:k].tolist(), tau, float(wmax)
+    return best_i[:k].tolist(), tau
 
 
+@torch.no_grad()
 def tam_argmax(h1: torch.Tensor, w_u: torch.Tensor, pos: int, groups: Sequence[tuple[int, int]]) -> int:
     """``argmax`` (first index on ties) of the logits at ``pos`` as TAM's ``lm_head`` call over the group
     holding ``pos`` computes them, without building that row's [vocab] logits in one product.
@@ -131,7 +154,8 @@ def tam_argmax(h1: torch.Tensor, w_u: torch.Tensor, pos: int, groups: Sequence[t
     a, b = _group_of(pos, groups)
     x = h1[pos].to(w_u.dtype)
     vocab, d = w_u.shape
-    cand, tau, wmax = _streamed_candidates(x, w_u, CANDIDATES)
+    cand, tau = _streamed_candidates(x, w_u, CANDIDATES)
+    wmax = max_row_norm(w_u)
     cand = sorted(cand)
     exact = class_logits(h1, w_u, cand, [(a, b)])[pos - a]
     best = int(torch.argmax(exact))  # first index among sorted ids: the smallest id on ties
@@ -211,6 +235,7 @@ def tam_classes(tokenizer, text: TextSide, argmax_s: int) -> list[int]:
     return ids + list(text.answer_ids[1:])
 
 
+@torch.no_grad()
 def tam_mitigation_fast(
     tokenizer,
     text: TextSide,
