@@ -214,3 +214,17 @@ def test_closed_form_fit_differs_from_tams_and_stays_close():
 
     ref = explain(model, processor, photo(), PROMPT, answer=ANSWER, config=cfg.with_(tam_fit="closed-form"))
     assert torch.equal(ref.maps, b.maps)
+
+
+def test_max_row_norm_is_cached_per_weight_and_recomputed_after_a_change():
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(300, 16, generator=g)
+    want = float(torch.linalg.vector_norm(w, dim=1).max())
+    assert tam_ops.max_row_norm(w) == pytest.approx(want, rel=1e-6)
+    assert tam_ops._NORMS[id(w)][2] == tam_ops.max_row_norm(w)  # cached
+    with torch.no_grad():
+        w[7] *= 10  # an in-place change bumps the version counter: recomputed
+    assert tam_ops.max_row_norm(w) == pytest.approx(float(torch.linalg.vector_norm(w, dim=1).max()), rel=1e-6)
+    other = w.clone()
+    other[3] *= 100
+    assert tam_ops.max_row_norm(other) == pytest.approx(float(torch.linalg.vector_norm(other[3])), rel=1e-6)
