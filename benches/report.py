@@ -295,18 +295,19 @@ def tam_table(rows: list[dict]) -> list[str]:
     if not groups:
         return []
     lines = [
-        "| image | T | TAM official (per token) | ours, `tam` preset | ours, default (msea-arc) "
-        "| official / ours-tam | our tam maps == TAM's (uint8) |",
-        "|---|---|---|---|---|---|---|",
+        "| image | T | answer | TAM official (per token) | ours, `tam` preset | ours, default (msea-arc) "
+        "| official / ours-tam | official / ours-default | our tam maps == TAM's (uint8) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for _, p in groups.items():
         g = next(iter(p.values()))
         off, ot, od = _med(p, "tam-official"), _med(p, "ours-tam"), _med(p, "ours-default")
         eq = p.get("ours-tam", {}).get("uint8_equal_fraction")
-        eq_s = "—" if eq is None else f"{eq * 100:.2f}% of pixels"
+        eq_s = "—" if eq is None else f"{eq * 100:.2f}% of cells"
+        image = g["image"] if isinstance(g["image"], str) else f"{g['image']}px"
         lines.append(
-            f"| {g['image']}px | {g['answer_tokens']} | {fmt_t(off)} | {fmt_t(ot)} | {fmt_t(od)} "
-            f"| {fmt_r(ratio(off, ot))} | {eq_s} |"
+            f"| {image} | {g['answer_tokens']} | {g.get('answer', 'generated, states re-run')} | {fmt_t(off)} "
+            f"| {fmt_t(ot)} | {fmt_t(od)} | {fmt_r(ratio(off, ot))} | {fmt_r(ratio(off, od))} | {eq_s} |"
         )
     return lines
 

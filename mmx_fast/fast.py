@@ -14,8 +14,10 @@ Same inputs and result as ``mmx_fast.reference.explain`` and the same steps of `
   beta, ReLU, rank Gaussian filter and normalisation for all targets at once (``ops.refine``).
 
 Each stage dispatches to Triton on CUDA and to vectorised torch (or native C++) on CPU; see ``mmx_fast.ops``.
-The ``tam`` mitigation is TAM's sequential algorithm, which must equal TAM to the uint8: both paths run
-``reference.tam.tam_mitigation`` (docs/design.md §1.5), here on the hidden states of the batched forward.
+The ``tam`` mitigation is TAM's sequential algorithm, which must equal TAM to the uint8 (docs/design.md
+§1.5): the fast path runs ``reference.tam.tam_maps`` on only what TAM reads (``mmx_fast.ops.tam``): the
+class columns at every position (a gather-GEMM shaped as TAM's ``lm_head`` calls), a certified streamed
+argmax at the first prompt position, and the vectorised filter; no stage A, MSEA or k0 for TAM itself.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from . import ops
 from .adapters.base import Adapter
 from .config import ExplainConfig
 from .explanation import Explanation
+from .ops import tam as tam_ops
 from .pipeline import (
     Answer,
     Attribution,
@@ -50,7 +53,7 @@ from .pipeline import (
     text_side,
     union_scales,
 )
-from .reference.tam import tam_extra_classes, tam_mitigation
+from .reference.tam import tam_extra_classes, tam_logit_groups
 
 
 def _maybe_flash_attention(model) -> None:
@@ -156,11 +159,11 @@ def attribute(
     base = item.base
     text = text_side(base, answer.ids)
     h1 = per_scale[config.scales.index(1.0)].hidden.to(dev)
+    if config.mitigation == "tam":
+        return tam_attribute(adapter, config, item, answer, per_scale, text, h1, w_u, backend)
     # base id k0: one GEMV W_U @ sum_i z_i (never a V x N product)
     k0 = base_vocab_id_chunked(h1[base.visual_positions.to(dev)], w_u)
-    tam = config.mitigation == "tam"
-    extra = tam_extra_classes(adapter.tokenizer, text, h1, w_u) if tam else []
-    ids = torch.tensor(map_ids(text, k0, extra), dtype=torch.long, device=dev)
+    ids = torch.tensor(map_ids(text, k0, []), dtype=torch.long, device=dev)
 
     views, places, owned = msea_inputs(
         per_scale, logit_lens_flats(per_scale, w_u, ids, backend), tuple(base.grid)
@@ -172,21 +175,8 @@ def attribute(
     if config.mitigation == "none":
         refined = ops.refine_filter(a_t, backend=backend) if config.filter else a_t
         refined = ops.refine_normalize(refined)
-    elif config.mitigation == "arc":
-        refined = arc_fused(text, h1, w_u, a_t, prompt_maps, base_map, config, backend)
     else:
-        by_id = {int(c): maps[k].reshape(-1).float().cpu() for k, c in enumerate(ids.tolist())}
-        refined = tam_mitigation(
-            adapter.tokenizer,
-            text,
-            h1,
-            w_u,
-            base.visual_positions if base.views is None else None,
-            base.grid,
-            by_id,
-            config.scales,
-            config.filter,
-        )
+        refined = arc_fused(text, h1, w_u, a_t, prompt_maps, base_map, config, backend)
     keep = config.keep_scale_maps
     return Attribution(
         maps=refined,
@@ -203,6 +193,57 @@ def scale_map(views, places, owned: slice, base, T: int, backend: str) -> torch.
     if base.views is None:
         return views[owned.start][:T]
     return ops.msea([v[:T] for v in views[owned]], places[owned], tuple(base.grid), "mean", backend=backend)
+
+
+def tam_attribute(
+    adapter: Adapter,
+    config: ExplainConfig,
+    item: Item,
+    answer: Answer,
+    per_scale: list[ScaleStates],
+    text: TextSide,
+    h1: torch.Tensor,
+    w_u: torch.Tensor,
+    backend: str,
+) -> Attribution:
+    """The ``tam`` mitigation (``mmx_fast.ops.tam``). TAM itself (single scale) reads only class columns
+    of the logits; stage A and MSEA run only for MSEA + TAM combinations or ``keep_scale_maps``."""
+    base = item.base
+    T = len(answer.ids)
+    # TAM's lm_head calls: per round on generation's states, one call on a teacher-forced forward's
+    groups = tam_logit_groups(h1.shape[0], text.prompt_len, T, answer.states is not None)
+    argmax_s = tam_ops.tam_argmax(h1, w_u, text.span[0], groups)
+    keep = config.keep_scale_maps
+    maps = by_id = None
+    tiled = base.views is not None  # TAM's image scores: the scale-1.0 views combined (docs/design.md §1.2)
+    if config.scales != (1.0,) or keep or tiled:
+        extra = tam_extra_classes(adapter.tokenizer, text, argmax_s)
+        ids = torch.tensor(text.answer_ids + extra, dtype=torch.long, device=w_u.device)
+        flats = logit_lens_flats(per_scale, w_u, ids, backend)
+        views, places, owned = msea_inputs(per_scale, flats, tuple(base.grid))
+        maps = ops.msea(views, places, tuple(base.grid), config.aggregate, backend=backend)
+        if config.scales != (1.0,) or tiled:
+            by_id = {int(c): maps[k].reshape(-1).float().cpu() for k, c in enumerate(ids.tolist())}
+    refined = tam_ops.tam_mitigation_fast(
+        adapter.tokenizer,
+        text,
+        h1,
+        w_u,
+        groups,
+        argmax_s,
+        base.visual_positions,
+        tuple(base.grid),
+        config.filter,
+        config.tam_fit,
+        image_maps=by_id,
+    )
+    return Attribution(
+        maps=refined,
+        raw_maps=maps[:T] if keep else None,
+        scale_maps={s: scale_map(views, places, o, base, T, backend) for s, o in zip(config.scales, owned)}
+        if keep
+        else None,
+    )
 
 
 def logit_lens_flats(

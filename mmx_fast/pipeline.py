@@ -39,13 +39,14 @@ if TYPE_CHECKING:
 def check_config(config) -> ExplainConfig:
     """None -> the default config; a method name -> its preset; an ExplainConfig as it is."""
     if config is None:
-        return ExplainConfig()
-    if isinstance(config, str):
-        return ExplainConfig(method=config)
-    if not isinstance(config, ExplainConfig):
+        config = ExplainConfig()
+    elif isinstance(config, str):
+        config = ExplainConfig(method=config)
+    elif not isinstance(config, ExplainConfig):
         raise TypeError(
             f"config of type {type(config).__name__} is not supported; expected ExplainConfig or a method name"
         )
+    config.check_runtime()
     return config
 
 
