@@ -201,6 +201,12 @@ def test_repr_html_shows_every_token_and_escapes(with_image):
     assert len({a["src"] for a in imgs}) == len(tokens)  # one distinct map per token, not one picture
 
 
+def test_repr_html_of_an_empty_answer():
+    exp = Explanation(maps=torch.zeros(0, 2, 2), answer_ids=[], answer_tokens=[], grid=(2, 2), prompt="<b>")
+    p = _parse(exp._repr_html_())
+    assert not any(tag == "img" for tag, _ in p.tags) and "<b>" in "".join(p.text)
+
+
 def test_repr_html_is_bounded_for_long_answers():
     from mmx_fast import report
 
