@@ -22,8 +22,7 @@ argmax at the first prompt position, and the vectorised filter; no stage A, MSEA
 
 from __future__ import annotations
 
-import importlib.util
-import warnings
+import logging
 
 import torch
 
@@ -55,18 +54,38 @@ from .pipeline import (
 )
 from .reference.tam import tam_extra_classes, tam_logit_groups
 
+log = logging.getLogger(__name__)
 
-def _maybe_flash_attention(model) -> None:
-    """Switch to flash-attention 2 when it is installed and the model is on CUDA; sdpa otherwise."""
-    if not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None:
-        return
+
+def _maybe_flash_attention(model, attn_implementation: str | None) -> str | None:
+    """Apply the caller's opt-in ``attn_implementation`` to ``model`` (in place); None leaves the model as it
+    is (the default: the caller's model is never changed silently). ``"auto"`` picks flash-attention 2 only
+    when flash-attn is installed, the model is on CUDA and in float16 / bfloat16, else sdpa; an explicit
+    ``"flash_attention_2"`` that cannot run here is a ValueError saying why (``loading.flash_attn_problem``).
+    Returns the implementation set, or None."""
+    if attn_implementation is None:
+        return None
+    from .loading import flash_attn_installed, resolve_attn_implementation
+
     try:
-        if next(model.parameters()).is_cuda and hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation("flash_attention_2")
-    except Exception as e:  # an old GPU or a dtype flash-attn refuses: keep sdpa, say so once
-        warnings.warn(
-            f"flash-attention 2 is installed but could not be enabled ({e}); using sdpa", stacklevel=3
+        param = next(model.parameters())
+        device_type, dtype = param.device.type, param.dtype
+    except (StopIteration, AttributeError, TypeError):
+        device_type, dtype = "cpu", torch.float32
+    chosen = resolve_attn_implementation(
+        attn_implementation, device_type=device_type, dtype=dtype, flash_attn=flash_attn_installed()
+    )
+    if not hasattr(model, "set_attn_implementation"):
+        raise ValueError(
+            f"attn_implementation={attn_implementation!r}: {type(model).__name__} has no "
+            "set_attn_implementation (transformers >= 5); pass attn_implementation=None to keep its attention"
         )
+    try:
+        model.set_attn_implementation(chosen)
+    except Exception as e:  # e.g. flash-attn present but refusing this GPU
+        raise ValueError(f"attn_implementation={chosen!r} could not be set on the model ({e})") from e
+    log.info("attention implementation set to %s", chosen)
+    return chosen
 
 
 def _prepare_backends(configs, adapter) -> None:
@@ -80,24 +99,83 @@ def _prepare_backends(configs, adapter) -> None:
 
 
 class Explainer:
-    """A reusable explainer for one model: ``Explainer(model, processor, config).explain(image, prompt)``."""
+    """A reusable explainer for one model: ``Explainer(model, processor, config).explain(image, prompt)``.
 
-    def __init__(self, model, processor, config: ExplainConfig | str | None = None) -> None:
+    model, processor: a supported transformers model and its processor (``mmx_fast.load`` gives both).
+    config:           an ``ExplainConfig``, a preset name (``"msea-arc"``, ``"tam"``, ``"logit-lens"``) or None.
+    attn_implementation: None (default) leaves the model's attention as it is: the caller's model is never
+        changed unless asked. Opt in with ``"auto"`` (flash-attention 2 when flash-attn is installed, the
+        model is on CUDA and in float16 / bfloat16, else sdpa), ``"flash_attention_2"``, ``"sdpa"`` or
+        ``"eager"``: the model is switched in place (``model.set_attn_implementation``). An explicit
+        ``"flash_attention_2"`` that cannot run (not installed, not on CUDA, float32) raises ValueError.
+        ``mmx_fast.load(..., attn_implementation="auto")`` already applies this to the models it loads.
+    """
+
+    def __init__(
+        self,
+        model,
+        processor,
+        config: ExplainConfig | str | None = None,
+        attn_implementation: str | None = None,
+    ) -> None:
         from .adapters import get_adapter
 
         self.config = check_config(config)
         self.adapter = get_adapter(model, processor)
         self.model = model
-        _maybe_flash_attention(model)
+        self.attn_implementation = _maybe_flash_attention(model, attn_implementation)
         _prepare_backends([self.config], self.adapter)
 
     # ------------------------------------------------------------------------------------------------
     def explain(self, image, prompt: str, answer=None) -> Explanation:
         return self.explain_batch([image], [prompt], None if answer is None else [answer])[0]
 
-    def explain_batch(self, images, prompts, answers=None) -> list[Explanation]:
-        """Explain several (image, prompt) pairs with one batched generation and one batched forward."""
-        return [per_cfg[0] for per_cfg in self._run(images, prompts, answers, [self.config])]
+    def explain_batch(
+        self, images, prompts, answers=None, *, batch_size: int | None = None, show_progress: bool = False
+    ) -> list[Explanation]:
+        """Explain several (image, prompt) pairs with one batched generation and one batched forward.
+
+        batch_size:    None (default) runs every pair in one batch; an integer >= 1 runs them in consecutive
+                       sub-batches of at most that many pairs, so memory stays bounded for many images.
+                       The results are those of one batch (same answers; maps equal up to float rounding of
+                       the padded batch, as ``explain`` vs ``explain_batch``).
+        show_progress: a tqdm progress bar over the pairs, advanced after each sub-batch (tqdm needed).
+        Returns one ``Explanation`` per pair, in order."""
+        if batch_size is not None and (
+            not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
+        ):
+            raise ValueError(f"batch_size={batch_size!r} is not allowed; expected None or an integer >= 1")
+        if isinstance(images, (str, bytes)) or not hasattr(images, "__len__"):
+            raise TypeError("images must be a list of images (PIL, numpy arrays or paths)")
+        n = len(images)
+        if batch_size is None or n <= batch_size:
+            chunks = [(0, n)]
+        else:
+            # every length check before the first sub-batch runs (load_inputs repeats them per sub-batch)
+            if isinstance(prompts, str):
+                raise TypeError("prompts must be a list of str, one per image")
+            if len(prompts) != n:
+                raise ValueError(f"got {n} images but {len(prompts)} prompts; expected one prompt per image")
+            if answers is not None and len(answers) != n:
+                raise ValueError(
+                    f"got {len(answers)} answers for {n} images; expected one (or None) per image"
+                )
+            chunks = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+        bar = _progress(n, show_progress)
+        out: list[Explanation] = []
+        try:
+            for k, (a, b) in enumerate(chunks):
+                if len(chunks) > 1:
+                    log.debug("explain_batch: sub-batch %d/%d (pairs %d..%d)", k + 1, len(chunks), a, b - 1)
+                sub_answers = None if answers is None else list(answers[a:b])
+                sub = [c[0] for c in self._run(images[a:b], prompts[a:b], sub_answers, [self.config])]
+                out.extend(sub)
+                if bar is not None:
+                    bar.update(b - a)
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
 
     def explain_methods(self, image, prompt: str, configs, answer=None) -> list[Explanation]:
         """Explain one answer with several configs (e.g. every method of a comparison) from the SAME
@@ -136,6 +214,17 @@ class Explainer:
                 per_cfg.append(build_result(ad, item, ans, c, attribution, timings))
             results.append(per_cfg)
         return results
+
+
+def _progress(total: int, show: bool):
+    """A tqdm bar over ``total`` pairs when ``show``; None otherwise."""
+    if not show:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as e:
+        raise ImportError("show_progress=True needs tqdm (pip install tqdm)") from e
+    return tqdm(total=total, desc="explaining", unit="image")
 
 
 def hidden_states(
@@ -305,5 +394,42 @@ def base_vocab_id_chunked(z: torch.Tensor, w_u: torch.Tensor, chunk: int = 16384
 def explain_fast(
     model, processor, image, prompt: str, answer=None, config: ExplainConfig | None = None
 ) -> Explanation:
-    """Drop-in for ``mmx_fast.reference.explain`` (same signature and result), on the fused stages."""
+    """Token-level visual attribution maps for a model's answer to ``prompt`` about ``image``.
+
+    The fast path's drop-in for ``mmx_fast.reference.explain`` (same arguments and result, maps equal to
+    within 1e-4), on the fused stages. For several calls on one model, build an ``Explainer`` once (it
+    prepares the backends once, and ``explain_batch`` batches many images).
+
+    Args:
+        model: a supported transformers vision-language model (Qwen2-VL, Qwen2.5-VL, LLaVA, InternVL), in
+            eval mode, on CPU or CUDA; e.g. from ``mmx_fast.load``. Its attention implementation is left as
+            it is (``Explainer(..., attn_implementation=...)`` opts in to changing it).
+        processor: the model's processor.
+        image: a PIL image, a path, an ``http(s)://`` or ``data:`` URL, a numpy array [H, W, 3] uint8, or a
+            torch tensor [3, H, W] or [H, W, 3] (uint8, or float in [0, 1]).
+        prompt: the question / instruction (non-empty str).
+        answer: None to generate the answer greedily (at most ``config.max_new_tokens`` tokens), or the answer
+            to explain as a str or a list of T token ids (teacher-forced).
+        config: an ``ExplainConfig`` (method, MSEA scales, mitigation, filter, backend, ...), or None for the
+            default ``"msea-arc"`` preset.
+
+    Returns:
+        An ``Explanation``: ``maps`` float32 [T, Hc, Wc] in [0, 1], one map per answer token on the model's
+        scale-1.0 visual-token grid ``grid == (Hc, Wc)``; ``answer_ids`` / ``answer_tokens`` (T each),
+        ``answer_text``, ``timings``; ``overlay(i)``, ``heatmap(i)``, ``word_maps()``, ``save(folder)``,
+        ``to_html(path)``, and an HTML view in Jupyter.
+
+    Raises:
+        TypeError / ValueError: an unsupported model, an image that cannot be read or is too large, an empty
+            prompt, a bad config, a backend that cannot run on this device (e.g. ``backend="triton"`` on
+            CPU tensors); each message names the value and what is allowed.
+
+    Example:
+        >>> import mmx_fast
+        >>> model, processor = mmx_fast.load("tiny:qwen2_vl")  # random weights, for trying the API
+        >>> exp = mmx_fast.explain_fast(model, processor, "photo.jpg", "What is in the picture?")
+        >>> exp.maps.shape  # (T, Hc, Wc)
+        >>> exp.overlay(0).save("token0.png")
+        >>> words, word_maps = exp.word_maps()  # [W, Hc, Wc], max over each word's tokens
+    """
     return Explainer(model, processor, config).explain(image, prompt, answer)

@@ -24,6 +24,7 @@ import torch
 from .config import MAX_NEW_TOKENS, ExplainConfig
 from .explanation import Explanation
 from .images import check_scaled_size, load_image
+from .words import raw_tokens
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -479,6 +480,7 @@ def build_result(
         answer_ids=list(answer.ids),
         answer_tokens=list(answer.tokens),
         answer_text=answer.text,
+        answer_pieces=raw_tokens(adapter.tokenizer, answer.ids),
         grid=grid,
         prompt=item.prompt,
         config=config,
