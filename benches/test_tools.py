@@ -90,4 +90,4 @@ def test_gpu_check_quick(capsys):
     assert gpu_check.main(["--quick", "--stages", "refine,msea"]) == 0
     out = capsys.readouterr().out
     assert "| section | case | provider |" in out
-    assert "end to end" in out and "one batched forward" in out
+    assert "end to end" in out and "floor-full" in out and "prefix-only extra scales, bucketed" in out
