@@ -20,8 +20,9 @@ Installs nothing and needs no network: PyTorch, Triton and transformers must alr
 3. End to end on Qwen2-VL with Qwen2-VL-2B's real dimensions (hidden 1536, vocabulary 151,936, tied
    embeddings; ``--layers`` text layers, default all 28, bfloat16, random weights), a 640x480 image (391
    visual tokens at scale 1.0) and a greedy answer of exactly ``--answer-tokens`` tokens:
-   ``reference.explain``, ``explain_fast``, the floor (``generate`` + one batched forward over the extra
-   scales), ``generate`` alone, and the MSEA forward (one per scale vs batched).
+   ``reference.explain``, ``explain_fast``, the floor (``generate`` + the extra scales' prefix-only
+   forwards), the floor before issue 16 (``floor-full``: one padded full-length forward over the extra
+   scales), ``generate`` alone, and the MSEA forward (one per scale, padded full-length, prefix-only).
 
 Prints one markdown table (and ``--json PATH`` writes the rows).
 """
@@ -221,7 +222,11 @@ def e2e_rows(args) -> list[dict]:
             row["error"] = f"{type(err).__name__}: {str(err)[:120]}"
         rows.append(row)
         log(f"  e2e {prov}: {fmt_s(row.get('median_s'))}")
-    for prov, name in (("reference", "one forward per scale"), ("fast", "one batched forward")):
+    for prov, name in (
+        ("reference", "one forward per scale"),
+        ("padded", "one padded full-length batch"),
+        ("fast", "prefix-only extra scales, bucketed"),
+    ):
         row = {"section": "MSEA forward", "case": label, "provider": name}
         try:
             row["median_s"] = time_slow(fwd[prov], reps)

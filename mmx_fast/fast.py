@@ -5,9 +5,10 @@ Same inputs and result as ``mmx_fast.reference.explain`` and the same steps of `
 
 - answers: generation once at scale 1.0 (KV cache; batched and left-padded for several images), keeping
   the last-layer normed states it computes on the way (a hook on the decoder), so scale 1.0 is not re-run;
-- hidden states: ONE padded, batched, teacher-forced forward over every other scale of every image (and
-  over scale 1.0 too when the answer was forced), keeping only the last-layer normed hidden states (never
-  all layers, never full-vocab logits over visual tokens);
+- hidden states: the other scales of every image run prefix-only (stopping at the last visual token: no
+  instruction, no answer, no lm_head), and scale 1.0 runs in full only when the answer was forced; the rows
+  are grouped by length into right-padded batches (little padding, a bounded batch), keeping only the
+  last-layer normed hidden states (never all layers, never full-vocab logits over visual tokens);
 - attribute: stage A, one gather-GEMM for every scale and every needed vocab id
   (``ops.logit_lens``); MSEA onto the canonical grid; stage B, streamed top-k rankings + RBO for
   every (target, context) pair (``ops.rankings_topk``, ``ops.rankings_rbo``); stage C, interference map,
@@ -133,7 +134,8 @@ class Explainer:
     def explain_batch(
         self, images, prompts, answers=None, *, batch_size: int | None = None, show_progress: bool = False
     ) -> list[Explanation]:
-        """Explain several (image, prompt) pairs with one batched generation and one batched forward.
+        """Explain several (image, prompt) pairs with one batched generation (for the answers not given) and
+        length-bucketed batched forwards (prefix-only except scale 1.0 of forced answers).
 
         batch_size:    None (default) runs every pair in one batch; an integer >= 1 runs them in consecutive
                        sub-batches of at most that many pairs, so memory stays bounded for many images.
@@ -230,10 +232,16 @@ def _progress(total: int, show: bool):
 def hidden_states(
     adapter: Adapter, items: list[Item], answers: list[Answer], plan: list[Forward]
 ) -> dict[tuple[int, float], ScaleStates]:
-    """ONE right-padded batched forward over every planned row (the scale-1.0 states of generated answers
-    come from generation and are not planned)."""
+    """Every planned row, grouped by length into right-padded batches (``Adapter.forward_hidden_rows``);
+    rows other than scale 1.0 are prefix-only (they stop at the last visual token), so with a forced answer
+    the scale-1.0 row is the only full-length one, and with a generated answer it is not run at all (its
+    states come from generation)."""
     hidden = (
-        adapter.forward_hidden_batch([f.inputs for f in plan], [f.answer_ids for f in plan]) if plan else []
+        adapter.forward_hidden_rows(
+            [f.inputs for f in plan], [f.answer_ids for f in plan], [f.prefix_only for f in plan]
+        )
+        if plan
+        else []
     )
     return collect_states(items, answers, plan, hidden)
 

@@ -3,8 +3,9 @@
     load_inputs -> resolve_answers -> plan_forwards -> hidden_states -> attribute -> build_result
 
 The oracle (``mmx_fast.reference.oracle.explain``) and the fast path (``mmx_fast.fast.Explainer``) both read
-as this list. They differ only in ``hidden_states`` (the oracle runs one forward per planned row; the fast
-path runs one padded batch and reuses the scale-1.0 states generation computed) and in ``attribute`` (the
+as this list. They differ only in ``hidden_states`` (the oracle runs one full forward per planned row; the fast
+path runs the extra scales prefix-only, in length-bucketed batches, and reuses the scale-1.0 states generation
+computed) and in ``attribute`` (the
 paper's equations one token at a time vs the fused stages of ``mmx_fast.ops``). Everything else is here, once:
 the input checks, image loading, answer resolution, the forward plan, the text positions ARC and TAM read,
 and the one place an ``Explanation`` is built. This module imports neither path.
@@ -302,12 +303,17 @@ def show_bytes(raw: bytes) -> str:
 
 @dataclass(frozen=True)
 class Forward:
-    """One teacher-forced forward to run: item ``item``'s inputs at ``scale`` followed by its answer."""
+    """One teacher-forced forward to run: item ``item``'s inputs at ``scale`` followed by its answer.
+
+    prefix_only: only the visual tokens' states are read (every scale but 1.0, whose text positions feed the
+                 rankings): the fast path may stop the forward at the last visual token (docs/design.md §2);
+                 the oracle runs every row in full."""
 
     item: int
     scale: float
     inputs: PromptInputs
     answer_ids: list[int]
+    prefix_only: bool = False
 
 
 def union_scales(configs: list[ExplainConfig]) -> list[float]:
@@ -325,7 +331,7 @@ def plan_forwards(adapter: Adapter, items: list[Item], answers: list[Answer], sc
             if s == 1.0 and ans.states is not None:
                 continue
             inputs = it.base if s == 1.0 else adapter.prepare(it.image, it.prompt, s)
-            plan.append(Forward(i, s, inputs, ans.ids))
+            plan.append(Forward(i, s, inputs, ans.ids, prefix_only=s != 1.0))
     return plan
 
 
@@ -336,7 +342,9 @@ def plan_forwards(adapter: Adapter, items: list[Item], answers: list[Answer], sc
 
 @dataclass(frozen=True)
 class ScaleStates:
-    """An item's model inputs at one scale and the last-layer normed hidden states of its sequence."""
+    """An item's model inputs at one scale and the last-layer normed hidden states of its sequence (for a
+    prefix-only forward, of the sequence up to its last visual token: ``hidden`` may be shorter than
+    ``inputs``; only scale 1.0's text positions are ever read)."""
 
     inputs: PromptInputs
     hidden: torch.Tensor
