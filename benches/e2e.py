@@ -5,18 +5,25 @@ tokens; see ``models.py`` for why the length is exact):
 
 - ``reference``: ``mmx_fast.reference.explain`` (default config: msea-arc, scales 0.5 / 0.75 / 1.0);
 - ``fast``: ``mmx_fast.explain_fast``, same arguments;
-- ``floor``: what no implementation can avoid: the scale-1.0 prompt, ``generate`` of the answer, the two
-  extra scales' prompts and ONE batched teacher-forced forward over them (docs/design.md §5's
-  "generate alone plus the extra-scale prefill");
+- ``floor``: what no implementation can avoid (docs/design.md §5): the scale-1.0 prompt, ``generate`` of
+  the answer, the two extra scales' prompts and their prefix-only forwards (stopping at the last visual
+  token, length-bucketed: ``Adapter.forward_hidden_rows``);
+- ``floor-full``: the floor before prefix-only passes (issue 16): the same, but ONE padded teacher-forced
+  forward over the extra scales' whole sequences (instruction and answer included);
 - ``generate``: ``generate`` alone (with the scale-1.0 prompt).
 
-The MSEA-forward cases compare one teacher-forced forward per scale (the reference) with one padded,
-batched forward over all scales (the fast path), on prepared inputs.
+The MSEA-forward cases run the three scales' forwards for a forced answer on prepared inputs: one full
+forward per scale (``reference``), one padded full-length batch (``padded``, the fast path before issue 16)
+and the fast path's prefix-only extra scales plus the full scale-1.0 row, length-bucketed (``fast``).
+
+The forced-answer throughput cases (``batch_callables``) explain n (image, prompt, answer) requests with one
+``Explainer.explain_batch`` call (``batch``) or one ``Explainer.explain`` per request (``one-by-one``).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,8 +32,13 @@ import torch
 from .cases import SCALES
 from .models import PROMPT, bench_image, qwen2vl_2b_like
 
-E2E_PROVIDERS = ("reference", "fast", "floor", "generate")
-SUITE_PROVIDERS = ("reference", "fast", "floor")  # generate alone = the floor's first part
+E2E_PROVIDERS = ("reference", "fast", "floor", "floor-full", "generate")
+SUITE_PROVIDERS = ("reference", "fast", "floor", "floor-full")  # generate alone = the floor's first part
+# Forced-answer throughput: requests per case. The tiny model (quick mode) runs all three in seconds; with
+# Qwen2-VL-2B's dimensions on one CPU thread n=32 one-by-one takes minutes per round, so the full suite runs
+# 1 and 8 unless MMX_BENCH_BATCH_SIZES (e.g. "1,8,32") says otherwise.
+BATCH_SIZES = (1, 8)
+QUICK_BATCH_SIZES = (1, 8, 32)
 FULL_IMAGES = (224, 448)  # 8x8 = 64 and 16x16 = 256 visual tokens at scale 1.0
 QUICK_IMAGES = (112,)
 ANSWER_TOKENS = 20
@@ -151,25 +163,38 @@ def e2e_callables(
         _sync(model)
         return ids
 
-    def run_floor():
+    def floor(prefix_only: bool):
         t0 = time.perf_counter()
         b = ad.prepare(img, PROMPT, 1.0)
         ids = ad.generate(b, case.answer_tokens)
         _sync(model)
         t1 = time.perf_counter()
         rows = [ad.prepare(img, PROMPT, s) for s in SCALES if s != 1.0]
-        hidden = ad.forward_hidden_batch(rows, [ids] * len(rows)) if rows else []
+        if not rows:
+            hidden = []
+        elif prefix_only:
+            hidden = ad.forward_hidden_rows(rows, [ids] * len(rows), [True] * len(rows))
+        else:
+            hidden = ad.forward_hidden_batch(rows, [ids] * len(rows))
         _sync(model)
         facts["floor_parts"].append((t1 - t0, time.perf_counter() - t1))
         return ids, hidden
 
-    table = {"reference": run_reference, "fast": run_fast, "floor": run_floor, "generate": run_generate}
+    table = {
+        "reference": run_reference,
+        "fast": run_fast,
+        "floor": lambda: floor(True),
+        "floor-full": lambda: floor(False),
+        "generate": run_generate,
+    }
     return {p: table[p] for p in providers}, facts
 
 
 def forward_callables(model, processor, case: E2ECase) -> dict[str, Callable[[], object]]:
-    """MSEA forward on prepared inputs: ``reference`` = one ``forward_hidden`` per scale, ``fast`` = one
-    ``forward_hidden_batch`` over all scales. The answer is ``case.answer_tokens`` fixed ids."""
+    """MSEA forward on prepared inputs for a forced answer of ``case.answer_tokens`` fixed ids:
+    ``reference`` = one full ``forward_hidden`` per scale, ``padded`` = one padded full-length
+    ``forward_hidden_batch`` over all scales, ``fast`` = ``forward_hidden_rows`` with the extra scales
+    prefix-only (what ``explain_fast`` runs)."""
     from mmx_fast.adapters import get_adapter
 
     ad = get_adapter(model, processor)
@@ -183,9 +208,49 @@ def forward_callables(model, processor, case: E2ECase) -> dict[str, Callable[[],
         _sync(model)
         return out
 
-    def fast():
+    def padded():
         out = ad.forward_hidden_batch(rows, [answer] * len(rows))
         _sync(model)
         return out
 
-    return {"reference": reference, "fast": fast}
+    def fast():
+        out = ad.forward_hidden_rows(rows, [answer] * len(rows), [r.scale != 1.0 for r in rows])
+        _sync(model)
+        return out
+
+    return {"reference": reference, "padded": padded, "fast": fast}
+
+
+def batch_sizes(quick: bool) -> tuple[int, ...]:
+    env = os.environ.get("MMX_BENCH_BATCH_SIZES", "").strip()
+    if env:
+        return tuple(int(x) for x in env.split(","))
+    return QUICK_BATCH_SIZES if quick else BATCH_SIZES
+
+
+def batch_callables(
+    model, processor, n: int, image: int = 224, answer_tokens: int = ANSWER_TOKENS
+) -> dict[str, Callable[[], object]]:
+    """Forced-answer throughput (docs/design.md §6: the serving engine already generated the answer): n
+    requests, each a different image (same size, seeded), the bench prompt and its own answer of
+    ``answer_tokens`` ids. ``batch`` = one ``Explainer.explain_batch``; ``one-by-one`` = n ``explain`` calls
+    of the same Explainer (default config, msea-arc)."""
+    from mmx_fast.fast import Explainer
+
+    ex = Explainer(model, processor)
+    images = [bench_image(image, image, seed=i) for i in range(n)]
+    g = torch.Generator().manual_seed(0)
+    answers = [torch.randint(300, 1000, (answer_tokens,), generator=g).tolist() for _ in range(n)]
+    prompts = [PROMPT] * n
+
+    def batch():
+        out = ex.explain_batch(images, prompts, answers)
+        _sync(model)
+        return out
+
+    def one_by_one():
+        out = [ex.explain(im, p, a) for im, p, a in zip(images, prompts, answers)]
+        _sync(model)
+        return out
+
+    return {"batch": batch, "one-by-one": one_by_one}

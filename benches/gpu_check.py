@@ -7,8 +7,11 @@
 
 Installs nothing and needs no network: PyTorch, Triton and transformers must already be there. Steps:
 
-1. ``pytest tests -k cuda`` (the CUDA tests of tests/test_kernels.py, tests/test_native.py and the
-   triton-cuda cases of tests/test_stage_*.py; skipped without CUDA or with ``--no-tests``).
+1. ``pytest tests -k cuda`` (the CUDA tests of tests/test_kernels.py, tests/test_native.py, the
+   triton-cuda cases of tests/test_stage_*.py and the attention choice on CUDA,
+   tests/test_api_outputs.py::test_attention_choice_on_cuda; skipped without CUDA or with ``--no-tests``),
+   then one line saying which attention implementation ``attn_implementation="auto"`` picks here for
+   float32 and bfloat16 models (:func:`attention_choice`).
 2. Every stage (logit_lens, rankings = top-k + RBO, refine, refine_filter, msea) at realistic sizes for
    the providers ``reference``, ``torch`` and ``triton`` (CUDA; on the CPU ``reference``, ``fast`` =
    ``backend="auto"`` and ``torch`` if auto picks the native kernels):
@@ -17,8 +20,9 @@ Installs nothing and needs no network: PyTorch, Triton and transformers must alr
 3. End to end on Qwen2-VL with Qwen2-VL-2B's real dimensions (hidden 1536, vocabulary 151,936, tied
    embeddings; ``--layers`` text layers, default all 28, bfloat16, random weights), a 640x480 image (391
    visual tokens at scale 1.0) and a greedy answer of exactly ``--answer-tokens`` tokens:
-   ``reference.explain``, ``explain_fast``, the floor (``generate`` + one batched forward over the extra
-   scales), ``generate`` alone, and the MSEA forward (one per scale vs batched).
+   ``reference.explain``, ``explain_fast``, the floor (``generate`` + the extra scales' prefix-only
+   forwards), the floor before issue 16 (``floor-full``: one padded full-length forward over the extra
+   scales), ``generate`` alone, and the MSEA forward (one per scale, padded full-length, prefix-only).
 
 Prints one markdown table (and ``--json PATH`` writes the rows).
 """
@@ -114,6 +118,26 @@ def run_cuda_tests(skip: bool) -> str:
     return f"{'PASS' if proc.returncode == 0 else 'FAIL'}: {summary}"
 
 
+def attention_choice() -> str:
+    """What ``attn_implementation="auto"`` picks on this machine for float32 / bfloat16 models (flash-attention
+    2 only when flash-attn is installed, on CUDA, in fp16 / bf16; otherwise sdpa)."""
+    from mmx_fast.loading import flash_attn_installed, resolve_attn_implementation
+
+    flash = flash_attn_installed()
+    device = "cuda" if CUDA else "cpu"
+    picks = {
+        str(dt).removeprefix("torch."): resolve_attn_implementation(
+            "auto", device_type=device, dtype=dt, flash_attn=flash
+        )
+        for dt in (torch.float32, torch.bfloat16)
+    }
+    line = f"flash-attn {'installed' if flash else 'not installed'}; auto on {device}: " + ", ".join(
+        f"{k} -> {v}" for k, v in picks.items()
+    )
+    log("attention: " + line)
+    return line
+
+
 def stage_rows(quick: bool, stages: tuple[str, ...] | None = None) -> list[dict]:
     from benches.cases import STAGES, check_agreement, stage_callables, stage_cases, stage_providers
 
@@ -198,7 +222,11 @@ def e2e_rows(args) -> list[dict]:
             row["error"] = f"{type(err).__name__}: {str(err)[:120]}"
         rows.append(row)
         log(f"  e2e {prov}: {fmt_s(row.get('median_s'))}")
-    for prov, name in (("reference", "one forward per scale"), ("fast", "one batched forward")):
+    for prov, name in (
+        ("reference", "one forward per scale"),
+        ("padded", "one padded full-length batch"),
+        ("fast", "prefix-only extra scales, bucketed"),
+    ):
         row = {"section": "MSEA forward", "case": label, "provider": name}
         try:
             row["median_s"] = time_slow(fwd[prov], reps)
@@ -277,6 +305,7 @@ def main(argv=None) -> int:
         log("note: no CUDA device; pass --quick on a CPU (full sizes and the 2B-like model are slow here)")
     t0 = time.perf_counter()
     tests = run_cuda_tests(args.no_tests)
+    attention = attention_choice()
     rows: list[dict] = []
     if not args.no_stages:
         log("stages:")
@@ -295,11 +324,13 @@ def main(argv=None) -> int:
     print()
     print(f"## gpu_check: {dev}")
     print()
-    print(f"CUDA tests: {tests}. Total time {time.perf_counter() - t0:.0f} s.")
+    print(f"CUDA tests: {tests}. Attention: {attention}. Total time {time.perf_counter() - t0:.0f} s.")
     print()
     print(table(rows))
     if args.json:
-        args.json.write_text(json.dumps({"device": dev, "tests": tests, "rows": rows}, indent=1))
+        args.json.write_text(
+            json.dumps({"device": dev, "tests": tests, "attention": attention, "rows": rows}, indent=1)
+        )
     failed = tests.startswith("FAIL") or any("error" in r for r in rows)
     failed = failed or any(str(r.get("agrees", "")).startswith("NO") for r in rows)
     return 1 if failed else 0

@@ -59,7 +59,7 @@ def memory_cases(quick: bool) -> list[dict]:
         for prov in providers:
             out.append({"type": "stage", "stage": stage, "model": model, "n": n, "t": t, "provider": prov})
     for image, t in e2e:
-        for prov in ("reference", "fast", "floor"):
+        for prov in ("reference", "fast", "floor", "floor-full"):
             out.append({"type": "e2e", "image": image, "t": t, "provider": prov, "quick": quick})
     return out
 

@@ -236,18 +236,20 @@ def e2e_table(rows: list[dict]) -> list[str]:
         return []
     lines = [
         "| image (visual tokens 0.5 / 0.75 / 1.0) | T | reference | fast | floor | generate alone "
-        "| extra-scale forward | reference / fast | fast / floor |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| extra-scale forwards | reference / fast | fast / floor | floor-full (before #16) | floor / floor-full |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for g, p in items:
         ref, fast, floor = _med(p, "reference"), _med(p, "fast"), _med(p, "floor")
+        full = _med(p, "floor-full")
         fl = p.get("floor", {})
         vt = g.get("visual_tokens", {})
         toks = " / ".join(str(vt.get(k, "?")) for k in ("0.5", "0.75", "1.0"))
         lines.append(
             f"| {g['image']}px ({toks}) | {g['answer_tokens']} | {fmt_t(ref)} | {fmt_t(fast)} | {fmt_t(floor)} "
             f"| {fmt_t(fl.get('floor_generate_s'))} | {fmt_t(fl.get('floor_extra_forward_s'))} "
-            f"| {fmt_r(ratio(ref, fast))} | {fmt_r(ratio(fast, floor))} |"
+            f"| {fmt_r(ratio(ref, fast))} | {fmt_r(ratio(fast, floor))} | {fmt_t(full)} "
+            f"| {fmt_r(ratio(floor, full))} |"
         )
     return lines
 
@@ -278,14 +280,36 @@ def forward_table(rows: list[dict]) -> list[str]:
     if not groups:
         return []
     lines = [
-        "| image | T | one forward per scale (reference) | one batched forward (fast) | reference / fast |",
-        "|---|---|---|---|---|",
+        "| image | T | one full forward per scale (reference) | one padded full-length batch (before #16) "
+        "| prefix-only extra scales, length-bucketed (fast) | reference / fast | padded / fast |",
+        "|---|---|---|---|---|---|---|",
     ]
     for _, p in sorted(groups.items(), key=lambda x: next(iter(x[1].values()))["image"]):
         g = next(iter(p.values()))
-        ref, fast = _med(p, "reference"), _med(p, "fast")
+        ref, padded, fast = _med(p, "reference"), _med(p, "padded"), _med(p, "fast")
         lines.append(
-            f"| {g['image']}px | {g['answer_tokens']} | {fmt_t(ref)} | {fmt_t(fast)} | {fmt_r(ratio(ref, fast))} |"
+            f"| {g['image']}px | {g['answer_tokens']} | {fmt_t(ref)} | {fmt_t(padded)} | {fmt_t(fast)} "
+            f"| {fmt_r(ratio(ref, fast))} | {fmt_r(ratio(padded, fast))} |"
+        )
+    return lines
+
+
+def batch_table(rows: list[dict]) -> list[str]:
+    """Forced-answer throughput: explanations/s of one ``explain_batch`` vs one ``explain`` per request."""
+    groups = by_group([r for r in rows if r.get("kind") == "batch"])
+    if not groups:
+        return []
+    lines = [
+        "| requests | batch (explain_batch) | one-by-one (explain) | batch: explanations/s "
+        "| one-by-one: explanations/s | batch / one-by-one (throughput) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for _, p in sorted(groups.items(), key=lambda x: next(iter(x[1].values()))["n"]):
+        n = next(iter(p.values()))["n"]
+        b, o = _med(p, "batch"), _med(p, "one-by-one")
+        lines.append(
+            f"| {n} | {fmt_t(b)} | {fmt_t(o)} | {_num(n / b) if b else '—'} | {_num(n / o) if o else '—'} "
+            f"| {fmt_r(ratio(o, b))} |"
         )
     return lines
 
@@ -295,18 +319,19 @@ def tam_table(rows: list[dict]) -> list[str]:
     if not groups:
         return []
     lines = [
-        "| image | T | TAM official (per token) | ours, `tam` preset | ours, default (msea-arc) "
-        "| official / ours-tam | our tam maps == TAM's (uint8) |",
-        "|---|---|---|---|---|---|---|",
+        "| image | T | answer | TAM official (per token) | ours, `tam` preset | ours, default (msea-arc) "
+        "| official / ours-tam | official / ours-default | our tam maps == TAM's (uint8) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for _, p in groups.items():
         g = next(iter(p.values()))
         off, ot, od = _med(p, "tam-official"), _med(p, "ours-tam"), _med(p, "ours-default")
         eq = p.get("ours-tam", {}).get("uint8_equal_fraction")
-        eq_s = "—" if eq is None else f"{eq * 100:.2f}% of pixels"
+        eq_s = "—" if eq is None else f"{eq * 100:.2f}% of cells"
+        image = g["image"] if isinstance(g["image"], str) else f"{g['image']}px"
         lines.append(
-            f"| {g['image']}px | {g['answer_tokens']} | {fmt_t(off)} | {fmt_t(ot)} | {fmt_t(od)} "
-            f"| {fmt_r(ratio(off, ot))} | {eq_s} |"
+            f"| {image} | {g['answer_tokens']} | {g.get('answer', 'generated, states re-run')} | {fmt_t(off)} "
+            f"| {fmt_t(ot)} | {fmt_t(od)} | {fmt_r(ratio(off, ot))} | {fmt_r(ratio(off, od))} | {eq_s} |"
         )
     return lines
 
@@ -322,8 +347,9 @@ def memory_table(mem: list[dict]) -> list[str]:
         groups[case_label(r)][r["provider"]] = r
     col = "CUDA peak extra" if cuda else "peak RSS extra"
     lines = [
-        f"| case | reference: {col} | fast: {col} | torch (vectorised): {col} | floor: {col} | reference / fast |",
-        "|---|---|---|---|---|---|",
+        f"| case | reference: {col} | fast: {col} | torch (vectorised): {col} | floor: {col} "
+        f"| floor-full (before #16): {col} | reference / fast | fast / floor |",
+        "|---|---|---|---|---|---|---|---|",
     ]
 
     def val(r):
@@ -339,11 +365,13 @@ def memory_table(mem: list[dict]) -> list[str]:
 
     for label, p in groups.items():
         ref, fast = val(p.get("reference")), val(p.get("fast"))
+        floor = val(p.get("floor"))
         rr = ratio(ref, fast) if ref and fast and fast > 0.5 else None
+        rf = ratio(fast, floor) if fast and floor and floor > 0.5 else None
         lines.append(
             f"| {label} | {cell(p.get('reference'))} | {cell(p.get('fast'))} | {cell(p.get('torch'))} "
-            f"| {cell(p.get('floor'))} "
-            f"| {fmt_r(rr)} |"
+            f"| {cell(p.get('floor'))} | {cell(p.get('floor-full'))} "
+            f"| {fmt_r(rr)} | {fmt_r(rf)} |"
         )
     return lines
 
@@ -579,8 +607,10 @@ def write_report(
             "",
             f"Model: {model}, random weights, built from a config (`benches/models.py`); greedy answers of exactly "
             "T tokens (the special tokens' unembedding rows are zeroed so generation never stops early). "
-            "`floor` = scale-1.0 prompt + `generate` + the two extra scales' prompts and ONE batched "
-            "teacher-forced forward over them: what any implementation must run.",
+            "`floor` = scale-1.0 prompt + `generate` + the two extra scales' prompts and their prefix-only "
+            "forwards (stopping at the last visual token, length-bucketed): what any implementation must run. "
+            "`floor-full` = the floor before issue 16 (one padded forward over the extra scales' whole "
+            "sequences, instruction and answer included).",
             "",
         ]
         md += t + [""]
@@ -589,7 +619,15 @@ def write_report(
         )
         ft = forward_table(rows)
         if ft:
-            md += ["### MSEA forward: one forward per scale vs one batched forward", ""] + ft + [""]
+            md += (
+                ["### MSEA forward: full forwards vs prefix-only extra scales (forced answer)", ""]
+                + ft
+                + [""]
+            )
+        bt = batch_table(rows)
+        if bt:
+            md += ["### Forced-answer throughput: one `explain_batch` vs one `explain` per request", ""]
+            md += bt + [""]
         if "e2e" in made:
             md += ["![end to end](plots/e2e.png)", ""]
     t = tam_table(rows)

@@ -5,10 +5,13 @@ Never vendored and never run in CI: set ``TAM_SRC`` to a checkout of https://git
 here reports "unavailable" and the benchmarks skip.
 
 The demo calls ``TAM(tokens, vision_shape, logits, special_ids, vis_inputs, processor, save_fn, i,
-raw_map_records, eval_only)`` once per generation round ``i`` with ``logits[0]`` = ``lm_head`` over the
-prompt ([1, L, V]) and ``logits[i]`` = ``lm_head`` at the position that produced answer token i
-([1, 1, V]). Here the logits come from the same scale-1.0 hidden states our ``tam`` preset uses, and
-``save_fn=''`` (TAM's evaluation mode: no visualisation written).
+raw_map_records, eval_only)`` once per generation round ``i`` with ``logits = [model.lm_head(f[-1]) for f
+in outputs.hidden_states]``: ``logits[0]`` = one ``lm_head`` call over the prompt ([1, L, V]) and
+``logits[i]`` = one call at the position that produced answer token i ([1, 1, V]). Here the logits come
+from the same scale-1.0 hidden states our ``tam`` preset uses: generation's states, one ``lm_head`` call per
+round as the demo makes them (``per_round=True``), or a teacher-forced forward's states (forced answers),
+one call over all positions as the model's forward makes them; ``save_fn=''`` (TAM's evaluation mode: no
+visualisation written).
 """
 
 from __future__ import annotations
@@ -50,20 +53,29 @@ def special_ids_for(adapter, base) -> dict:
     return {"img_id": [vs, ve], "prompt_id": [ve, list(tail)], "answer_id": [list(tail[1:]), -1]}
 
 
-def tam_logit_list(h1: torch.Tensor, w_u: torch.Tensor, prompt_len: int, num_answer: int) -> list:
-    """What the demo computes from ``generate``'s hidden states, from teacher-forced ones instead."""
-    logits = F.linear(h1.to(w_u.dtype), w_u)
+def tam_logit_list(
+    h1: torch.Tensor, w_u: torch.Tensor, prompt_len: int, num_answer: int, per_round: bool = False
+) -> list:
+    """TAM's ``logit_list``: per_round (generation's states) one ``lm_head`` call per round, as the demo
+    makes them; otherwise (a teacher-forced forward's states) one call over every position, split per
+    round."""
+    x = h1.to(w_u.dtype)
+    if per_round:
+        out = [F.linear(x[None, :prompt_len], w_u)]
+        out += [F.linear(x[None, prompt_len - 1 + i : prompt_len + i], w_u) for i in range(1, num_answer)]
+        return out
+    logits = F.linear(x, w_u)
     out = [logits[:prompt_len][None]]
     out += [logits[prompt_len - 1 + i][None, None] for i in range(1, num_answer)]
     return out
 
 
-def official_tam_maps(tam_mod, adapter, processor, base, image, answer, h1, w_u):
+def official_tam_maps(tam_mod, adapter, processor, base, image, answer, h1, w_u, per_round=False):
     """uint8 maps [T, H, W] from TAM's own ``TAM()``, one call per answer token as in its demo."""
     import numpy as np
 
     tokens = base.input_ids + list(answer)
-    logit_list = tam_logit_list(h1, w_u, base.length, len(answer))
+    logit_list = tam_logit_list(h1, w_u, base.length, len(answer), per_round)
     special = special_ids_for(adapter, base)
     shape = (int(base.grid[0]), int(base.grid[1]))
     records: list = []

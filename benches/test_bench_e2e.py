@@ -4,10 +4,14 @@ Full mode: Qwen2-VL-2B's dimensions (hidden 1536, vocabulary 151,936, tied embed
 vision layers on the CPU (all 28 / 32 in bfloat16 on CUDA), images of 224 and 448 pixels (64 and 256 visual
 tokens at scale 1.0), greedy answers of exactly 20 tokens. Quick mode: the project's tiny Qwen2-VL.
 
-Groups: ``e2e | ...`` holds ``reference`` (``mmx_fast.reference.explain``), ``fast`` (``explain_fast``)
-and ``floor`` (prompt + ``generate`` + one batched forward over the extra scales; the medians of its two
-parts, ``generate`` alone and the extra-scale forward, go to ``extra_info``);
-``MSEA forward | ...`` holds one forward per scale (``reference``) vs one batched forward (``fast``).
+Groups: ``e2e | ...`` holds ``reference`` (``mmx_fast.reference.explain``), ``fast`` (``explain_fast``),
+``floor`` (prompt + ``generate`` + the extra scales' prefix-only forwards; the medians of its two parts,
+``generate`` alone and the extra-scale forwards, go to ``extra_info``) and ``floor-full`` (the floor before
+issue 16: one padded full-length forward over the extra scales);
+``MSEA forward | ...`` holds one full forward per scale (``reference``), one padded full-length batch
+(``padded``) and the fast path's prefix-only extra scales, length-bucketed (``fast``);
+``forced batch | ...`` holds n forced-answer requests in one ``explain_batch`` (``batch``) vs one
+``explain`` each (``one-by-one``); ``extra_info['explanations_per_s']`` = n / median.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from benches.e2e import (
     QUICK_ANSWER_TOKENS,
     SUITE_PROVIDERS,
     E2ECase,
+    batch_callables,
+    batch_sizes,
     build_model,
     default_spec,
     e2e_callables,
@@ -77,7 +83,7 @@ def test_e2e(benchmark, case, provider, e2e_model, _e2e, device):
     facts["floor_parts"].clear()
     facts["timings"].get(provider, []).clear()
     out = run_bench(benchmark, fns[provider], group, provider, _info(spec, case, facts, device))
-    if provider == "floor" and facts["floor_parts"]:
+    if provider in ("floor", "floor-full") and facts["floor_parts"]:
         gen, fwd = zip(*facts["floor_parts"])
         benchmark.extra_info["floor_generate_s"] = statistics.median(gen)
         benchmark.extra_info["floor_extra_forward_s"] = statistics.median(fwd)
@@ -89,7 +95,7 @@ def test_e2e(benchmark, case, provider, e2e_model, _e2e, device):
         assert torch.isfinite(out.maps).all()
 
 
-@pytest.mark.parametrize("provider", ("reference", "fast"))
+@pytest.mark.parametrize("provider", ("reference", "padded", "fast"))
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_msea_forward(benchmark, case, provider, e2e_model, device):
     spec, model, processor = e2e_model
@@ -136,3 +142,17 @@ def test_e2e_tiled(benchmark, provider, tiled_model, device):
     if provider in ("reference", "fast"):
         assert out.maps.shape == (TILED_CASE.answer_tokens, *facts["grid"])
         assert torch.isfinite(out.maps).all()
+
+
+@pytest.mark.parametrize("provider", ("batch", "one-by-one"))
+@pytest.mark.parametrize("n", batch_sizes(quick_mode()))
+def test_forced_batch(benchmark, n, provider, e2e_model, device):
+    spec, model, processor = e2e_model
+    image = CASES[0].image
+    fns = batch_callables(model, processor, n, image=image, answer_tokens=CASES[0].answer_tokens)
+    group = f"forced batch | {spec.label} | image {image}px, T={CASES[0].answer_tokens}, n={n}"
+    info = {"kind": "batch", "model": spec.label, "image": image, "n": n, "device": str(device)}
+    out = run_bench(benchmark, fns[provider], group, provider, info)
+    if not benchmark.disabled:
+        benchmark.extra_info["explanations_per_s"] = n / benchmark.stats.stats.median
+    assert len(out) == n and all(torch.isfinite(e.maps).all() for e in out)

@@ -49,7 +49,14 @@ def test_report_renders_from_json(tmp_path):
         _bench("e2e", "reference", 5.0, **e2e, timings_generate_s=2.0),
         _bench("e2e", "fast", 4.0, **e2e),
         _bench("e2e", "floor", 3.5, **e2e, floor_generate_s=3.0, floor_extra_forward_s=0.5),
+        _bench("e2e", "floor-full", 4.0, **e2e, floor_generate_s=3.0, floor_extra_forward_s=1.0),
     ]
+    for n, (b, o) in {1: (1.0, 1.0), 8: (4.0, 8.0)}.items():
+        batch = dict(kind="batch", model="m", image=224, n=n, device="cpu")
+        rows += [
+            _bench(f"batch n={n}", "batch", b, **batch),
+            _bench(f"batch n={n}", "one-by-one", o, **batch),
+        ]
     path = tmp_path / "bench.json"
     path.write_text(json.dumps({"benchmarks": rows}))
     mem = [
@@ -72,7 +79,9 @@ def test_report_renders_from_json(tmp_path):
     text = (tmp_path / "RESULTS.md").read_text()
     assert "| 400 | 50 | 30.0 ms | 4.00 ms | 7.50x |" in text
     assert "reference / fast = **1.25x**, fast / floor = **1.14x**" in text
-    assert "| 12 MB | 4 MB | — | — | 3.00x |" in text
+    assert "| 1.14x | 4.00 s | 0.88x |" in text  # fast / floor, floor-full, floor / floor-full
+    assert "| 8 | 4.00 s | 8.00 s | 2.00 | 1.00 | 2.00x |" in text  # explanations/s and the throughput ratio
+    assert "| 12 MB | 4 MB | — | — | — | 3.00x | — |" in text
     assert (tmp_path / "plots" / "stage_refine.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "e2e.png").stat().st_size > 1000
 
@@ -81,4 +90,4 @@ def test_gpu_check_quick(capsys):
     assert gpu_check.main(["--quick", "--stages", "refine,msea"]) == 0
     out = capsys.readouterr().out
     assert "| section | case | provider |" in out
-    assert "end to end" in out and "one batched forward" in out
+    assert "end to end" in out and "floor-full" in out and "prefix-only extra scales, bucketed" in out

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .constants import AGGREGATIONS, BACKENDS, RBO_VARIANTS
+from .constants import AGGREGATIONS, BACKENDS, RBO_VARIANTS, TAM_FITS
 
 METHODS = ("msea-arc", "tam", "logit-lens")
 MITIGATIONS = ("arc", "tam", "none")
@@ -82,6 +82,9 @@ class ExplainConfig:
     top_k: ranking depth for ARC (paper: 50).
     rbo_p: RBO persistence, in (0, 1).
     rbo_variant: ``ext`` (Webber et al. Eq. 32, default), ``truncated`` or ``min``.
+    tam_fit: how the ``tam`` mitigation fits the interference scale: ``tam`` (default) is TAM's own fit,
+        scipy's ``minimize_scalar`` on TAM's float32 objective, reproduced exactly (needs scipy);
+        ``closed-form`` is the exact least-squares optimum (no scipy). Read only when mitigation is ``tam``.
     base: ``argmin`` adds the base map A_0 of the least-activated vocab id (r_0 = 0); ``none`` omits it.
     max_new_tokens: generation budget when no answer is forced.
     backend: kernel backend for the fast path (``auto``, ``triton``, ``torch``, ``native``); the
@@ -97,6 +100,7 @@ class ExplainConfig:
     top_k: int = 50
     rbo_p: float = 0.9
     rbo_variant: str = "ext"
+    tam_fit: str = "tam"
     base: str = "argmin"
     max_new_tokens: int = 32
     backend: str = "auto"
@@ -156,6 +160,8 @@ class ExplainConfig:
         object.__setattr__(self, "rbo_p", float(p))
         if self.rbo_variant not in RBO_VARIANTS:
             _fail("rbo_variant", self.rbo_variant, f"one of {', '.join(RBO_VARIANTS)}")
+        if self.tam_fit not in TAM_FITS:
+            _fail("tam_fit", self.tam_fit, f"one of {', '.join(TAM_FITS)}")
         if self.base not in BASES:
             _fail("base", self.base, f"one of {', '.join(BASES)}")
         n = self.max_new_tokens
@@ -167,8 +173,21 @@ class ExplainConfig:
 
     @property
     def is_exact_tam(self) -> bool:
-        """True when the config is TAM as published (single scale, TAM mitigation, filter)."""
-        return self.mitigation == "tam" and self.scales == (1.0,) and self.filter
+        """True when the config is TAM as published (single scale, TAM mitigation and fit, filter)."""
+        return self.mitigation == "tam" and self.scales == (1.0,) and self.filter and self.tam_fit == "tam"
+
+    def check_runtime(self) -> None:
+        """Fail before any model work when this config needs an optional package that is missing: TAM's
+        own fit (``tam_fit="tam"`` with ``mitigation="tam"``) needs scipy."""
+        if self.mitigation == "tam" and self.tam_fit == "tam":
+            import importlib.util
+
+            if importlib.util.find_spec("scipy") is None:
+                raise ImportError(
+                    "ExplainConfig.tam_fit='tam' (TAM's own scalar fit, the tam preset's default) needs scipy, "
+                    "which is not installed; install it (pip install 'mmx-fast[tam]') or use "
+                    "tam_fit='closed-form' (the exact least-squares optimum, no scipy)"
+                )
 
     def resolved_backend(self) -> str:
         if self.backend != "auto":

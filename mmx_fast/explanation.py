@@ -34,6 +34,8 @@ class Explanation:
                    [T, t, h_s, w_s]).
     raw_maps:      on request: float32 [T, Hc, Wc], the MSEA map A_t before mitigation / filter (video:
                    [T, t, Hc, Wc]).
+    answer_pieces: the tokenizer's raw token strings of the answer ids (``convert_ids_to_tokens``: ``"Ġcat"``,
+                   ``"▁cat"``), used to group tokens into words (:meth:`word_maps`); None when not known.
     view_box:      the part of the image the grid shows, as fractions (x0, y0, x1, y1) of its width and
                    height; None for the whole image. LLaVA's processor centre-crops, so its grid covers
                    only the central square of a non-square photo, and overlays put the map there.
@@ -52,6 +54,7 @@ class Explanation:
     view_box: tuple[float, float, float, float] | None = None
     frames: tuple[Image.Image, ...] | None = None
     answer_text: str | None = None
+    answer_pieces: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.answer_text is None:
@@ -67,20 +70,46 @@ class Explanation:
     def _check_index(self, i: int) -> int:
         return _io.token_index(self, i)
 
-    def heatmap(self, i: int, size: tuple[int, int] | None = None, frame: int | None = None) -> Image.Image:
-        """Map i as an RGB heatmap (jet colour map), resized bilinearly to ``size`` (W, H) if given; a video
-        needs ``frame`` (the temporal patch, 0..t-1)."""
-        return _io.heatmap(self, i, size, frame)
+    def heatmap(
+        self, i: int, size: tuple[int, int] | None = None, colormap: str = "jet", frame: int | None = None
+    ) -> Image.Image:
+        """Map i as an RGB heatmap, resized bilinearly to ``size`` (W, H) if given. ``colormap``: ``"jet"``
+        (default, as TAM), ``"viridis"``, ``"gray"`` or ``"hot"`` (``mmx_fast.io.COLORMAPS``); a video needs
+        ``frame`` (the temporal patch, 0..t-1)."""
+        return _io.heatmap(self, i, size, colormap=colormap, frame=frame)
 
     def box_pixels(self) -> tuple[int, int, int, int]:
         """``view_box`` in pixels of the image (left, top, right, bottom); the whole image when None."""
         return _io.box_pixels(self)
 
-    def overlay(self, i: int, alpha: float = 0.5, frame: int | None = None) -> Image.Image:
+    def overlay(
+        self, i: int, alpha: float = 0.5, colormap: str = "jet", frame: int | None = None
+    ) -> Image.Image:
         """Map i over the image, at the image's size, on the part of the image the grid shows
-        (``view_box``; outside it the image is left as it is). A video: map [i, frame] over the first frame of
-        that frame pair."""
-        return _io.overlay(self, i, alpha, frame)
+        (``view_box``; outside it the image is left as it is), coloured with ``colormap`` (see
+        :meth:`heatmap`). A video: map [i, frame] over the first frame of that frame pair."""
+        return _io.overlay(self, i, alpha, colormap=colormap, frame=frame)
+
+    def word_maps(self, reduce: str = "max") -> tuple[list[str], torch.Tensor]:
+        """Word-level maps from the sub-word token maps: ``(words, maps)``, maps float32 [W, Hc, Wc].
+
+        Tokens are grouped into words by the rule ``mmx-fast eval`` uses (``mmx_fast.words.group_words``,
+        TAM's: a token starting with a space or ``"▁"``, punctuation and CJK characters start a new word;
+        words are shown with their spaces removed). A word's map is the element-wise ``reduce`` over its
+        tokens' maps: ``"max"`` (default; the evaluation scores a noun by its best token) or ``"mean"``.
+        Each word map stays in [0, 1]."""
+        from .words import combine_maps, group_words
+
+        pieces = self.answer_pieces if self.answer_pieces is not None else [""] * len(self.answer_tokens)
+        words, groups = group_words(pieces, self.answer_tokens)
+        return words, combine_maps(self.maps, groups, reduce)
+
+    def _repr_html_(self) -> str:
+        """A compact HTML view for Jupyter: every answer token as a chip with a small overlay of its map
+        (``mmx_fast.report.notebook_html``; bounded in size, every string escaped)."""
+        from .report import notebook_html
+
+        return notebook_html(self)
 
     def to_dict(self) -> dict[str, Any]:
         cfg = self.config.to_dict() if hasattr(self.config, "to_dict") else self.config
@@ -104,7 +133,7 @@ class Explanation:
 
         return write_report(self, path, title=title, note=note)
 
-    def save(self, out_dir: str | os.PathLike, overlays: bool = True) -> Path:
-        """Write ``maps.npz``, ``explanation.json`` and (optionally) one PNG overlay per token, atomically
-        (``mmx_fast.io.save``)."""
-        return _io.save(self, out_dir, overlays)
+    def save(self, out_dir: str | os.PathLike, overlays: bool = True, colormap: str = "jet") -> Path:
+        """Write ``maps.npz``, ``explanation.json`` and (optionally) one PNG overlay per token coloured with
+        ``colormap``, atomically (``mmx_fast.io.save``)."""
+        return _io.save(self, out_dir, overlays, colormap=colormap)

@@ -5,23 +5,25 @@ Same inputs and result as ``mmx_fast.reference.explain`` and the same steps of `
 
 - answers: generation once at scale 1.0 (KV cache; batched and left-padded for several images), keeping
   the last-layer normed states it computes on the way (a hook on the decoder), so scale 1.0 is not re-run;
-- hidden states: ONE padded, batched, teacher-forced forward over every other scale of every image (and
-  over scale 1.0 too when the answer was forced), keeping only the last-layer normed hidden states (never
-  all layers, never full-vocab logits over visual tokens);
+- hidden states: the other scales of every image run prefix-only (stopping at the last visual token: no
+  instruction, no answer, no lm_head), and scale 1.0 runs in full only when the answer was forced; the rows
+  are grouped by length into right-padded batches (little padding, a bounded batch), keeping only the
+  last-layer normed hidden states (never all layers, never full-vocab logits over visual tokens);
 - attribute: stage A, one gather-GEMM for every scale and every needed vocab id
   (``ops.logit_lens``); MSEA onto the canonical grid; stage B, streamed top-k rankings + RBO for
   every (target, context) pair (``ops.rankings_topk``, ``ops.rankings_rbo``); stage C, interference map,
   beta, ReLU, rank Gaussian filter and normalisation for all targets at once (``ops.refine``).
 
 Each stage dispatches to Triton on CUDA and to vectorised torch (or native C++) on CPU; see ``mmx_fast.ops``.
-The ``tam`` mitigation is TAM's sequential algorithm, which must equal TAM to the uint8: both paths run
-``reference.tam.tam_mitigation`` (docs/design.md §1.5), here on the hidden states of the batched forward.
+The ``tam`` mitigation is TAM's sequential algorithm, which must equal TAM to the uint8 (docs/design.md
+§1.5): the fast path runs ``reference.tam.tam_maps`` on only what TAM reads (``mmx_fast.ops.tam``): the
+class columns at every position (a gather-GEMM shaped as TAM's ``lm_head`` calls), a certified streamed
+argmax at the first prompt position, and the vectorised filter; no stage A, MSEA or k0 for TAM itself.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import warnings
+import logging
 
 import torch
 
@@ -29,6 +31,7 @@ from . import ops
 from .adapters.base import Adapter
 from .config import ExplainConfig
 from .explanation import Explanation
+from .ops import tam as tam_ops
 from .pipeline import (
     Answer,
     Attribution,
@@ -54,20 +57,40 @@ from .pipeline import (
     union_scales,
     unstacked,
 )
-from .reference.tam import tam_extra_classes, tam_mitigation
+from .reference.tam import tam_extra_classes, tam_logit_groups
+
+log = logging.getLogger(__name__)
 
 
-def _maybe_flash_attention(model) -> None:
-    """Switch to flash-attention 2 when it is installed and the model is on CUDA; sdpa otherwise."""
-    if not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None:
-        return
+def _maybe_flash_attention(model, attn_implementation: str | None) -> str | None:
+    """Apply the caller's opt-in ``attn_implementation`` to ``model`` (in place); None leaves the model as it
+    is (the default: the caller's model is never changed silently). ``"auto"`` picks flash-attention 2 only
+    when flash-attn is installed, the model is on CUDA and in float16 / bfloat16, else sdpa; an explicit
+    ``"flash_attention_2"`` that cannot run here is a ValueError saying why (``loading.flash_attn_problem``).
+    Returns the implementation set, or None."""
+    if attn_implementation is None:
+        return None
+    from .loading import flash_attn_installed, resolve_attn_implementation
+
     try:
-        if next(model.parameters()).is_cuda and hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation("flash_attention_2")
-    except Exception as e:  # an old GPU or a dtype flash-attn refuses: keep sdpa, say so once
-        warnings.warn(
-            f"flash-attention 2 is installed but could not be enabled ({e}); using sdpa", stacklevel=3
+        param = next(model.parameters())
+        device_type, dtype = param.device.type, param.dtype
+    except (StopIteration, AttributeError, TypeError):
+        device_type, dtype = "cpu", torch.float32
+    chosen = resolve_attn_implementation(
+        attn_implementation, device_type=device_type, dtype=dtype, flash_attn=flash_attn_installed()
+    )
+    if not hasattr(model, "set_attn_implementation"):
+        raise ValueError(
+            f"attn_implementation={attn_implementation!r}: {type(model).__name__} has no "
+            "set_attn_implementation (transformers >= 5); pass attn_implementation=None to keep its attention"
         )
+    try:
+        model.set_attn_implementation(chosen)
+    except Exception as e:  # e.g. flash-attn present but refusing this GPU
+        raise ValueError(f"attn_implementation={chosen!r} could not be set on the model ({e})") from e
+    log.info("attention implementation set to %s", chosen)
+    return chosen
 
 
 def _prepare_backends(configs, adapter) -> None:
@@ -81,24 +104,84 @@ def _prepare_backends(configs, adapter) -> None:
 
 
 class Explainer:
-    """A reusable explainer for one model: ``Explainer(model, processor, config).explain(image, prompt)``."""
+    """A reusable explainer for one model: ``Explainer(model, processor, config).explain(image, prompt)``.
 
-    def __init__(self, model, processor, config: ExplainConfig | str | None = None) -> None:
+    model, processor: a supported transformers model and its processor (``mmx_fast.load`` gives both).
+    config:           an ``ExplainConfig``, a preset name (``"msea-arc"``, ``"tam"``, ``"logit-lens"``) or None.
+    attn_implementation: None (default) leaves the model's attention as it is: the caller's model is never
+        changed unless asked. Opt in with ``"auto"`` (flash-attention 2 when flash-attn is installed, the
+        model is on CUDA and in float16 / bfloat16, else sdpa), ``"flash_attention_2"``, ``"sdpa"`` or
+        ``"eager"``: the model is switched in place (``model.set_attn_implementation``). An explicit
+        ``"flash_attention_2"`` that cannot run (not installed, not on CUDA, float32) raises ValueError.
+        ``mmx_fast.load(..., attn_implementation="auto")`` already applies this to the models it loads.
+    """
+
+    def __init__(
+        self,
+        model,
+        processor,
+        config: ExplainConfig | str | None = None,
+        attn_implementation: str | None = None,
+    ) -> None:
         from .adapters import get_adapter
 
         self.config = check_config(config)
         self.adapter = get_adapter(model, processor)
         self.model = model
-        _maybe_flash_attention(model)
+        self.attn_implementation = _maybe_flash_attention(model, attn_implementation)
         _prepare_backends([self.config], self.adapter)
 
     # ------------------------------------------------------------------------------------------------
     def explain(self, image, prompt: str, answer=None) -> Explanation:
         return self.explain_batch([image], [prompt], None if answer is None else [answer])[0]
 
-    def explain_batch(self, images, prompts, answers=None) -> list[Explanation]:
-        """Explain several (image, prompt) pairs with one batched generation and one batched forward."""
-        return [per_cfg[0] for per_cfg in self._run(images, prompts, answers, [self.config])]
+    def explain_batch(
+        self, images, prompts, answers=None, *, batch_size: int | None = None, show_progress: bool = False
+    ) -> list[Explanation]:
+        """Explain several (image, prompt) pairs with one batched generation (for the answers not given) and
+        length-bucketed batched forwards (prefix-only except scale 1.0 of forced answers).
+
+        batch_size:    None (default) runs every pair in one batch; an integer >= 1 runs them in consecutive
+                       sub-batches of at most that many pairs, so memory stays bounded for many images.
+                       The results are those of one batch (same answers; maps equal up to float rounding of
+                       the padded batch, as ``explain`` vs ``explain_batch``).
+        show_progress: a tqdm progress bar over the pairs, advanced after each sub-batch (tqdm needed).
+        Returns one ``Explanation`` per pair, in order."""
+        if batch_size is not None and (
+            not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
+        ):
+            raise ValueError(f"batch_size={batch_size!r} is not allowed; expected None or an integer >= 1")
+        if isinstance(images, (str, bytes)) or not hasattr(images, "__len__"):
+            raise TypeError("images must be a list of images (PIL, numpy arrays or paths)")
+        n = len(images)
+        if batch_size is None or n <= batch_size:
+            chunks = [(0, n)]
+        else:
+            # every length check before the first sub-batch runs (load_inputs repeats them per sub-batch)
+            if isinstance(prompts, str):
+                raise TypeError("prompts must be a list of str, one per image")
+            if len(prompts) != n:
+                raise ValueError(f"got {n} images but {len(prompts)} prompts; expected one prompt per image")
+            if answers is not None and len(answers) != n:
+                raise ValueError(
+                    f"got {len(answers)} answers for {n} images; expected one (or None) per image"
+                )
+            chunks = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+        bar = _progress(n, show_progress)
+        out: list[Explanation] = []
+        try:
+            for k, (a, b) in enumerate(chunks):
+                if len(chunks) > 1:
+                    log.debug("explain_batch: sub-batch %d/%d (pairs %d..%d)", k + 1, len(chunks), a, b - 1)
+                sub_answers = None if answers is None else list(answers[a:b])
+                sub = [c[0] for c in self._run(images[a:b], prompts[a:b], sub_answers, [self.config])]
+                out.extend(sub)
+                if bar is not None:
+                    bar.update(b - a)
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
 
     def explain_methods(self, image, prompt: str, configs, answer=None) -> list[Explanation]:
         """Explain one answer with several configs (e.g. every method of a comparison) from the SAME
@@ -139,13 +222,30 @@ class Explainer:
         return results
 
 
+def _progress(total: int, show: bool):
+    """A tqdm bar over ``total`` pairs when ``show``; None otherwise."""
+    if not show:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as e:
+        raise ImportError("show_progress=True needs tqdm (pip install tqdm)") from e
+    return tqdm(total=total, desc="explaining", unit="image")
+
+
 def hidden_states(
     adapter: Adapter, items: list[Item], answers: list[Answer], plan: list[Forward]
 ) -> dict[tuple[int, float], ScaleStates]:
-    """ONE right-padded batched forward over every planned row (the scale-1.0 states of generated answers
-    come from generation and are not planned)."""
+    """Every planned row, grouped by length into right-padded batches (``Adapter.forward_hidden_rows``);
+    rows other than scale 1.0 are prefix-only (they stop at the last visual token), so with a forced answer
+    the scale-1.0 row is the only full-length one, and with a generated answer it is not run at all (its
+    states come from generation)."""
     hidden = (
-        adapter.forward_hidden_batch([f.inputs for f in plan], [f.answer_ids for f in plan]) if plan else []
+        adapter.forward_hidden_rows(
+            [f.inputs for f in plan], [f.answer_ids for f in plan], [f.prefix_only for f in plan]
+        )
+        if plan
+        else []
     )
     return collect_states(items, answers, plan, hidden)
 
@@ -160,11 +260,11 @@ def attribute(
     base = item.base
     text = text_side(base, answer.ids)
     h1 = per_scale[config.scales.index(1.0)].hidden.to(dev)
+    if config.mitigation == "tam":
+        return tam_attribute(adapter, config, item, answer, per_scale, text, h1, w_u, backend)
     # base id k0: one GEMV W_U @ sum_i z_i (never a V x N product)
     k0 = base_vocab_id_chunked(h1[base.visual_positions.to(dev)], w_u)
-    tam = config.mitigation == "tam"
-    extra = tam_extra_classes(adapter.tokenizer, text, h1, w_u) if tam else []
-    ids = torch.tensor(map_ids(text, k0, extra), dtype=torch.long, device=dev)
+    ids = torch.tensor(map_ids(text, k0, []), dtype=torch.long, device=dev)
 
     views, places, owned = msea_inputs(
         per_scale, logit_lens_flats(per_scale, w_u, ids, backend), tuple(base.grid)
@@ -179,23 +279,9 @@ def attribute(
     if config.mitigation == "none":
         refined = ops.refine_filter(a_t, backend=backend) if filt else a_t
         refined = ops.refine_normalize(refined)
-    elif config.mitigation == "arc":
-        refined = arc_fused(text, h1, w_u, a_t, prompt_maps, base_map, config, backend, apply_filter=filt)
     else:
-        by_id = {int(c): maps[k].reshape(-1).float().cpu() for k, c in enumerate(ids.tolist())}
-        refined = tam_mitigation(
-            adapter.tokenizer,
-            text,
-            h1,
-            w_u,
-            base.visual_positions if base.views is None else None,
-            tuple(a_t.shape[1:]),
-            by_id,
-            config.scales,
-            config.filter,
-            frames=base.frames,
-        )
-    if video and config.filter and config.mitigation != "tam":
+        refined = arc_fused(text, h1, w_u, a_t, prompt_maps, base_map, config, backend, apply_filter=filt)
+    if video and config.filter:
         refined = ops.refine_normalize(
             per_frame(refined, base, lambda x: ops.refine_filter(x, backend=backend))
         )
@@ -215,6 +301,59 @@ def scale_map(views, places, owned: slice, base, T: int, backend: str) -> torch.
     if base.views is None:
         return scale_answer_maps(views[owned.start], base, T)
     return ops.msea([v[:T] for v in views[owned]], places[owned], tuple(base.grid), "mean", backend=backend)
+
+
+def tam_attribute(
+    adapter: Adapter,
+    config: ExplainConfig,
+    item: Item,
+    answer: Answer,
+    per_scale: list[ScaleStates],
+    text: TextSide,
+    h1: torch.Tensor,
+    w_u: torch.Tensor,
+    backend: str,
+) -> Attribution:
+    """The ``tam`` mitigation (``mmx_fast.ops.tam``). TAM itself (single scale) reads only class columns
+    of the logits; stage A and MSEA run only for MSEA + TAM combinations or ``keep_scale_maps``."""
+    base = item.base
+    T = len(answer.ids)
+    # TAM's lm_head calls: per round on generation's states, one call on a teacher-forced forward's
+    groups = tam_logit_groups(h1.shape[0], text.prompt_len, T, answer.states is not None)
+    argmax_s = tam_ops.tam_argmax(h1, w_u, text.span[0], groups)
+    keep = config.keep_scale_maps
+    maps = by_id = None
+    tiled = base.views is not None  # TAM's image scores: the scale-1.0 views combined (docs/design.md §1.2)
+    if config.scales != (1.0,) or keep or tiled:
+        extra = tam_extra_classes(adapter.tokenizer, text, argmax_s)
+        ids = torch.tensor(text.answer_ids + extra, dtype=torch.long, device=w_u.device)
+        flats = logit_lens_flats(per_scale, w_u, ids, backend)
+        views, places, owned = msea_inputs(per_scale, flats, tuple(base.grid))
+        maps = ops.msea(views, places, tuple(base.grid), config.aggregate, backend=backend)
+        maps = stacked(maps, base)  # video: [M * t, Hc, Wc] -> [M, t * Hc, Wc] (see pipeline.stacked)
+        if config.scales != (1.0,) or tiled:
+            by_id = {int(c): maps[k].reshape(-1).float().cpu() for k, c in enumerate(ids.tolist())}
+    refined = tam_ops.tam_mitigation_fast(
+        adapter.tokenizer,
+        text,
+        h1,
+        w_u,
+        groups,
+        argmax_s,
+        base.visual_positions,
+        (base.frames * base.grid[0], base.grid[1]),  # a video's frames stacked (pipeline.stacked)
+        config.filter,
+        config.tam_fit,
+        image_maps=by_id,
+        frames=base.frames,
+    )
+    return Attribution(
+        maps=unstacked(refined, base),
+        raw_maps=unstacked(maps[:T], base) if keep else None,
+        scale_maps={s: scale_map(views, places, o, base, T, backend) for s, o in zip(config.scales, owned)}
+        if keep
+        else None,
+    )
 
 
 def logit_lens_flats(
@@ -278,5 +417,42 @@ def base_vocab_id_chunked(z: torch.Tensor, w_u: torch.Tensor, chunk: int = 16384
 def explain_fast(
     model, processor, image, prompt: str, answer=None, config: ExplainConfig | None = None
 ) -> Explanation:
-    """Drop-in for ``mmx_fast.reference.explain`` (same signature and result), on the fused stages."""
+    """Token-level visual attribution maps for a model's answer to ``prompt`` about ``image``.
+
+    The fast path's drop-in for ``mmx_fast.reference.explain`` (same arguments and result, maps equal to
+    within 1e-4), on the fused stages. For several calls on one model, build an ``Explainer`` once (it
+    prepares the backends once, and ``explain_batch`` batches many images).
+
+    Args:
+        model: a supported transformers vision-language model (Qwen2-VL, Qwen2.5-VL, LLaVA, InternVL), in
+            eval mode, on CPU or CUDA; e.g. from ``mmx_fast.load``. Its attention implementation is left as
+            it is (``Explainer(..., attn_implementation=...)`` opts in to changing it).
+        processor: the model's processor.
+        image: a PIL image, a path, an ``http(s)://`` or ``data:`` URL, a numpy array [H, W, 3] uint8, or a
+            torch tensor [3, H, W] or [H, W, 3] (uint8, or float in [0, 1]).
+        prompt: the question / instruction (non-empty str).
+        answer: None to generate the answer greedily (at most ``config.max_new_tokens`` tokens), or the answer
+            to explain as a str or a list of T token ids (teacher-forced).
+        config: an ``ExplainConfig`` (method, MSEA scales, mitigation, filter, backend, ...), or None for the
+            default ``"msea-arc"`` preset.
+
+    Returns:
+        An ``Explanation``: ``maps`` float32 [T, Hc, Wc] in [0, 1], one map per answer token on the model's
+        scale-1.0 visual-token grid ``grid == (Hc, Wc)``; ``answer_ids`` / ``answer_tokens`` (T each),
+        ``answer_text``, ``timings``; ``overlay(i)``, ``heatmap(i)``, ``word_maps()``, ``save(folder)``,
+        ``to_html(path)``, and an HTML view in Jupyter.
+
+    Raises:
+        TypeError / ValueError: an unsupported model, an image that cannot be read or is too large, an empty
+            prompt, a bad config, a backend that cannot run on this device (e.g. ``backend="triton"`` on
+            CPU tensors); each message names the value and what is allowed.
+
+    Example:
+        >>> import mmx_fast
+        >>> model, processor = mmx_fast.load("tiny:qwen2_vl")  # random weights, for trying the API
+        >>> exp = mmx_fast.explain_fast(model, processor, "photo.jpg", "What is in the picture?")
+        >>> exp.maps.shape  # (T, Hc, Wc)
+        >>> exp.overlay(0).save("token0.png")
+        >>> words, word_maps = exp.word_maps()  # [W, Hc, Wc], max over each word's tokens
+    """
     return Explainer(model, processor, config).explain(image, prompt, answer)

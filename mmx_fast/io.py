@@ -250,7 +250,7 @@ def clean_leftovers(parent: str | os.PathLike) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# the colour map
+# the colour maps (no matplotlib): "jet" (the default, as TAM), "viridis", "gray", "hot"
 def jet(x: np.ndarray) -> np.ndarray:
     """The classic jet colour map, [H, W] in [0, 1] -> [H, W, 3] in [0, 1]."""
     r = np.clip(1.5 - np.abs(4 * x - 3), 0, 1)
@@ -259,15 +259,65 @@ def jet(x: np.ndarray) -> np.ndarray:
     return np.stack([r, g, b], -1)
 
 
-def jet_uint8(x: np.ndarray, *, rounding: str = "floor") -> np.ndarray:
-    """``jet(x)`` as uint8 RGB. ``rounding="floor"`` truncates (``Explanation.heatmap`` and the overlay PNGs),
-    ``"round"`` rounds to nearest (the HTML report's heatmaps)."""
-    rgb = jet(x) * 255
+def gray(x: np.ndarray) -> np.ndarray:
+    """Black (0) to white (1)."""
+    x = np.clip(x, 0, 1)
+    return np.stack([x, x, x], -1)
+
+
+def hot(x: np.ndarray) -> np.ndarray:
+    """Black -> red -> yellow -> white: red rises over [0, 1/3], green over [1/3, 2/3], blue over [2/3, 1]."""
+    return np.stack([np.clip(3 * x - k, 0, 1) for k in range(3)], -1)
+
+
+# viridis' colours at 0, 1/4, 1/2, 3/4 and 1 (#440154, #3b528b, #21918c, #5ec962, #fde725); between them the
+# colour is interpolated linearly in RGB, so this is a close, perceptually ordered approximation of viridis
+# that is exact at the five stops (a full 256-entry table is not needed for heatmaps).
+_VIRIDIS_STOPS = (
+    np.array(
+        [[0x44, 0x01, 0x54], [0x3B, 0x52, 0x8B], [0x21, 0x91, 0x8C], [0x5E, 0xC9, 0x62], [0xFD, 0xE7, 0x25]],
+        dtype=np.float64,
+    )
+    / 255.0
+)
+
+
+def viridis(x: np.ndarray) -> np.ndarray:
+    """Dark violet (0) -> blue -> teal -> green -> yellow (1); see ``_VIRIDIS_STOPS``."""
+    x = np.clip(np.asarray(x, dtype=np.float64), 0, 1)
+    pos = np.linspace(0, 1, len(_VIRIDIS_STOPS))
+    return np.stack([np.interp(x, pos, _VIRIDIS_STOPS[:, c]) for c in range(3)], -1)
+
+
+COLORMAPS = {"jet": jet, "viridis": viridis, "gray": gray, "hot": hot}
+
+
+def check_colormap(name: str) -> str:
+    """``name`` if it is a known colour map; a ValueError naming the allowed ones otherwise."""
+    if not isinstance(name, str) or name not in COLORMAPS:
+        raise ValueError(f"colormap={name!r} is not allowed; expected one of {', '.join(COLORMAPS)}")
+    return name
+
+
+def colorize(x: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """``x`` [H, W] in [0, 1] -> [H, W, 3] in [0, 1] through the colour map named ``colormap``."""
+    return COLORMAPS[check_colormap(colormap)](np.asarray(x))
+
+
+def colormap_uint8(x: np.ndarray, colormap: str = "jet", *, rounding: str = "floor") -> np.ndarray:
+    """``colorize(x, colormap)`` as uint8 RGB. ``rounding="floor"`` truncates (``Explanation.heatmap`` and the
+    overlay PNGs), ``"round"`` rounds to nearest (the HTML report's heatmaps)."""
+    if rounding not in ("floor", "round"):
+        raise ValueError(f"rounding={rounding!r} is not allowed; expected 'floor' or 'round'")
+    rgb = colorize(x, colormap) * 255
     if rounding == "round":
         rgb = rgb.round()
-    elif rounding != "floor":
-        raise ValueError(f"rounding={rounding!r} is not allowed; expected 'floor' or 'round'")
     return rgb.astype(np.uint8)
+
+
+def jet_uint8(x: np.ndarray, *, rounding: str = "floor") -> np.ndarray:
+    """``colormap_uint8(x, "jet", rounding=rounding)``."""
+    return colormap_uint8(x, "jet", rounding=rounding)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -305,14 +355,19 @@ def frame_index(exp: Explanation, frame: int | None) -> int | None:
 
 
 def heatmap(
-    exp: Explanation, i: int, size: tuple[int, int] | None = None, frame: int | None = None
+    exp: Explanation,
+    i: int,
+    size: tuple[int, int] | None = None,
+    colormap: str = "jet",
+    frame: int | None = None,
 ) -> Image.Image:
-    """Map i as an RGB heatmap (jet), resized bilinearly to ``size`` (W, H) if given (a video: of temporal
-    patch ``frame``)."""
+    """Map i as an RGB heatmap (``colormap``, one of :data:`COLORMAPS`), resized bilinearly to ``size``
+    (W, H) if given (a video: of temporal patch ``frame``)."""
+    check_colormap(colormap)
     i = token_index(exp, i)
     k = frame_index(exp, frame)
     m = exp.maps[i] if k is None else exp.maps[i, k]
-    img = Image.fromarray(jet_uint8(m.clamp(0, 1).numpy()), mode="RGB")
+    img = Image.fromarray(colormap_uint8(m.clamp(0, 1).numpy(), colormap), mode="RGB")
     if size is not None:
         img = img.resize(size, Image.BILINEAR)
     return img
@@ -326,9 +381,13 @@ def box_pixels(exp: Explanation) -> tuple[int, int, int, int]:
     return left, top, max(left + 1, round(x1 * w)), max(top + 1, round(y1 * h))
 
 
-def overlay(exp: Explanation, i: int, alpha: float = 0.5, frame: int | None = None) -> Image.Image:
+def overlay(
+    exp: Explanation, i: int, alpha: float = 0.5, colormap: str = "jet", frame: int | None = None
+) -> Image.Image:
     """Map i over the image, at the image's size, on the part of the image the grid shows (``view_box``;
-    outside it the image is left as it is). A video: map [i, frame] over the first frame of that pair."""
+    outside it the image is left as it is), coloured with ``colormap``. A video: map [i, frame] over the first
+    frame of that pair."""
+    check_colormap(colormap)
     if exp.image is None:
         raise ValueError("this Explanation carries no image; pass the image to explain() to get overlays")
     if not 0 <= alpha <= 1:
@@ -336,7 +395,7 @@ def overlay(exp: Explanation, i: int, alpha: float = 0.5, frame: int | None = No
     k = frame_index(exp, frame)
     base = (exp.image if k is None else exp.frames[min(2 * k, len(exp.frames) - 1)]).convert("RGB")
     left, top, right, bottom = box_pixels(exp)
-    heat = heatmap(exp, i, size=(right - left, bottom - top), frame=k)
+    heat = heatmap(exp, i, size=(right - left, bottom - top), colormap=colormap, frame=k)
     out = base.copy()
     out.paste(Image.blend(base.crop((left, top, right, bottom)), heat, alpha), (left, top))
     return out
@@ -367,14 +426,17 @@ def save(
     overlays: bool = True,
     *,
     info: dict[str, Any] | None = None,
+    colormap: str = "jet",
 ) -> Path:
     """Write ``maps.npz`` (:func:`maps_arrays`), ``explanation.json`` (``info``, by default
     ``exp.to_dict()``) and, with ``overlays`` and an image, one PNG overlay per token (``token_000.png``...),
-    each file atomically; the folder is created if needed. Returns the folder.
+    each file atomically; the folder is created if needed. Overlays are coloured with ``colormap``. Returns
+    the folder.
 
     Never overwrites a file mmx-fast did not write: the folder's marker (``.mmx-fast-result.json``, updated
     here) lists what it wrote; any other existing file of one of those names raises FileExistsError before
     anything is written."""
+    check_colormap(colormap)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_overlays = len(exp) if overlays and exp.image is not None else 0
@@ -396,6 +458,6 @@ def save(
     atomic_write_bytes(out / MAPS_FILE, npz_bytes(maps_arrays(exp)))
     atomic_write_json(out / JSON_FILE, exp.to_dict() if info is None else info)
     for i, k in pngs:
-        atomic_write_bytes(out / overlay_name(i, k), png_bytes(overlay(exp, i, frame=k)))
+        atomic_write_bytes(out / overlay_name(i, k), png_bytes(overlay(exp, i, colormap=colormap, frame=k)))
     _write_marker(out, sorted(ours | set(names)))
     return out

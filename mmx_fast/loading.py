@@ -14,7 +14,10 @@ qwen3_vl_moe, gemma3, paligemma).
 - ``device_map`` is passed to ``from_pretrained`` as is (e.g. ``"auto"`` to spread a model over several GPUs);
   the model is then not moved, and ``device`` must stay ``"auto"``.
 - ``attn_implementation="auto"`` picks ``flash_attention_2`` only when flash-attn is installed, the device is
-  CUDA and the dtype is float16 / bfloat16 (:func:`choose_attn_implementation`); otherwise ``sdpa``.
+  CUDA and the dtype is float16 / bfloat16 (:func:`choose_attn_implementation`); otherwise ``sdpa``. An
+  explicit ``"flash_attention_2"`` that cannot run here is refused (:func:`resolve_attn_implementation`).
+  ``Explainer(model, processor, attn_implementation=...)`` applies the same rules to a caller's model, on
+  request only.
 - Processors load without torchvision: transformers' ``AutoProcessor`` needs torchvision for the video
   processor of Qwen2-VL / InternVL; when it fails, the processor is built from its tokenizer and image
   processor (public Auto classes, ``get_processor_dict`` and ``from_args_and_dict``) with no video processor
@@ -195,6 +198,36 @@ def choose_attn_implementation(requested: str, *, device_type: str, dtype, flash
     return "sdpa"
 
 
+def flash_attn_problem(*, device_type: str, dtype, flash_attn: bool) -> str | None:
+    """Why flash-attention 2 cannot run here (None when it can): it must be installed, on CUDA, in float16 or
+    bfloat16 (the rules ``"auto"`` follows in :func:`choose_attn_implementation`)."""
+    import torch
+
+    if not flash_attn:
+        return "flash-attn is not installed (pip install flash-attn, on a machine with a CUDA build of torch)"
+    if device_type != "cuda":
+        return f"the model is on {device_type!r}; flash-attention 2 runs only on CUDA"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"the model's dtype is {str(dtype).removeprefix('torch.')}; flash-attention 2 needs float16 or bfloat16"
+    return None
+
+
+def resolve_attn_implementation(requested: str, *, device_type: str, dtype, flash_attn: bool) -> str:
+    """:func:`choose_attn_implementation`, and a ValueError saying why when ``"flash_attention_2"`` is
+    requested explicitly but cannot run here (:func:`flash_attn_problem`)."""
+    chosen = choose_attn_implementation(
+        requested, device_type=device_type, dtype=dtype, flash_attn=flash_attn
+    )
+    if chosen == "flash_attention_2":
+        problem = flash_attn_problem(device_type=device_type, dtype=dtype, flash_attn=flash_attn)
+        if problem is not None:
+            raise ValueError(
+                f"attn_implementation='flash_attention_2' cannot be used: {problem}; "
+                "use 'auto' (flash-attention 2 where it can run, else sdpa), 'sdpa' or 'eager'"
+            )
+    return chosen
+
+
 # ---------------------------------------------------------------------------------------------------
 # processors without torchvision
 @functools.cache
@@ -291,7 +324,8 @@ def load(
             ``"float16"`` or a ``torch.dtype``.
         device_map: passed to ``from_pretrained`` (e.g. ``"auto"``); the model is then left where it is placed.
         attn_implementation: ``"auto"`` (:func:`choose_attn_implementation`), ``"sdpa"``, ``"eager"``,
-            ``"flash_attention_2"``.
+            ``"flash_attention_2"`` (a ValueError saying why when it cannot run here,
+            :func:`resolve_attn_implementation`).
 
     Raises ``ModelLoadError`` (bad model) or ``ValueError`` (bad option). Nothing is downloaded.
     """
@@ -312,7 +346,7 @@ def load(
     else:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = resolve_dtype(dtype, device_type, source.checkpoint_dtype)
-    attn = choose_attn_implementation(
+    attn = resolve_attn_implementation(
         attn_implementation, device_type=device_type, dtype=torch_dtype, flash_attn=flash_attn_installed()
     )
     if source.tiny:

@@ -3,8 +3,9 @@
     load_inputs -> resolve_answers -> plan_forwards -> hidden_states -> attribute -> build_result
 
 The oracle (``mmx_fast.reference.oracle.explain``) and the fast path (``mmx_fast.fast.Explainer``) both read
-as this list. They differ only in ``hidden_states`` (the oracle runs one forward per planned row; the fast
-path runs one padded batch and reuses the scale-1.0 states generation computed) and in ``attribute`` (the
+as this list. They differ only in ``hidden_states`` (the oracle runs one full forward per planned row; the fast
+path runs the extra scales prefix-only, in length-bucketed batches, and reuses the scale-1.0 states generation
+computed) and in ``attribute`` (the
 paper's equations one token at a time vs the fused stages of ``mmx_fast.ops``). Everything else is here, once:
 the input checks, image loading, answer resolution, the forward plan, the text positions ARC and TAM read,
 and the one place an ``Explanation`` is built. This module imports neither path.
@@ -25,6 +26,7 @@ from .config import MAX_NEW_TOKENS, ExplainConfig
 from .explanation import Explanation
 from .images import check_scaled_size, load_image
 from .video import Video, is_video, load_video
+from .words import raw_tokens
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -40,13 +42,14 @@ if TYPE_CHECKING:
 def check_config(config) -> ExplainConfig:
     """None -> the default config; a method name -> its preset; an ExplainConfig as it is."""
     if config is None:
-        return ExplainConfig()
-    if isinstance(config, str):
-        return ExplainConfig(method=config)
-    if not isinstance(config, ExplainConfig):
+        config = ExplainConfig()
+    elif isinstance(config, str):
+        config = ExplainConfig(method=config)
+    elif not isinstance(config, ExplainConfig):
         raise TypeError(
             f"config of type {type(config).__name__} is not supported; expected ExplainConfig or a method name"
         )
+    config.check_runtime()
     return config
 
 
@@ -307,12 +310,18 @@ def show_bytes(raw: bytes) -> str:
 
 @dataclass(frozen=True)
 class Forward:
-    """One teacher-forced forward to run: item ``item``'s inputs at ``scale`` followed by its answer."""
+    """One teacher-forced forward to run: item ``item``'s inputs at ``scale`` followed by its answer.
+
+    prefix_only: only the visual tokens' states are read (every scale but 1.0, whose text positions feed the
+                 rankings): the fast path may stop the forward at the last visual token (docs/design.md §2);
+                 the oracle runs every row in full. Never for a family whose visual states read later text
+                 (``Adapter.causal_visual_states`` False: PaliGemma's bidirectional prefix)."""
 
     item: int
     scale: float
     inputs: PromptInputs
     answer_ids: list[int]
+    prefix_only: bool = False
 
 
 def union_scales(configs: list[ExplainConfig]) -> list[float]:
@@ -330,7 +339,9 @@ def plan_forwards(adapter: Adapter, items: list[Item], answers: list[Answer], sc
             if s == 1.0 and ans.states is not None:
                 continue
             inputs = it.base if s == 1.0 else adapter.prepare(it.image, it.prompt, s)
-            plan.append(Forward(i, s, inputs, ans.ids))
+            # a prefix-only pass needs visual states that do not read the text after them (not PaliGemma's)
+            prefix = s != 1.0 and adapter.causal_visual_states
+            plan.append(Forward(i, s, inputs, ans.ids, prefix_only=prefix))
     return plan
 
 
@@ -341,7 +352,9 @@ def plan_forwards(adapter: Adapter, items: list[Item], answers: list[Answer], sc
 
 @dataclass(frozen=True)
 class ScaleStates:
-    """An item's model inputs at one scale and the last-layer normed hidden states of its sequence."""
+    """An item's model inputs at one scale and the last-layer normed hidden states of its sequence (for a
+    prefix-only forward, of the sequence up to its last visual token: ``hidden`` may be shorter than
+    ``inputs``; only scale 1.0's text positions are ever read)."""
 
     inputs: PromptInputs
     hidden: torch.Tensor
@@ -523,6 +536,7 @@ def build_result(
         answer_ids=list(answer.ids),
         answer_tokens=list(answer.tokens),
         answer_text=answer.text,
+        answer_pieces=raw_tokens(adapter.tokenizer, answer.ids),
         grid=grid,
         prompt=item.prompt,
         config=config,

@@ -19,6 +19,7 @@ the ``data-error`` attribute of ``<body>``; ``data-ready="1"`` is set once the p
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import html
 import io
@@ -347,3 +348,73 @@ def _box_css(exp) -> str:
 def _asset(name: str) -> str:
     """A text file of ``mmx_fast/assets`` (read once, through importlib.resources, so it works from a wheel)."""
     return files("mmx_fast").joinpath("assets", name).read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------
+# the compact notebook view (``Explanation._repr_html_``)
+NOTEBOOK_THUMB_TOKENS = 48  # tokens shown with a thumbnail; the others as text chips only
+NOTEBOOK_THUMB_SIDE = 96  # the longer side of each thumbnail, in pixels
+NOTEBOOK_MAX_TOKEN_CHARS = 40  # a longer token string is cut (with an ellipsis) in its chip
+NOTEBOOK_MAX_TEXT_CHARS = 2000  # the prompt and answer shown are cut beyond this
+
+
+def _cut(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def notebook_html(exp: Any, colormap: str = "jet") -> str:
+    """A compact, self-contained HTML fragment for Jupyter (``Explanation._repr_html_``): the prompt, the
+    answer, then every answer token as a chip; the first ``NOTEBOOK_THUMB_TOKENS`` chips carry a small
+    overlay of that token's map on the image (a heatmap alone when the explanation carries no image). Every
+    string is HTML-escaped; the size is bounded (thumbnails of at most ``NOTEBOOK_THUMB_SIDE`` pixels, a
+    bounded number of them, token and text lengths cut), whatever the answer's length."""
+    from . import io as _io
+
+    _io.check_colormap(colormap)
+    if getattr(exp, "frames", None) is not None:  # a video: the first frame pair's maps over its first frame
+        exp = dataclasses.replace(exp, maps=exp.maps[:, 0], frames=None)
+    small = None
+    if exp.image is not None:
+        small = exp.image.convert("RGB")
+        small.thumbnail((NOTEBOOK_THUMB_SIDE, NOTEBOOK_THUMB_SIDE))
+    hc, wc = exp.grid
+    scale = NOTEBOOK_THUMB_SIDE / max(hc, wc, 1)
+    heat_size = (max(1, round(wc * scale)), max(1, round(hc * scale)))
+    thumb_exp = dataclasses.replace(exp, image=small)  # the same maps (not copied), the small image
+
+    def thumb(i: int) -> str:
+        if small is not None:
+            img = _io.overlay(thumb_exp, i, colormap=colormap)
+        else:
+            img = _io.heatmap(exp, i, size=heat_size, colormap=colormap)
+        return _data_uri(img, "JPEG", quality=80)
+
+    esc = html.escape
+    chips = []
+    for i, tok in enumerate(exp.answer_tokens):
+        label = esc(_cut(str(tok), NOTEBOOK_MAX_TOKEN_CHARS), quote=True)
+        title = f"token {i}: {esc(repr(str(tok))[:200], quote=True)}"
+        if i < NOTEBOOK_THUMB_TOKENS:
+            chips.append(
+                f'<figure title="{title}" style="margin:0;display:inline-block;text-align:center">'
+                f'<img src="{thumb(i)}" alt="map of token {i}" style="display:block;max-width:{NOTEBOOK_THUMB_SIDE}px">'
+                f'<figcaption style="font:12px monospace;white-space:pre">{label}</figcaption></figure>'
+            )
+        else:
+            chips.append(
+                f'<span title="{title}" style="font:12px monospace;white-space:pre;padding:1px 4px;'
+                f'border:1px solid #ccc;border-radius:4px">{label}</span>'
+            )
+    method = getattr(exp.config, "method", None)
+    head = f"mmx-fast explanation: {len(exp)} tokens, grid {hc}x{wc}" + (
+        f", {esc(str(method))}" if method else ""
+    )
+    return (
+        '<div class="mmx-fast-explanation" style="font:13px sans-serif">'
+        f"<div><b>{head}</b></div>"
+        f"<div><b>Prompt:</b> {esc(_cut(exp.prompt or '', NOTEBOOK_MAX_TEXT_CHARS))}</div>"
+        f"<div><b>Answer:</b> {esc(_cut(exp.answer_text or '', NOTEBOOK_MAX_TEXT_CHARS))}</div>"
+        '<div style="display:flex;flex-wrap:wrap;gap:4px;align-items:flex-end;margin-top:4px">'
+        + "".join(chips)
+        + "</div></div>"
+    )

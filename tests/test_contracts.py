@@ -40,7 +40,7 @@ def llava224():
     return tiny_model("llava", seed=0, image_size=224)  # 16 x 16 = 256 visual tokens, hidden 64
 
 
-@pytest.mark.parametrize("method", ["msea-arc", "logit-lens"])
+@pytest.mark.parametrize("method", ["msea-arc", "logit-lens", "tam"])
 def test_no_vocab_sized_tensor_over_visual_tokens(llava224, method):
     model, processor = llava224
     vocab = model.get_output_embeddings().weight.shape[0]

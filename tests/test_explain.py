@@ -213,11 +213,14 @@ def test_explain_methods_share_one_forward_and_equal_single_configs(family_model
     configs = [ExplainConfig(method=m) for m in PRESETS]
     ex = Explainer(model, processor, ExplainConfig(max_new_tokens=5))
     calls = []
-    orig = ex.adapter.forward_hidden_batch
-    ex.adapter.forward_hidden_batch = lambda rows, answers: calls.append(len(rows)) or orig(rows, answers)
+    orig = ex.adapter.forward_hidden_rows
+    ex.adapter.forward_hidden_rows = lambda rows, answers, flags: (
+        calls.append(flags) or orig(rows, answers, flags)
+    )
     many = ex.explain_methods(photo(), PROMPT, configs, answer=ANSWER)
-    assert calls == [3]  # one batched forward over the union of scales (0.5, 0.75, 1.0)
-    ex.adapter.forward_hidden_batch = orig
+    # one set of forwards over the union of scales (0.5, 0.75 prefix-only; 1.0 in full for the rankings)
+    assert calls == [[True, True, False]]
+    ex.adapter.forward_hidden_rows = orig
     for cfg, got in zip(configs, many):
         want = explain(model, processor, photo(), PROMPT, answer=ANSWER, config=cfg)
         assert got.config == cfg
@@ -241,12 +244,12 @@ def test_generation_states_replace_the_scale_one_forward(family_model):
                 torch.testing.assert_close(st, want, atol=2e-5, rtol=0)
     ex = Explainer(model, processor, ExplainConfig(method="msea-arc", max_new_tokens=5))
     rows = []
-    orig = ex.adapter.forward_hidden_batch
-    ex.adapter.forward_hidden_batch = lambda r, a: rows.append(len(r)) or orig(r, a)
+    orig = ex.adapter.forward_hidden_rows
+    ex.adapter.forward_hidden_rows = lambda r, a, f: rows.append(f) or orig(r, a, f)
     exp = ex.explain(photo(), PROMPT)
-    ex.adapter.forward_hidden_batch = orig
+    ex.adapter.forward_hidden_rows = orig
     if exp.answer_ids:
-        assert rows == [2]  # scales 0.5 and 0.75 only
+        assert rows == [[True, True]]  # scales 0.5 and 0.75 only, both prefix-only
         ref = explain(
             model, processor, photo(), PROMPT, config=ExplainConfig(method="msea-arc", max_new_tokens=5)
         )

@@ -278,6 +278,17 @@ def test_video_on_a_tiled_family_is_refused(name):
         explain_fast(model, processor, FRAMES, PROMPT, answer=ANSWER)
 
 
+def test_video_notebook_view_and_word_maps():
+    """Jupyter's view shows the first frame pair; word maps keep the time axis."""
+    model, processor, _ = family("qwen2_vl")
+    exp = explain_fast(model, processor, FRAMES, PROMPT, answer="The cat.", config=ExplainConfig())
+    html = exp._repr_html_()
+    assert html.count("<img") == len(exp) and "data:image/jpeg" in html
+    words, maps = exp.word_maps()
+    assert maps.shape[1:] == exp.maps.shape[1:] and len(words) == maps.shape[0]
+    assert exp.heatmap(0, frame=1, colormap="viridis").size == exp.grid[::-1]
+
+
 def test_video_explanation_save_and_overlays(tmp_path):
     model, processor, _ = family("qwen2_vl")
     exp = explain_fast(model, processor, FRAMES, PROMPT, answer="The cat.", config=ExplainConfig())

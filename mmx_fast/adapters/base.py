@@ -115,6 +115,11 @@ class Adapter:
     # False where the visual tokens' states depend on text after them (PaliGemma's bidirectional prefix): a
     # pass that stops after the last visual token would then change them.
     causal_visual_states: ClassVar[bool] = True
+    # How the fast path groups its teacher-forced forwards (``forward_hidden_rows``, docs/design.md §2): rows
+    # of similar length share a right-padded batch while the padding stays within ``bucket_waste`` of the
+    # real tokens and the batch within ``bucket_tokens`` padded tokens (which also bounds its activations).
+    bucket_waste: ClassVar[float] = 0.1
+    bucket_tokens: ClassVar[int] = 8192
     # The builder of this family's tiny random-weight test model in ``mmx_fast.testing`` (None: no tiny model).
     tiny_builder: ClassVar[str | None] = None
     # Derived from ``model_types``: the accepted config types and processor class names (anywhere in the MRO).
@@ -374,6 +379,53 @@ class Adapter:
         out = self.base_model()(**inputs, use_cache=False, return_dict=True)
         hidden = out.last_hidden_state
         return [hidden[i, :n] for i, n in enumerate(lengths)]
+
+    @torch.no_grad()
+    def forward_hidden_rows(
+        self,
+        prompts: Sequence[PromptInputs],
+        answers: Sequence[Sequence[int]],
+        prefix_only: Sequence[bool] | None = None,
+    ) -> list[torch.Tensor]:
+        """The fast path's forwards (docs/design.md §2): per row, the last-layer normed states of
+        ``prompt_i + answer_i``, or, where ``prefix_only[i]``, of the prompt cut after its last visual token
+        (``generation.visual_prefix``: no instruction, no answer; [last visual + 1, d]). Rows are grouped by
+        length (``generation.length_buckets``: ``bucket_waste``, ``bucket_tokens``) and each group is one
+        ``forward_hidden_batch``; the result is in the order of ``prompts``. Rows of different input kinds
+        (images and videos) are bucketed per kind."""
+        if len(prompts) != len(answers):
+            generation.check_rows(prompts, answers)  # raises: one answer per prompt
+        if prefix_only is not None and len(prefix_only) != len(prompts):
+            raise ValueError(
+                f"got {len(prefix_only)} prefix_only flags for {len(prompts)} prompts; expected one each"
+            )
+        groups = _groups_by_inputs(prompts)
+        if len(groups) > 1:
+            out_all: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
+            for g in groups:
+                sub = self.forward_hidden_rows(
+                    [prompts[i] for i in g],
+                    [answers[i] for i in g],
+                    None if prefix_only is None else [prefix_only[i] for i in g],
+                )
+                for i, h in zip(g, sub):
+                    out_all[i] = h
+            return out_all
+        generation.check_rows(prompts, answers)
+        flags = [False] * len(prompts) if prefix_only is None else [bool(f) for f in prefix_only]
+        if len(flags) != len(prompts):
+            raise ValueError(
+                f"got {len(flags)} prefix_only flags for {len(prompts)} prompts; expected one each"
+            )
+        rows = [generation.visual_prefix(p, self.token_keys) if f else p for p, f in zip(prompts, flags)]
+        tails = [[] if f else list(a) for a, f in zip(answers, flags)]
+        lengths = [r.length + len(t) for r, t in zip(rows, tails)]
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        for bucket in generation.length_buckets(lengths, self.bucket_waste, self.bucket_tokens):
+            hidden = self.forward_hidden_batch([rows[i] for i in bucket], [tails[i] for i in bucket])
+            for i, h in zip(bucket, hidden):
+                out[i] = h
+        return out  # type: ignore[return-value]
 
     # --- generation --------------------------------------------------------------------------------
     @torch.no_grad()

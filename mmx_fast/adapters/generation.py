@@ -3,6 +3,7 @@ steps 1-2: generate once at scale 1.0 with the KV cache, never ``output_hidden_s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -102,6 +103,57 @@ def collate(
     if "attention_mask" not in batch:
         batch["attention_mask"] = padding_mask(lengths, width, side).to(device)
     return batch, lengths, width
+
+
+def visual_prefix(prompt: PromptInputs, token_keys: Sequence[str]) -> PromptInputs:
+    """``prompt`` cut right after its last visual token (docs/design.md §2, prefix-only passes): under causal
+    attention the visual tokens' states do not depend on anything later (instruction, template, answer), so
+    a forward over this prefix gives them exactly. Per-token inputs (``token_keys``) are sliced; per-image
+    inputs (pixels, grids) are kept whole. Position ids computed from the cut sequence equal the full
+    sequence's on the prefix: Qwen's M-RoPE (``get_rope_index``) numbers each text / image group from the
+    groups before it only. The copy's ``prompt_span`` still names the instruction of the full prompt (beyond
+    the cut); only its forward is run. A prompt without visual tokens is returned unchanged."""
+    vis = prompt.visual_positions
+    if vis.numel():
+        # after the last placeholder of the kind the visual tokens use: tiled models (LLaVA-NeXT) also place
+        # features on placeholders that are not visual cells (image_newline), and the model checks the count
+        ids = prompt.inputs["input_ids"].reshape(-1)
+        placeholder = torch.isin(ids, ids[vis.to(ids.device)].unique())
+        cut = int(torch.nonzero(placeholder).max()) + 1
+    else:
+        cut = prompt.length
+    if cut >= prompt.length:
+        return prompt
+    inputs = {k: (v[..., :cut] if k in token_keys else v) for k, v in prompt.inputs.items()}
+    return dataclasses.replace(prompt, inputs=inputs)
+
+
+def length_buckets(lengths: Sequence[int], max_waste: float, max_tokens: int) -> list[list[int]]:
+    """Row indices grouped into padded batches without padding waste (docs/design.md §2): rows sorted by
+    length (longest first, ties by index); a bucket takes the next row while its padding stays within
+    ``max_waste`` of its real tokens and its padded size (rows x longest) within ``max_tokens`` (a single row
+    longer than that is a bucket of its own). Every index appears exactly once."""
+    if max_waste < 0:
+        raise ValueError(f"max_waste={max_waste} is negative; expected >= 0")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens={max_tokens} is not positive; expected >= 1")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    buckets: list[list[int]] = []
+    cur: list[int] = []
+    width = real = 0
+    for i in order:
+        n = int(lengths[i])
+        if cur:
+            rows, tokens = len(cur) + 1, real + n
+            if rows * width - tokens <= max_waste * tokens and rows * width <= max_tokens:
+                cur.append(i)
+                real = tokens
+                continue
+            buckets.append(cur)
+        cur, width, real = [i], n, n
+    if cur:
+        buckets.append(cur)
+    return buckets
 
 
 def until_stop(ids: Sequence[int], stops: set[int]) -> list[int]:

@@ -2,7 +2,7 @@
 
 TAM (``ids_to_word_groups``, ``get_word_type``, ``words_match``) works on words, not tokens:
 
-1. **Grouping** (:func:`group_words`). Token ``i`` starts a new word when ``i == 0``, or its decoded string is
+1. **Grouping** (:func:`mmx_fast.words.group_words`, shared with ``Explanation.word_maps``). Token ``i`` starts a new word when ``i == 0``, or its decoded string is
    "punctuation", or contains a CJK character, or starts with a space, or its raw token string starts with
    the SentencePiece marker ``"▁"``; otherwise it is appended to the previous word. Every word is stored with
    its spaces removed. TAM's punctuation test is ``word in string.punctuation``, a *substring* test: ``"."``,
@@ -45,10 +45,11 @@ from __future__ import annotations
 
 import functools
 import importlib
-import string
-import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
+
+# the grouping lives in mmx_fast.words (shared with Explanation.word_maps); re-exported here
+from ..words import group_words, has_cjk, is_punctuation, token_pieces  # noqa: F401
 
 WORD_TYPES = ("function", "noun", "others")
 FUNCTION_TAGS = frozenset({"CC", "DT", "EX", "MD", "POS", "PRP", "PRP$", "UH", "WDT", "WP", "WP$", "WRB"})
@@ -63,49 +64,6 @@ LABEL_OTHERS = -3
 # --------------------------------------------------------------------------------------------------------
 # grouping tokens into words
 # --------------------------------------------------------------------------------------------------------
-def is_punctuation(word: str) -> bool:
-    """TAM's ``is_english_punctuation``: ``word in string.punctuation`` (a substring test; ``""`` is True)."""
-    return word in string.punctuation
-
-
-def has_cjk(word: str) -> bool:
-    """TAM's ``is_chinese_char_or_punctuation``: any character whose Unicode name contains ``CJK``."""
-    return any("CJK" in unicodedata.name(ch, "") for ch in word)
-
-
-def group_words(raw_tokens: Sequence[str], decoded: Sequence[str]) -> tuple[list[str], list[list[int]]]:
-    """Group tokens into words exactly as TAM's ``ids_to_word_groups`` (see the module docstring).
-
-    raw_tokens: the tokenizer's token strings (``convert_ids_to_tokens``; ``"Ġcat"``, ``"▁cat"``).
-    decoded:    each token decoded on its own (``tokenizer.decode([id])``; ``" cat"``).
-    Returns (words with spaces removed, token indices of each word).
-    """
-    if len(raw_tokens) != len(decoded):
-        raise ValueError(
-            f"got {len(raw_tokens)} raw tokens but {len(decoded)} decoded strings; expected one each"
-        )
-    words: list[str] = []
-    groups: list[list[int]] = []
-    for i, (raw, word) in enumerate(zip(raw_tokens, decoded)):
-        raw = raw or ""
-        new = i == 0 or is_punctuation(word) or has_cjk(word) or word[0] == " " or raw[:1] == "▁"
-        if new:
-            words.append(word.replace(" ", ""))
-            groups.append([i])
-        else:
-            words[-1] += word.replace(" ", "")
-            groups[-1].append(i)
-    return words, groups
-
-
-def token_pieces(tokenizer: Any, ids: Sequence[int]) -> tuple[list[str], list[str]]:
-    """(raw token strings, per-token decoded strings) of ``ids``, as TAM obtains them per token."""
-    ids = [int(i) for i in ids]
-    raw = [str(t) if t is not None else "" for t in tokenizer.convert_ids_to_tokens(ids)]
-    decoded = [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
-    return raw, decoded
-
-
 def retokenization_mismatch(tokenizer: Any, ids: Sequence[int]) -> bool:
     """True when TAM would drop this answer: re-tokenizing its decoded text gives a different token count."""
     if not ids:

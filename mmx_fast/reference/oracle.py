@@ -40,7 +40,7 @@ from .logit_lens import base_vocab_id, logit_lens_maps
 from .msea import msea_aggregate
 from .rankings import rbo, topk_ranking
 from .refine import arc_weights, normalize_max, rank_gaussian_filter, refine_one
-from .tam import tam_extra_classes, tam_mitigation
+from .tam import tam_extra_classes, tam_logit_groups, tam_logits, tam_mitigation
 
 
 @torch.no_grad()
@@ -89,7 +89,11 @@ def attribute(
     h1 = per_scale[config.scales.index(1.0)].hidden.to(w_u.device)
     k0 = base_vocab_id(h1[base.visual_positions], w_u)
     tam = config.mitigation == "tam"
-    extra = tam_extra_classes(adapter.tokenizer, text, h1, w_u) if tam else []
+    if tam:  # TAM's full-vocabulary logits, one lm_head call per group of rows as its pipeline makes them
+        groups = tam_logit_groups(h1.shape[0], text.prompt_len, len(answer.ids), answer.states is not None)
+        logits = tam_logits(h1, w_u, groups)
+        argmax_s = int(torch.argmax(logits[text.span[0]]))
+    extra = tam_extra_classes(adapter.tokenizer, text, argmax_s) if tam else []
     ids = torch.tensor(map_ids(text, k0, extra), dtype=torch.long)
 
     flats = [logit_lens_flat(st, w_u, ids) for st in per_scale]
@@ -117,13 +121,13 @@ def attribute(
         refined = tam_mitigation(
             adapter.tokenizer,
             text,
-            h1,
-            w_u,
+            logits,
             base.visual_positions if base.views is None else None,
             tuple(a_t.shape[1:]),
             by_id,
             config.scales,
             config.filter,
+            config.tam_fit,
             frames=base.frames,
         )
     if video and config.filter and config.mitigation != "tam":

@@ -13,10 +13,18 @@ keep on purpose (the ``tam`` preset is a baseline, so it must be TAM, not our re
    ``[prompt positions, last prompt position, answer positions before t]``; the context weights are those
    scores (clipped logits of the target class), normalised with ``w / (sum(w) + 1e-8)``.
 4. Estimated causal inference: interference = weighted sum of the stored raw context maps; its scale is
-   the least-squares fit (TAM uses scipy's ``minimize_scalar``; the closed form is the same minimiser);
-   then ReLU.
+   the least-squares fit, then ReLU. ``fit="tam"`` (the default) is TAM's own fit, reproduced exactly:
+   scipy's ``minimize_scalar`` (Brent's method; TAM passes no bounds) on TAM's objective
+   ``np.sum((a - b * x) ** 2)`` over float32 arrays, accurate to ~3e-4 relative, which moves ~0.1% of the
+   uint8 cells by one level against the exact optimum. ``fit="closed-form"`` is that exact optimum.
 5. Joint min-max normalisation of the image scores together with the text scores (minus the last one),
    the rank Gaussian filter on the grid, and ``(x * 255).astype(uint8)``.
+
+The logits are TAM's: ``lm_head`` in the model's dtype, then clip and ``.float()``, called the way TAM's
+pipeline calls it (``tam_logit_groups``): on generated answers one call over the prompt and one per
+generated token (TAM's demo: ``[model.lm_head(f[-1]) for f in outputs.hidden_states]``); on states of one
+teacher-forced forward, one call over all positions. float32 GEMMs round differently with the number of
+rows, and a 1e-7 difference can move a cell under TAM's fit.
 
 Numerics follow TAM's numpy dtypes (float32 scores, float64 after the ECI subtraction and inside the
 filter's kernel) so that truncation to uint8 lands on the same integers. Two cases where TAM produces NaN
@@ -66,8 +74,28 @@ def tam_rank_gaussian_filter(img: np.ndarray) -> np.ndarray:
     return out
 
 
-def _least_squares(a: np.ndarray, b: np.ndarray) -> np.float64:
-    """argmin_x sum((a - b x)^2) in float64 (TAM: scipy minimize_scalar on the same quadratic)."""
+def tam_least_squares(a: np.ndarray, b: np.ndarray, fit: str = "tam"):
+    """The scale x of ``a - b x`` in TAM's estimated causal inference.
+
+    fit="tam": TAM's ``least_squares``, exactly: scipy's ``minimize_scalar`` with its defaults (Brent's
+    method, no bounds) on ``np.sum((a - b * x) ** 2)``, with a and b as TAM holds them (float32 arrays);
+    returns scipy's ``result.x``. fit="closed-form": the exact minimiser <a, b> / <b, b> in float64 (0 when
+    b is zero)."""
+    if fit == "tam":
+        try:
+            from scipy.optimize import minimize_scalar
+        except ImportError as err:  # ExplainConfig.check_runtime says this before any model work
+            raise ImportError(
+                "ExplainConfig.tam_fit='tam' needs scipy (not installed); install it or use "
+                "tam_fit='closed-form'"
+            ) from err
+
+        def diff(x, map1, map2):
+            return np.sum((map1 - map2 * x) ** 2)
+
+        return minimize_scalar(diff, args=(a, b)).x
+    if fit != "closed-form":
+        raise ValueError(f"fit={fit!r} is not allowed; expected 'tam' or 'closed-form'")
     a64 = a.astype(np.float64)
     b64 = b.astype(np.float64)
     den = float(b64 @ b64)
@@ -86,6 +114,8 @@ def tam_maps(
     num_prompt_strings: int,
     grid: tuple[int, int],
     apply_filter: bool = True,
+    fit: str = "tam",
+    rank_filter: Callable[[np.ndarray], np.ndarray] = tam_rank_gaussian_filter,
     frames: int = 1,
 ) -> np.ndarray:
     """TAM maps for every answer token, uint8 [T, H, W].
@@ -99,6 +129,9 @@ def tam_maps(
     txt_all:            TAM's token strings: re-tokenized prompt strings then answer strings.
     num_prompt_strings: P, how many of ``txt_all`` are prompt strings.
     apply_filter:       TAM always filters; False skips the filter (an ablation, not TAM).
+    fit:                ``tam_least_squares``'s fit, "tam" or "closed-form".
+    rank_filter:        TAM's filter (the per-cell restatement here; the fast path passes its vectorised
+                        one, equal bit for bit).
     frames:             video: the grid is ``frames`` frame grids stacked vertically ([t * h, w]); TAM filters
                         each frame on its own (its video path), after the joint normalisation.
     """
@@ -121,14 +154,14 @@ def tam_maps(
                 w = txt[idx]
                 w = w / (w.sum() + 1e-8)
                 interf = (np.stack([store[i] for i in idx], 0) * w.reshape(-1, 1)).sum(0)
-                img = (img - interf * _least_squares(img, interf)).clip(min=0)
+                img = (img - interf * tam_least_squares(img, interf, fit)).clip(min=0)
         joint = np.concatenate([img, txt[:-1]], 0)
         lo, hi = joint.min(), joint.max()
         joint = (joint - lo) / (hi - lo) if hi > lo else np.zeros_like(joint)  # TAM: NaN when hi == lo
         img = joint[: len(img)]
         img = img.reshape(grid)
         if apply_filter:
-            filtered = np.concatenate([tam_rank_gaussian_filter(f) for f in np.split(img, frames, axis=0)], 0)
+            filtered = np.concatenate([rank_filter(f) for f in np.split(img, frames, axis=0)], 0)
         else:
             filtered = img
         return (filtered * 255).astype("uint8")
@@ -177,18 +210,33 @@ def tam_token_strings(
 # --------------------------------------------------------------------------------------------------
 
 
-def tam_logits(h1: torch.Tensor, w_u: torch.Tensor) -> torch.Tensor:
-    """What TAM consumes: ``lm_head`` logits of every position in the model's dtype, then ``.float()``."""
-    return F.linear(h1.to(w_u.dtype), w_u).float().cpu()
+def tam_logit_groups(n_rows: int, prompt_len: int, num_answer: int, per_round: bool) -> list[tuple[int, int]]:
+    """The row ranges [a, b) of the scale-1.0 states that TAM's pipeline passes to ``lm_head`` in one call.
+
+    per_round (states kept from generation): the prompt [0, L), then one row per generated token after the
+    first, L - 1 + t for t = 1..T-1 (TAM's demo). Otherwise (states of one teacher-forced forward): one call
+    over all ``n_rows`` rows, as the model's forward computes its logits."""
+    if not per_round:
+        return [(0, n_rows)]
+    return [(0, prompt_len)] + [(prompt_len - 1 + t, prompt_len + t) for t in range(1, num_answer)]
 
 
-def tam_extra_classes(tokenizer, text: TextSide, h1: torch.Tensor, w_u: torch.Tensor) -> list[int]:
-    """Classes TAM asks for beyond the answer / prompt ids: the argmax at the first prompt position, the
-    last prompt token, and the tokens at positions start + u for every prompt string u."""
+def tam_logits(h1: torch.Tensor, w_u: torch.Tensor, groups: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """What TAM consumes: ``lm_head`` logits in the model's dtype, one call per group of rows as TAM's
+    pipeline makes them, concatenated and ``.float()`` (rows = positions 0, 1, ...; vocabulary-sized: the
+    reference only)."""
+    w = w_u
+    out = [F.linear(h1[None, a:b].to(w.dtype), w)[0] for a, b in groups]
+    return torch.cat(out, 0).float().cpu()
+
+
+def tam_extra_classes(tokenizer, text: TextSide, argmax_s: int) -> list[int]:
+    """Classes TAM asks for beyond the answer / prompt ids: the argmax ``argmax_s`` of the logits at the
+    first prompt position, the last prompt token, and the tokens at positions start + u for every prompt
+    string u."""
     s, _ = text.span
-    argmax_s = int(torch.argmax(F.linear(h1[s : s + 1].to(w_u.dtype), w_u).float()))
     _, p_strings = tam_token_strings(tokenizer, text.prompt_ids, text.answer_ids)
-    extra = [argmax_s, text.seq_ids[text.prompt_len - 1]]
+    extra = [int(argmax_s), text.seq_ids[text.prompt_len - 1]]
     extra += [text.seq_ids[s + u] for u in range(1, p_strings) if s + u < len(text.seq_ids)]
     return extra
 
@@ -196,23 +244,23 @@ def tam_extra_classes(tokenizer, text: TextSide, h1: torch.Tensor, w_u: torch.Te
 def tam_mitigation(
     tokenizer,
     text: TextSide,
-    h1: torch.Tensor,
-    w_u: torch.Tensor,
+    logits: torch.Tensor,
     visual_positions: torch.Tensor | None,
     grid: tuple[int, int],
     by_id: dict[int, torch.Tensor],
     scales: tuple[float, ...],
     apply_filter: bool,
+    fit: str = "tam",
     frames: int = 1,
 ) -> torch.Tensor:
     """TAM's mitigation (``mitigation="tam"``) for every answer token, float32 [T, H, W] = uint8 / 255;
-    exact TAM when scales == (1.0,) and the filter is on.
+    exact TAM when scales == (1.0,), the filter is on and fit == "tam".
 
-    h1: the scale-1.0 hidden states; by_id: {vocab id: flat float32 MSEA map} for MSEA + TAM combinations
-    (single scale: the image scores are TAM's own, the clipped logits at the visual positions).
+    logits: ``tam_logits`` of the scale-1.0 states; by_id: {vocab id: flat float32 MSEA map} for MSEA + TAM
+    combinations (single scale: the image scores are TAM's own, the clipped logits at the visual
+    positions).
     visual_positions: None for tiled inputs, whose scale-1.0 views are first combined on the canonical grid
     (``by_id`` then holds them, docs/design.md §1.2)."""
-    logits = tam_logits(h1, w_u)
     scores_pos = logits.clamp_min(0)
     if scales == (1.0,) and visual_positions is not None:
         vis = visual_positions.cpu()
@@ -237,6 +285,7 @@ def tam_mitigation(
         num_prompt_strings=p_strings,
         grid=grid,
         apply_filter=apply_filter,
+        fit=fit,
         frames=frames,
     )
     return torch.from_numpy(maps.astype(np.float32) / 255.0)
