@@ -611,6 +611,9 @@ def test_rankings_precision_is_validated():
     with pytest.raises(ValueError, match=r"rankings_precision='x'"):
         ops.rankings_topk(torch.randn(2, 4), torch.randn(9, 4), 3, precision="x")
     assert ops.resolve_rankings_precision("auto", "cuda") == "float32"
+    with pytest.warns(RuntimeWarning, match="CPU tensors only"):
+        ops._warned.discard("certified-gpu")
+        assert ops.resolve_rankings_precision("certified-bf16", "cuda") == "float32"
     assert ops.resolve_rankings_precision("float32", "cpu") == "float32"
 
 
@@ -637,3 +640,19 @@ def test_explain_certified_equals_float32_and_uses_bf16_pass():
         else:
             assert delta["calls"] == 0
     assert torch.equal(out["certified-bf16"].maps, out["float32"].maps)
+
+
+def test_certified_accumulation_probe(monkeypatch):
+    """The guard on the bound's assumption: this CPU's bfloat16 GEMM accumulates in float32; a GEMM that
+    does not (simulated) makes the certified path run the exact pass, with a warning."""
+    assert torch_rankings._accumulates_in_float32(1536, torch.device("cpu"))
+    g = gen(28)
+    w = torch.randn(2000, 24, generator=g)
+    h = torch.randn(3, 24, generator=g)
+    monkeypatch.setitem(torch_rankings._ACCUMULATION_PROBE, (24, "cpu"), False)
+    monkeypatch.setattr(torch_rankings, "_WARNED", set())
+    before = torch_rankings.CERTIFY_STATS["exact_rows"]
+    with pytest.warns(RuntimeWarning, match="does not accumulate in float32"):
+        ranks, _ = _certified(h, w, 5)
+    assert torch.equal(ranks, topk_ranking(h, w, 5))
+    assert torch_rankings.CERTIFY_STATS["exact_rows"] == before + 3

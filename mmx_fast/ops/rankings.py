@@ -9,6 +9,7 @@ the depth weights in float64 and returns float32.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -211,6 +212,7 @@ class _Unembedding:
 
 
 _UNEMBEDDING_CACHE: dict[int, tuple] = {}
+_WARNED: set[str] = set()
 
 
 def _unembedding(w_u: torch.Tensor) -> _Unembedding:
@@ -227,6 +229,28 @@ def _unembedding(w_u: torch.Tensor) -> _Unembedding:
     _UNEMBEDDING_CACHE.clear()  # one W_U at a time (a model's): never a growing cache
     _UNEMBEDDING_CACHE[id(w_u)] = (weakref.ref(w_u), key, entry)
     return entry
+
+
+_ACCUMULATION_PROBE: dict[tuple[int, str], bool] = {}
+
+
+def _accumulates_in_float32(d: int, device: torch.device) -> bool:
+    """A guard on the bound's one assumption about the bfloat16 GEMM (docs/design.md §5): it sums in float32.
+    Row 0 of the probe is [1, 2^-9, ..., 2^-9] against all-ones columns: a float32 sum of d terms is
+    1 + (d - 1) 2^-9 (then rounded to bfloat16 once), a bfloat16 running sum stays 1 (2^-9 is below half
+    an ulp of 1). Cached per (d, device)."""
+    key = (d, str(device))
+    if key not in _ACCUMULATION_PROBE:
+        if d < 2:
+            _ACCUMULATION_PROBE[key] = True
+        else:
+            x = torch.full((2, d), 2.0**-9, dtype=torch.bfloat16, device=device)
+            x[:, 0] = 1
+            w = torch.ones((64, d), dtype=torch.bfloat16, device=device)
+            got = (x @ w.T).float()
+            want = torch.tensor(1 + (d - 1) * 2.0**-9).to(torch.bfloat16).float()
+            _ACCUMULATION_PROBE[key] = bool((got == want).all())
+    return _ACCUMULATION_PROBE[key]
 
 
 def _bound_terms(x32: torch.Tensor, xb: torch.Tensor, cache: _Unembedding) -> torch.Tensor:
@@ -312,6 +336,16 @@ def rankings_certified_torch(
     r, v = h.shape[0], w_u.shape[0]
     m = candidate_count(k, v)
     small = v < _MIN_VOCAB_PER_CANDIDATE * (m + 1)
+    if not small and not _accumulates_in_float32(h.shape[1], h.device):
+        if "probe" not in _WARNED:
+            _WARNED.add("probe")
+            warnings.warn(
+                "this torch's bfloat16 matmul does not accumulate in float32: certified rankings run the "
+                "exact float32 pass",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        small = True
     CERTIFY_STATS["calls"] += 1
     CERTIFY_STATS["rows"] += r
     if base is not None:
