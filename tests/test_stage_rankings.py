@@ -523,21 +523,23 @@ def test_certified_near_ties_and_duplicated_rows():
     _assert_certified_equal(h, w, k, torch.randint(-1, 2, (3, d), generator=g).float())
 
 
-def test_certified_adversarial_rows_fall_back():
-    """A row whose top scores are 400 W_U rows equal up to perturbations far below bfloat16's resolution:
-    the bfloat16 pass cannot tell them apart, the k-th float32 score cannot clear the bound, the row runs
-    the exact pass (counted); the other rows stay certified; the rankings equal the reference's."""
+@pytest.mark.parametrize("crowd_size, falls_back", [(200, False), (800, True)])
+def test_certified_adversarial_rows_fall_back(crowd_size, falls_back):
+    """A row whose top scores are ``crowd_size`` W_U rows equal up to perturbations far below bfloat16's
+    resolution: the bfloat16 pass cannot tell them apart, so the k-th float32 score cannot clear the bound
+    with the first 2k + 32 candidates; the second tier (4x as many) certifies a crowd of 200, a crowd of 800
+    runs the exact pass (counted). The other rows stay certified; the rankings equal the reference's."""
     g = gen(22)
     v, d, k = 3000, 64, 50
     w = torch.randn(v, d, generator=g) * 0.02
     base = torch.randn(d, generator=g) * 0.2
-    crowd = torch.randperm(v, generator=g)[:400]
-    w[crowd] = base + torch.randn(400, d, generator=g) * 1e-6
+    crowd = torch.randperm(v, generator=g)[:crowd_size]
+    w[crowd] = base + torch.randn(crowd_size, d, generator=g) * 1e-6
     h = torch.randn(6, d, generator=g)
     h -= (h @ base / (base @ base))[:, None] * base + base  # the crowd at the bottom of every row...
     h[2] = base * 10  # ...but row 2, which ranks it first
-    stats = _assert_certified_equal(h, w, k, expect_fallback=True)
-    assert stats["fallback_rows"] == 1
+    stats = _assert_certified_equal(h, w, k, expect_fallback=falls_back)
+    assert stats["tier2_rows"] == 1 and stats["fallback_rows"] == int(falls_back)
     # the base id: the crowd at the bottom (argmin) of W_U @ sum z
     z = -torch.stack([base, base]) * 5
     _assert_certified_equal(h[:1], w, k, z, expect_base_fallback=True)
@@ -615,6 +617,9 @@ def test_rankings_precision_is_validated():
         ops._warned.discard("certified-gpu")
         assert ops.resolve_rankings_precision("certified-bf16", "cuda") == "float32"
     assert ops.resolve_rankings_precision("float32", "cpu") == "float32"
+    assert ops.resolve_rankings_precision("auto", "cpu", 32064, 50) == "float32"  # too few rows per candidate
+    if ops._cpu_has_bf16_matmul():
+        assert ops.resolve_rankings_precision("auto", "cpu", 151936, 50) == "certified-bf16"
 
 
 def test_explain_certified_equals_float32_and_uses_bf16_pass():

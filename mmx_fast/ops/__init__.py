@@ -42,7 +42,13 @@ from ..constants import AGGREGATIONS, BACKENDS, CANCELLATION_FLOOR, RANKINGS_PRE
 from ..reference.rankings import rbo_weights
 from .logit_lens import logit_lens_torch
 from .msea import msea_torch
-from .rankings import CERTIFY_STATS, rankings_certified_torch, rankings_rbo_torch, rankings_topk_torch
+from .rankings import (
+    CERTIFY_STATS,
+    candidate_count,
+    rankings_certified_torch,
+    rankings_rbo_torch,
+    rankings_topk_torch,
+)
 from .refine import refine_filter_torch, refine_normalize_torch, refine_torch
 
 __all__ = [
@@ -379,12 +385,22 @@ def _cpu_has_bf16_matmul() -> bool:
     return False
 
 
-def resolve_rankings_precision(precision: str = "auto", device=None) -> str:
-    """``"certified-bf16"`` or ``"float32"`` for stage B on ``device``.
+# ``auto`` picks the certified pass only when W_U has at least this many rows per candidate: re-scoring
+# gathers R * candidate_count(k) rows of W_U, which a small vocabulary does not amortise. Measured on the
+# development CPU (benches/RESULTS.md, top-50, 132 candidates): 3.6-4x faster than float32 at V = 151,936
+# (1,151 rows per candidate), 1.0-1.4x slower at V = 32,064, d = 4,096 (243 per candidate).
+AUTO_MIN_VOCAB_PER_CANDIDATE = 512
+
+
+def resolve_rankings_precision(
+    precision: str = "auto", device=None, vocab: int | None = None, k: int = 50
+) -> str:
+    """``"certified-bf16"`` or ``"float32"`` for stage B on ``device`` (top-``k`` over ``vocab`` ids).
 
     ``auto``: ``certified-bf16`` on a CPU with bfloat16 matmul hardware (AVX512-BF16 / AMX; measured
-    faster there, benches/RESULTS.md), ``float32`` on other CPUs (an emulated bfloat16 GEMM is slower than
-    float32) and on CUDA (the exact Triton kernel; the certified GPU variant is not built, so an explicit
+    faster there, benches/RESULTS.md) when the vocabulary has at least ``AUTO_MIN_VOCAB_PER_CANDIDATE``
+    rows per candidate (Qwen2-VL's 151,936 for k = 50; not LLaVA-1.5's 32,064), ``float32`` otherwise, on
+    other CPUs (an emulated bfloat16 GEMM is slower than float32) and on CUDA (the exact Triton kernel; the certified GPU variant is not built, so an explicit
     ``certified-bf16`` on a GPU runs ``float32`` with a one-time warning). A name outside
     ``RANKINGS_PRECISIONS`` raises ValueError naming it."""
     if precision not in RANKINGS_PRECISIONS:
@@ -403,6 +419,8 @@ def resolve_rankings_precision(precision: str = "auto", device=None) -> str:
         return "float32"
     if precision != "auto":
         return precision
+    if vocab is not None and vocab < AUTO_MIN_VOCAB_PER_CANDIDATE * candidate_count(k, vocab):
+        return "float32"
     return "certified-bf16" if dev.type == "cpu" and _cpu_has_bf16_matmul() else "float32"
 
 
@@ -440,7 +458,7 @@ def rankings_topk(
     h: [R, d]; w_u: [V, d]; returns LongTensor [R, k].
     """
     _check_topk_args(h, w_u, k)
-    if resolve_rankings_precision(precision, w_u.device) == "certified-bf16" and h.shape[0]:
+    if resolve_rankings_precision(precision, w_u.device, w_u.shape[0], k) == "certified-bf16" and h.shape[0]:
         return rankings_certified_torch(h, w_u, k, None, _exact_topk(backend, w_u.device))[0]
     return _run("rankings_topk", backend, w_u.device, h, w_u, k, empty=h.shape[0] == 0)
 
@@ -466,7 +484,7 @@ def rankings_topk_base(
         raise ValueError(f"z [N, d] and w_u [V, d] must share d; got {tuple(z.shape)} and {tuple(w_u.shape)}")
     _check_same_device(z=z, w_u=w_u)
     s = z.to(torch.float32).sum(0)  # as reference.base_vocab_id
-    if resolve_rankings_precision(precision, w_u.device) == "certified-bf16":
+    if resolve_rankings_precision(precision, w_u.device, w_u.shape[0], k) == "certified-bf16":
         ranks, k0 = DISPATCH["rankings_certified"]["torch"](h, w_u, k, s, _exact_topk(backend, w_u.device))
         return ranks, int(k0)
     from .rankings import _base_exact

@@ -152,16 +152,20 @@ _U_F32 = 2.0**-24
 # 4096 rows spent as long in topk as in the GEMM, full-width tiles 6% of it.
 BF16_TILE_ELEMS = 1 << 23
 BF16_MIN_TILE = 16384
-# Rescoring GEMMs of more rows than this run in groups of at least _GROUP_MIN rows (a GEMM of one row is a
-# GEMV with another summation order; groups of >= 16 rows gave the full GEMM's values bit for bit).
-_UNION_ROWS = 64
-_GROUP_MIN = 32
+# The re-scoring GEMM runs per group of 16-31 rows on the union of the group's candidates (cost ~ R * 16 m d,
+# not R * R m d). Its values must be the reference's bit for bit: on the development CPU GEMMs of 1-3 rows
+# (a GEMV, small-M kernels) summed in another order, GEMMs of >= 4 rows gave the full GEMM's values.
+_GROUP_MIN = 16
+# Second tier: rows the first candidate_count(k) candidates cannot certify retry with _TIER2 times as many
+# (kept by the same bfloat16 pass) before the exact pass.
+_TIER2 = 4
 # Below this many vocabulary rows per candidate the bfloat16 pass cannot pay off: the exact pass runs.
 _MIN_VOCAB_PER_CANDIDATE = 4
 
 # Counters of the certified pass since import (or the last reset_certify_stats()): calls, ranking rows,
 # rows that fell back to the exact float32 pass, base-id searches and their fallbacks, rows that ran exact
-# because the vocabulary was too small for the bf16 pass.
+# because the vocabulary was too small for the bf16 pass (or the probe failed), rows that needed the second
+# candidate tier (certified there or fallen back).
 CERTIFY_STATS: dict[str, int] = {
     "calls": 0,
     "rows": 0,
@@ -169,6 +173,7 @@ CERTIFY_STATS: dict[str, int] = {
     "base_calls": 0,
     "base_fallbacks": 0,
     "exact_rows": 0,
+    "tier2_rows": 0,
 }
 
 
@@ -277,31 +282,50 @@ def _bound_terms(x32: torch.Tensor, xb: torch.Tensor, cache: _Unembedding) -> to
     return torch.stack([a, c], 1)
 
 
+def _select(rows_b: torch.Tensor, wb: torch.Tensor, keep: int, tile: int):
+    """The ``keep`` largest bfloat16 scores of each row of ``rows_b`` over W_U (``wb``), best first:
+    (float32 values, int64 ids), [n, keep]."""
+    n, v = rows_b.shape[0], wb.shape[0]
+    top_v = torch.empty((n, 0), dtype=torch.float32, device=rows_b.device)
+    top_i = torch.empty((n, 0), dtype=torch.int64, device=rows_b.device)
+    for start in range(0, v, tile):
+        lg = rows_b @ wb[start : start + tile].T
+        tv, ti = torch.topk(lg, min(keep, lg.shape[1]), dim=1, sorted=False)
+        top_v = torch.cat([top_v, tv.float()], 1)
+        top_i = torch.cat([top_i, ti + start], 1)
+        if top_v.shape[1] > keep:
+            top_v, sel = torch.topk(top_v, keep, dim=1, sorted=False)
+            top_i = top_i.gather(1, sel)
+    order = torch.sort(top_v, dim=1, descending=True, stable=True).indices
+    return top_v.gather(1, order), top_i.gather(1, order)
+
+
+def _pad_rows(rows: torch.Tensor, r: int) -> torch.Tensor:
+    """``rows`` followed by other row indices up to min(r, _GROUP_MIN) in all (GEMMs of fewer rows sum in
+    another order than the reference's, see _GROUP_MIN); callers keep the first ``rows.numel()`` results."""
+    want = min(r, _GROUP_MIN)
+    if rows.numel() >= want:
+        return rows
+    rest = torch.ones(r, dtype=torch.bool, device=rows.device)
+    rest[rows] = False
+    return torch.cat([rows, rest.nonzero().flatten()[: want - rows.numel()]])
+
+
 def _exact_rows(
     exact: Callable, h: torch.Tensor, w_u: torch.Tensor, k: int, rows: torch.Tensor
 ) -> torch.Tensor:
-    """The exact pass on the rows ``rows`` of h, run on at least min(R, 16) rows (filler rows are
+    """The exact pass on the rows ``rows`` of h, run on at least min(R, _GROUP_MIN) rows (filler rows are
     discarded) so that the GEMM has the reference's summation order (one row would be a GEMV)."""
-    r = h.shape[0]
-    want = min(r, 16)
-    sel = rows
-    if rows.numel() < want:
-        rest = torch.ones(r, dtype=torch.bool, device=h.device)
-        rest[rows] = False
-        sel = torch.cat([rows, rest.nonzero().flatten()[: want - rows.numel()]])
-    return exact(h[sel], w_u, k)[: rows.numel()]
+    return exact(h[_pad_rows(rows, h.shape[0])], w_u, k)[: rows.numel()]
 
 
 def _rescore_topk(h32: torch.Tensor, w_u: torch.Tensor, cand: torch.Tensor, k: int):
     """Exact top-``k`` keys of each row over the union of its group's candidate ids (float32 GEMM, bitwise
     the reference's values): returns ([R, k] keys, [R] k-th value as float64)."""
     r = h32.shape[0]
-    if r <= _UNION_ROWS:
-        groups = [(0, r)]
-    else:
-        n = max(1, r // _GROUP_MIN)
-        bounds = [r * i // n for i in range(n + 1)]
-        groups = list(zip(bounds[:-1], bounds[1:]))
+    n = max(1, r // _GROUP_MIN)  # groups of _GROUP_MIN to 2 _GROUP_MIN - 1 rows (all rows when fewer)
+    bounds = [r * i // n for i in range(n + 1)]
+    groups = list(zip(bounds[:-1], bounds[1:]))
     keys = torch.empty((r, k), dtype=torch.int64, device=h32.device)
     for a, b in groups:
         ids = torch.unique(cand[a:b])  # sorted ascending
@@ -365,6 +389,7 @@ def rankings_certified_torch(
     top_i = torch.empty((r, 0), dtype=torch.int64, device=h.device)
     bot_v = torch.empty((nb, 0), dtype=torch.float32, device=h.device)
     bot_i = torch.empty((nb, 0), dtype=torch.int64, device=h.device)
+    m2 = min(v, _TIER2 * m)  # second tier: the rows the first m candidates cannot certify try m2
     keep = min(m + 1, v)
     if tile is None:
         tile = max(BF16_MIN_TILE, BF16_TILE_ELEMS // max(1, rows_b.shape[0]))
@@ -388,49 +413,62 @@ def rankings_certified_torch(
     terms = _bound_terms(rows32, rows_b, cache)
     finite_rows = torch.isfinite(rows32).all(1) & torch.tensor(cache.finite, device=h.device)
 
-    ranks = None
+    ranks = torch.empty((0, k), dtype=torch.int64, device=h.device)
     if r:
-        # split each row's kept ids into the m candidates and the best non-candidate's bf16 score
         order = torch.sort(top_v, dim=1, descending=True, stable=True).indices
         top_v, top_i = top_v.gather(1, order), top_i.gather(1, order)
-        cand = top_i[:, :m]
-        keys, kth = _rescore_topk(h32, w_u, cand, k)
-        if keep > m:  # some ids are not candidates: bound them
-            b = top_v[:, m].to(torch.float64)
-            a, c = terms[:r, 0], terms[:r, 1]
-            ub = b + c * b.abs() + a
-            ub = ub + ub.abs() * 2.0**-40 + 2.0**-1000  # float64 evaluation error of ub, rounded up
-            ok = (ub < kth) & finite_rows[:r]
-        else:
-            ok = torch.isfinite(kth) & finite_rows[:r]
-        ok &= torch.isfinite(top_v).all(1)  # an overflowing bf16 score proves nothing
-        ranks = _key_to_id(keys)
-        fail = (~ok).nonzero().flatten()
-        if fail.numel():
-            CERTIFY_STATS["fallback_rows"] += int(fail.numel())
-            ranks[fail] = _exact_rows(exact, h, w_u, k, fail)
-    else:
-        ranks = torch.empty((0, k), dtype=torch.int64, device=h.device)
+        usable = finite_rows[:r] & torch.isfinite(top_v).all(1)  # an overflowing bf16 score proves nothing
+        a, c = terms[:r, 0], terms[:r, 1]
+        ranks = torch.empty((r, k), dtype=torch.int64, device=h.device)
+        todo = torch.arange(r, device=h.device)
+        for tier, mt in enumerate((m, m2) if m2 > m else (m,)):
+            if not todo.numel():
+                break
+            sel = _pad_rows(todo, r)  # the re-scoring GEMM needs >= min(R, _GROUP_MIN) rows
+            kept = keep
+            if tier:  # the rows still open: a second bfloat16 pass over W_U keeping m2 + 1 ids per row
+                CERTIFY_STATS["tier2_rows"] += int(todo.numel())
+                kept = min(m2 + 1, v)
+                tv, ti = _select(rows_b[sel], cache.wb, kept, tile)
+                cand_v, cand_i = tv, ti
+                usable_t = usable[todo] & torch.isfinite(tv[: todo.numel()]).all(1)
+            else:
+                cand_v, cand_i = top_v[sel], top_i[sel]
+                usable_t = usable[todo]
+            keys, kth = _rescore_topk(h32[sel], w_u, cand_i[:, :mt], k)
+            keys, kth = keys[: todo.numel()], kth[: todo.numel()]
+            ok = usable_t & torch.isfinite(kth)
+            if kept > mt:  # ids beyond the mt candidates: bound them by the (mt+1)-th bf16 score
+                b = cand_v[: todo.numel(), mt].to(torch.float64)
+                ub = b + c[todo] * b.abs() + a[todo]
+                ub = ub + ub.abs() * 2.0**-40 + 2.0**-1000  # float64 evaluation error of ub, rounded up
+                ok &= ub < kth
+            ranks[todo[ok]] = _key_to_id(keys[ok])
+            todo = todo[~ok]
+        if todo.numel():
+            CERTIFY_STATS["fallback_rows"] += int(todo.numel())
+            ranks[todo] = _exact_rows(exact, h, w_u, k, todo)
 
     base_id = None
     if nb:
         order = torch.sort(bot_v[0], stable=True).indices
         bv, bi = bot_v[0][order], bot_i[0][order]
-        cand0 = torch.sort(bi[:m]).values  # ascending ids: argmin's first minimum is the smallest id
         s32 = rows32[r]
+        usable = bool(finite_rows[r]) and bool(torch.isfinite(bv).all())
+        a, c = float(terms[r, 0]), float(terms[r, 1])
+        cand0 = torch.sort(bi[:m]).values  # ascending ids: argmin's first minimum is the smallest id
         vals = w_u.index_select(0, cand0).to(torch.float32) @ s32  # the reference's GEMV, on candidates
         j = int(torch.argmin(vals))
         best = float(vals[j])
-        certified = bool(finite_rows[r]) and bool(torch.isfinite(bv).all()) and math.isfinite(best)
+        certified = usable and math.isfinite(best)
         if certified and keep > m:
             b = float(bv[m])
-            a, c = float(terms[r, 0]), float(terms[r, 1])
             lb = b - c * abs(b) - a
             lb = lb - abs(lb) * 2.0**-40 - 2.0**-1000
             certified = best < lb
         if certified:
             base_id = int(cand0[j])
-        else:
+        if base_id is None:
             CERTIFY_STATS["base_fallbacks"] += 1
             base_id = _base_exact(base, w_u)
     return ranks, base_id
