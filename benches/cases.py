@@ -188,10 +188,20 @@ def auto_backend(device) -> str:
     return ops.resolve_backend("auto", torch.device(device))
 
 
-def fast_backend(stage: str, device) -> str:
-    """The implementation the ``fast`` provider runs for ``stage`` on ``device``."""
+def fast_backend(stage: str, device, case: StageCase | None = None) -> str:
+    """The implementation the ``fast`` provider runs for ``stage`` on ``device`` (for ``rankings`` with a
+    ``case``: also the precision ``auto`` picks for its vocabulary, e.g. ``certified-bf16 + native``)."""
     be = auto_backend(device)
-    return be if stage in BACKEND_STAGES.get(be, STAGES) else "torch"
+    be = be if stage in BACKEND_STAGES.get(be, STAGES) else "torch"
+    if stage == "rankings" and case is not None and case.vocab:
+        from mmx_fast import ops
+
+        if (
+            ops.resolve_rankings_precision("auto", torch.device(device), case.vocab, TOP_K)
+            == "certified-bf16"
+        ):
+            return f"certified-bf16 + {be}"
+    return be
 
 
 def stage_providers(device) -> tuple[str, ...]:

@@ -206,6 +206,26 @@ def stage_table(rows: list[dict], stage: str) -> list[str]:
     return lines
 
 
+STAGE_NOTES = {
+    "logit_lens": [
+        "`fast` times what the product runs per device (`mmx_fast.fast.logit_lens_grids`): on the CPU one GEMM "
+        "per scale on that scale's states, on Triton one launch over the states of every scale concatenated "
+        "(before 2026-12 this row timed a `torch.cat` over the scales on the CPU too, which the product does "
+        "not do).",
+        "",
+    ],
+    "rankings": [
+        "Both providers also compute the base id k0 (argmin of `W_U @ sum z` over 400 visual states). `fast` "
+        'runs what the product runs, `ops.rankings_topk_base(..., precision="auto")` then `ops.rankings_rbo`: '
+        "on a CPU with bfloat16 matmul hardware the certified bfloat16 pass (torch ops, the native exact top-k "
+        "as its fallback) where the vocabulary pays off (qwen2vl), the exact float32 native pass otherwise "
+        "(llava). The rows merged on 2026-12-03 were measured before the column header named the precision: "
+        "their `native` header covers both.",
+        "",
+    ],
+}
+
+
 def certified_table(rows: list[dict]) -> list[str]:
     """Stage B's pass over W_U: bare float32 matmul + topk vs the exact fast path vs the certified pass."""
     groups = by_group([r for r in rows if r.get("kind") == "certified"])
@@ -633,7 +653,7 @@ def write_report(
         t = stage_table(rows, stage)
         if not t:
             continue
-        md += [f"## Stage {STAGE_TITLES[stage]}", ""] + t + [""]
+        md += [f"## Stage {STAGE_TITLES[stage]}", ""] + t + [""] + STAGE_NOTES.get(stage, [])
         if stage in made:
             md += [f"![{stage}](plots/{made[stage].name})", ""]
     t = certified_table(rows)
