@@ -661,3 +661,14 @@ def test_certified_accumulation_probe(monkeypatch):
         ranks, _ = _certified(h, w, 5)
     assert torch.equal(ranks, topk_ranking(h, w, 5))
     assert torch_rankings.CERTIFY_STATS["exact_rows"] == before + 3
+
+
+def test_certified_cache_is_freed_with_w_u():
+    import gc
+
+    w = torch.randn(2000, 16)
+    _certified(torch.randn(2, 16), w, 5)
+    assert any(hit[0]() is w for hit in torch_rankings._UNEMBEDDING_CACHE.values())
+    del w
+    gc.collect()
+    assert not torch_rankings._UNEMBEDDING_CACHE

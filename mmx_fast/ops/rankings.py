@@ -232,7 +232,14 @@ def _unembedding(w_u: torch.Tensor) -> _Unembedding:
         return hit[2]
     entry = _Unembedding(w_u)
     _UNEMBEDDING_CACHE.clear()  # one W_U at a time (a model's): never a growing cache
-    _UNEMBEDDING_CACHE[id(w_u)] = (weakref.ref(w_u), key, entry)
+    wid = id(w_u)
+
+    def _drop(_ref, wid=wid):  # W_U freed: free its bfloat16 copy too
+        hit = _UNEMBEDDING_CACHE.get(wid)
+        if hit is not None and hit[0] is _ref:
+            del _UNEMBEDDING_CACHE[wid]
+
+    _UNEMBEDDING_CACHE[wid] = (weakref.ref(w_u, _drop), key, entry)
     return entry
 
 
