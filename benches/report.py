@@ -785,7 +785,7 @@ def main(argv=None) -> int:
         base["benchmarks"] += new.get("benchmarks", [])
         bench_json = results / "bench.json"
         tmp = bench_json.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(base))
+        tmp.write_text(json.dumps(base, indent=4) + "\n")
         tmp.replace(bench_json)
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         old_meta = json.loads(meta.read_text()) if meta.exists() else {}
