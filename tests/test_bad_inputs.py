@@ -819,10 +819,10 @@ EVAL_CASES = [
         r"methods \['tam', 'tam'\] repeat a method",
     ),
     EvalCase("methods-none", _ev("good", "--methods"), r"argument --methods: expected at least one argument"),
-    EvalCase("limit-zero", _ev("good", "--limit", "0"), r"argument --limit: invalid value '0'"),
-    EvalCase("limit-negative", _ev("good", "--limit", "-1"), r"argument --limit: invalid value '-1'"),
+    EvalCase("limit-zero", _ev("good", "--limit", "0"), r"argument --limit: invalid --limit '0'"),
+    EvalCase("limit-negative", _ev("good", "--limit", "-1"), r"argument --limit: invalid --limit '-1'"),
     EvalCase(
-        "max-new-tokens-zero", _ev("good", "--max-new-tokens", "0"), r"--max-new-tokens: invalid value '0'"
+        "max-new-tokens-zero", _ev("good", "--max-new-tokens", "0"), r"--max-new-tokens: invalid --max-new-tokens '0'"
     ),
     EvalCase("out-is-a-file", _ev("good", out=lambda d, o: d["file"]), r"a_file'", code=None),
     EvalCase("out-under-a-file", _ev("good", out=lambda d, o: d["file"] / "sub"), r"a_file/sub'", code=None),
@@ -875,8 +875,8 @@ def test_eval_cli(case: EvalCase, eval_dirs, tmp_path, capsys):
     "extra, match",
     [
         (["--methods", "gradcam"], r"argument --methods: invalid choice: 'gradcam'"),
-        (["--limit", "0"], r"argument --limit: invalid value '0'"),
-        (["--limit", "-5"], r"argument --limit: invalid value '-5'"),
+        (["--limit", "0"], r"argument --limit: invalid --limit '0'"),
+        (["--limit", "-5"], r"argument --limit: invalid --limit '-5'"),
     ],
     ids=["methods-unknown", "limit-zero", "limit-negative"],
 )
