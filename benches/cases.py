@@ -15,8 +15,13 @@ Stages (docs/design.md §2), one word each as in mmx_fast.ops, kernels/, csrc/ a
 
 - ``logit_lens``  gathered logit lens: ``clamp(W_U[ids] @ Z.T, 0)`` for the visual tokens of the three default scales
   (0.5, 0.75, 1.0; about 1.81 n tokens in all for n at scale 1.0) and M = T + P + 1 ids.
-- ``rankings``  top-k + RBO: top-50 of ``h @ W_U.T`` for the P + T predicting positions, then RBO of each
-  answer token against its context (the reference: per target, as ``arc_reference``).
+- ``rankings``  top-k + base id + RBO: top-50 of ``h @ W_U.T`` for the P + T predicting positions and the base
+  id k0 (argmin of ``W_U @ sum z`` over N_FIXED visual states), then RBO of each answer token against its
+  context (the reference: per target, as ``arc_reference``; the fast provider: ``ops.rankings_topk_base``
+  with ``precision="auto"``, as the product).
+- ``certified`` (benches/test_bench_certified.py, :func:`certified_callables`): stage B's pass over W_U alone
+  (top-k rankings of P + T rows), float32 ``H @ W_U.T`` + ``topk`` vs the exact fast path vs the certified
+  bfloat16 pass, with its fallback count.
 - ``refine``  interference map, beta, ReLU, rank Gaussian filter, max-normalisation for the T targets
   on the canonical grid (n cells), with P + T + 1 context maps.
 - ``refine_filter``  the rank Gaussian filter alone on [T, H, W].
@@ -183,10 +188,20 @@ def auto_backend(device) -> str:
     return ops.resolve_backend("auto", torch.device(device))
 
 
-def fast_backend(stage: str, device) -> str:
-    """The implementation the ``fast`` provider runs for ``stage`` on ``device``."""
+def fast_backend(stage: str, device, case: StageCase | None = None) -> str:
+    """The implementation the ``fast`` provider runs for ``stage`` on ``device`` (for ``rankings`` with a
+    ``case``: also the precision ``auto`` picks for its vocabulary, e.g. ``certified-bf16 + native``)."""
     be = auto_backend(device)
-    return be if stage in BACKEND_STAGES.get(be, STAGES) else "torch"
+    be = be if stage in BACKEND_STAGES.get(be, STAGES) else "torch"
+    if stage == "rankings" and case is not None and case.vocab:
+        from mmx_fast import ops
+
+        if (
+            ops.resolve_rankings_precision("auto", torch.device(device), case.vocab, TOP_K)
+            == "certified-bf16"
+        ):
+            return f"certified-bf16 + {be}"
+    return be
 
 
 def stage_providers(device) -> tuple[str, ...]:
@@ -216,7 +231,7 @@ def stage_callables(
     """Inputs of ``case`` built once on ``device``; one zero-argument callable per provider. Callables
     synchronise CUDA before returning, so wall-clock timers measure the work."""
     from mmx_fast import ops
-    from mmx_fast.reference.logit_lens import logit_lens_maps
+    from mmx_fast.reference.logit_lens import base_vocab_id, logit_lens_maps
     from mmx_fast.reference.msea import msea_aggregate as ref_msea
     from mmx_fast.reference.rankings import rbo, topk_ranking
     from mmx_fast.reference.refine import rank_gaussian_filter as ref_filter
@@ -250,10 +265,21 @@ def stage_callables(
             return out
 
         def make_fast_a(backend):
-            def fast_a():
-                out = ops.logit_lens(torch.cat(zs, 0), w_u, ids, backend=backend)
-                _sync(device)
-                return out
+            # what the product runs per device (mmx_fast.fast.logit_lens_grids): one launch over every
+            # scale's states concatenated on Triton, one GEMM per scale elsewhere (no torch.cat copy)
+            if ops.resolve_backend(backend, device) == "triton":
+
+                def fast_a():
+                    out = ops.logit_lens(torch.cat(zs, 0), w_u, ids, backend=backend)
+                    _sync(device)
+                    return out
+
+            else:
+
+                def fast_a():
+                    out = [ops.logit_lens(z, w_u, ids, backend=backend) for z in zs]
+                    _sync(device)
+                    return out
 
             return fast_a
 
@@ -263,8 +289,10 @@ def stage_callables(
     elif case.stage == "rankings":
         w_u = unembedding(case.model, str(device), dtype)
         h = randn(p + t, case.hidden)
+        z = randn(N_FIXED, case.hidden)  # the scale-1.0 visual states, for the base id k0
 
         def ref_b():
+            k0 = base_vocab_id(z, w_u)
             rank_prompt = topk_ranking(h[:p], w_u, TOP_K)
             rank_answer = topk_ranking(h[p:], w_u, TOP_K)
             rs = []
@@ -272,14 +300,14 @@ def stage_callables(
                 ctx = torch.cat([rank_prompt, rank_answer[:i]], 0)
                 rs.append(rbo(ctx, rank_answer[i].expand_as(ctx), p=RBO_P, variant="ext"))
             _sync(device)
-            return torch.cat([rank_prompt, rank_answer], 0), rs
+            return torch.cat([rank_prompt, rank_answer], 0), rs, k0
 
         def make_fast_b(backend):
-            def fast_b():
-                ranks = ops.rankings_topk(h, w_u, TOP_K, backend=backend)
+            def fast_b():  # as the product: rankings and k0 in one pass (precision "auto"), then RBO
+                ranks, k0 = ops.rankings_topk_base(h, w_u, TOP_K, z, backend=backend, precision="auto")
                 r = ops.rankings_rbo(ranks[p:], ranks, RBO_P, "ext", backend=backend)
                 _sync(device)
-                return ranks, r
+                return ranks, r, k0
 
             return fast_b
 
@@ -372,13 +400,87 @@ def check_agreement(case: StageCase, ref_out, fast_out) -> None:
     benchmark compares equivalent work)."""
     if case.stage == "logit_lens":
         ref = torch.cat(ref_out, 1).float()
+        if isinstance(fast_out, (list, tuple)):  # one [M, N_s] per scale (the CPU product path)
+            fast_out = torch.cat(list(fast_out), 1)
         torch.testing.assert_close(fast_out.float(), ref, rtol=2e-2, atol=2e-2 * float(ref.abs().max()))
     elif case.stage == "rankings":
-        ranks_ref, rs = ref_out
-        ranks, r = fast_out
+        ranks_ref, rs, k0_ref = ref_out
+        ranks, r, k0 = fast_out
         assert torch.equal(ranks.cpu(), ranks_ref.cpu()), "rankings differ from the reference's"
+        assert k0 == k0_ref, f"base id {k0} differs from the reference's {k0_ref}"
         p = PROMPT_TOKENS
         for i, ri in enumerate(rs):
             torch.testing.assert_close(r[i, : p + i].double().cpu(), ri.double().cpu(), rtol=0, atol=1e-5)
     else:
         torch.testing.assert_close(fast_out.float().cpu(), ref_out.float().cpu(), rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------ certified rankings (stage B)
+
+
+@dataclass(frozen=True)
+class CertifiedCase:
+    model: str
+    t: int  # answer tokens; rows R = PROMPT_TOKENS + t
+
+    @property
+    def id(self) -> str:
+        return f"certified-{self.model}-T{self.t}"
+
+    @property
+    def group(self) -> str:
+        v, d = MODEL_SHAPES[self.model]
+        return f"certified: stage B pass over W_U | {self.model} V={v} d={d} R={PROMPT_TOKENS + self.t}"
+
+    def info(self) -> dict:
+        v, d = MODEL_SHAPES[self.model]
+        return {
+            "kind": "certified",
+            "model": self.model,
+            "vocab": v,
+            "hidden": d,
+            "t": self.t,
+            "rows": PROMPT_TOKENS + self.t,
+            "prompt_tokens": PROMPT_TOKENS,
+        }
+
+
+CERTIFIED_PROVIDERS = ("matmul", "float32", "certified")
+
+
+def certified_cases(quick: bool) -> list[CertifiedCase]:
+    ts = QUICK_T if quick else (10, 30, 50)
+    return [CertifiedCase(m, t) for m in MODEL_SHAPES for t in ts]
+
+
+def certified_callables(case: CertifiedCase, device=None, dtype=None, seed: int = 0) -> dict:
+    """Providers of stage B's pass over W_U (top-k of R = P + T rows; no RBO, no k0):
+
+    - ``matmul``: the bare float32 ``torch.topk(H @ W_U.T, k)`` (W_U upcast when it is not float32);
+    - ``float32``: ``ops.rankings_topk(..., precision="float32")``, the exact streamed fast path;
+    - ``certified``: ``ops.rankings_topk(..., precision="certified-bf16")`` (W_U's bfloat16 copy and norms
+      cached before timing, as in a long-lived Explainer).
+    """
+    from mmx_fast import ops
+
+    device = torch.device(device or default_device())
+    dtype = dtype or default_dtype(device)
+    v, d = MODEL_SHAPES[case.model]
+    w_u = unembedding(case.model, str(device), dtype)
+    g = _generator(device, seed)
+    h = torch.randn((PROMPT_TOKENS + case.t, d), generator=g, device=device).to(dtype)
+
+    def matmul():
+        out = torch.topk(h.float() @ w_u.float().T, TOP_K, dim=1).indices
+        _sync(device)
+        return out
+
+    def make(precision):
+        def run():
+            out = ops.rankings_topk(h, w_u, TOP_K, precision=precision)
+            _sync(device)
+            return out
+
+        return run
+
+    return {"matmul": matmul, "float32": make("float32"), "certified": make("certified-bf16")}

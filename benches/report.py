@@ -206,6 +206,71 @@ def stage_table(rows: list[dict], stage: str) -> list[str]:
     return lines
 
 
+STAGE_NOTES = {
+    "logit_lens": [
+        "`fast` times what the product runs per device (`mmx_fast.fast.logit_lens_grids`): on the CPU one GEMM "
+        "per scale on that scale's states, on Triton one launch over the states of every scale concatenated "
+        "(before 2026-12 this row timed a `torch.cat` over the scales on the CPU too, which the product does "
+        "not do).",
+        "",
+    ],
+    "rankings": [
+        "Both providers also compute the base id k0 (argmin of `W_U @ sum z` over 400 visual states). `fast` "
+        'runs what the product runs, `ops.rankings_topk_base(..., precision="auto")` then `ops.rankings_rbo`: '
+        "on a CPU with bfloat16 matmul hardware the certified bfloat16 pass (torch ops, the native exact top-k "
+        "as its fallback) where the vocabulary pays off (qwen2vl), the exact float32 native pass otherwise "
+        "(llava). The rows merged on 2026-12-03 were measured before the column header named the precision: "
+        "their `native` header covers both.",
+        "",
+    ],
+}
+
+
+def certified_table(rows: list[dict]) -> list[str]:
+    """Stage B's pass over W_U: bare float32 matmul + topk vs the exact fast path vs the certified pass."""
+    groups = by_group([r for r in rows if r.get("kind") == "certified"])
+    if not groups:
+        return []
+    lines = [
+        "| model (V x d) | rows R | float32 `H @ W_U.T` + `topk` | float32 fast path | certified bf16 "
+        "| certified / matmul | certified / float32 path | fallback rows |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for _, provs in sorted(
+        groups.items(),
+        key=lambda kv: (next(iter(kv[1].values()))["model"], next(iter(kv[1].values()))["rows"]),
+    ):
+        g = next(iter(provs.values()))
+        mm, f32, cert = _med(provs, "matmul"), _med(provs, "float32"), _med(provs, "certified")
+        fb = provs.get("certified", g)
+        lines.append(
+            f"| {g['model']} ({g['vocab']:,} x {g['hidden']}) | {g['rows']} | {fmt_t(mm)} | {fmt_t(f32)} | "
+            f"{fmt_t(cert)} | **{fmt_r(ratio(cert, mm))}** | {fmt_r(ratio(cert, f32))} | "
+            f"{fb.get('fallback_rows', '?')} / {fb.get('certified_rows', '?')} |"
+        )
+    return lines
+
+
+def certified_fallback_lines(path: Path) -> list[str]:
+    """The fallback rates measured on the bench model (``benches/certified_fallbacks.py``), if recorded."""
+    if not path.exists():
+        return []
+    lines = [
+        "Fallback rate on realistic hidden states (`python -m benches.certified_fallbacks`: the bench model of "
+        "`benches/models.py`, 4 images from 224 to 640 px, 30-token answers, `msea-arc`; certified and float32 "
+        "maps identical):",
+        "",
+        "| model dtype | ranking rows | rows fallen back | base-id searches | base ids fallen back |",
+        "|---|---|---|---|---|",
+    ]
+    for r in json.loads(path.read_text()):
+        lines.append(
+            f"| {r['dtype']} | {r['rows']} | {r['fallback_rows']} ({100 * r['fallback_rows'] / max(1, r['rows']):.1f}%) "
+            f"| {r['base_calls']} | {r['base_fallbacks']} |"
+        )
+    return lines
+
+
 def headline_stage(rows: list[dict], stage: str, model: str | None) -> tuple[dict | None, float | None]:
     """The case at the realistic size (n = N_FIXED, T = T_FIXED), else the one nearest to it."""
     groups = by_group(
@@ -518,6 +583,18 @@ def write_report(
         )
         + f"{' — QUICK mode (smallest sizes only)' if quick else ''}.",
         "",
+    ]
+    meta_path = out / "results" / "meta.json"
+    for m in json.loads(meta_path.read_text()).get("merged", []) if meta_path.exists() else []:
+        stages = sorted({g.split(" | ")[0] for g in m["groups"]})
+        md += [
+            f"Re-measured on {m['date']} and merged into these results (`report.py --merge`; the other rows "
+            f"are from the run above): {len(m['groups'])} groups of "
+            + ", ".join(f"`{x}`" for x in stages)
+            + ".",
+            "",
+        ]
+    md += [
         "## Machine and versions",
         "",
         f"- machine: {mach.get('cpu', '?')}, {mach.get('cores', '?')} cores, {mach.get('memory', '?')}, "
@@ -572,6 +649,14 @@ def write_report(
         )
         fb = f" (fast = {g['fast_backend']})" if g.get("fast_backend") else ""
         head.append(f"- stage {STAGE_TITLES[stage]} ({size}): reference / fast = **{fmt_r(r)}**{fb}")
+    for _, provs in by_group([r for r in rows if r.get("kind") == "certified"]).items():
+        g = next(iter(provs.values()))
+        if g.get("model") == "qwen2vl" and g.get("t") == T_FIXED:
+            head.append(
+                f"- stage B's pass over W_U, certified bfloat16 (qwen2vl, R={g['rows']}): certified / float32 "
+                f"`H @ W_U.T` + `topk` = **{fmt_r(ratio(_med(provs, 'certified'), _med(provs, 'matmul')))}**, "
+                "rankings identical"
+            )
     for g, p in e2e_rows(rows):
         ref, fast, floor = _med(p, "reference"), _med(p, "fast"), _med(p, "floor")
         head.append(
@@ -596,9 +681,23 @@ def write_report(
         t = stage_table(rows, stage)
         if not t:
             continue
-        md += [f"## Stage {STAGE_TITLES[stage]}", ""] + t + [""]
+        md += [f"## Stage {STAGE_TITLES[stage]}", ""] + t + [""] + STAGE_NOTES.get(stage, [])
         if stage in made:
             md += [f"![{stage}](plots/{made[stage].name})", ""]
+    t = certified_table(rows)
+    if t:
+        md += [
+            "## Stage rankings: certified bfloat16 pass vs float32",
+            "",
+            "Stage B's pass over W_U alone (top-50 of R = P + T rows; `benches/test_bench_certified.py`): the bare "
+            'float32 `torch.topk(H @ W_U.T)`, the exact streamed fast path (`rankings_precision="float32"`) '
+            'and the certified bfloat16 pass (`"certified-bf16"`, docs/design.md §5; W_U\'s bfloat16 copy '
+            "cached, as in a long-lived Explainer). Every case checks the certified rankings equal the float32 "
+            "ones; `fallback rows` counts rows re-run exactly.",
+            "",
+        ]
+        md += t + [""]
+        md += certified_fallback_lines(out / "results" / "certified.json") + [""]
     t = e2e_table(rows)
     if t:
         model = e2e_rows(rows)[0][0].get("model", "")
@@ -692,6 +791,12 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-memory", action="store_true", help="no memory probe")
     ap.add_argument("--out", type=Path, default=HERE, help="where RESULTS.md, plots/ and results/ go")
     ap.add_argument("--pytest-args", default="", help="extra arguments for pytest (one string)")
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        help="with --json: replace every benchmark group of --json that this pytest-benchmark JSON also holds "
+        "(and add its new groups), write the merged results to OUT/results/bench.json, and note it",
+    )
     args = ap.parse_args(argv)
     out = args.out
     results = out / "results"
@@ -724,6 +829,22 @@ def main(argv=None) -> int:
         old = json.loads(meta.read_text())  # re-rendering this directory's own results: keep its run times
         suite_s, mem_s = old.get("suite_s", 0.0), mem_s or old.get("memory_s", 0.0)
         measured = (old.get("date", "?"), old.get("argv", []))
+    if args.merge:
+        if not args.json:
+            raise SystemExit("--merge needs --json (the results to merge into)")
+        base, new = json.loads(args.json.read_text()), json.loads(args.merge.read_text())
+        fresh = {b.get("group") for b in new.get("benchmarks", [])}
+        base["benchmarks"] = [b for b in base.get("benchmarks", []) if b.get("group") not in fresh]
+        base["benchmarks"] += new.get("benchmarks", [])
+        bench_json = results / "bench.json"
+        tmp = bench_json.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(base, indent=4) + "\n")
+        tmp.replace(bench_json)
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        old_meta = json.loads(meta.read_text()) if meta.exists() else {}
+        merged = old_meta.get("merged", []) + [{"date": now, "groups": sorted(g for g in fresh if g)}]
+        meta.write_text(json.dumps({**old_meta, "merged": merged}))
+        measured = (old_meta.get("date", "?"), old_meta.get("argv", []))
     rows, _ = load_bench(bench_json)
     if not rows:
         raise SystemExit(f"no benchmarks in {bench_json} (was the suite run with --benchmark-disable?)")

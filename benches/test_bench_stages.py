@@ -49,7 +49,7 @@ def test_stage(benchmark, case, provider, device, quick, _inputs):
         if reason and not quick:
             pytest.skip(f"reference skipped on CPU at this size: {reason}")
     fns = _inputs(case)
-    info = {**case.info(), "device": str(device), "fast_backend": fast_backend(case.stage, device)}
+    info = {**case.info(), "device": str(device), "fast_backend": fast_backend(case.stage, device, case)}
     out = run_bench(benchmark, fns[provider], case.group, provider, info)
     if quick and provider != "reference":
         check_agreement(case, fns["reference"](), out)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .constants import AGGREGATIONS, BACKENDS, RBO_VARIANTS, TAM_FITS
+from .constants import AGGREGATIONS, BACKENDS, RANKINGS_PRECISIONS, RBO_VARIANTS, TAM_FITS
 
 METHODS = ("msea-arc", "tam", "logit-lens")
 MITIGATIONS = ("arc", "tam", "none")
@@ -90,6 +90,10 @@ class ExplainConfig:
     backend: kernel backend for the fast path (``auto``, ``triton``, ``torch``, ``native``); the
         environment variable ``MMX_FAST_BACKEND`` overrides ``auto``.
     keep_scale_maps: also return the per-scale raw maps and the pre-mitigation maps.
+    rankings_precision: stage B's pass over W_U (the ARC rankings and the base id k0): ``certified-bf16``
+        (a bfloat16 candidate pass proven equal to float32; rows it cannot prove re-run in float32),
+        ``float32`` (the exact pass) or ``auto`` (certified on a CPU with bfloat16 matmul hardware,
+        float32 elsewhere; ``mmx_fast.ops.resolve_rankings_precision``). The result is the same.
     """
 
     method: str = "msea-arc"
@@ -105,6 +109,7 @@ class ExplainConfig:
     max_new_tokens: int = 32
     backend: str = "auto"
     keep_scale_maps: bool = False
+    rankings_precision: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or self.method not in METHODS:
@@ -170,6 +175,8 @@ class ExplainConfig:
         object.__setattr__(self, "max_new_tokens", int(n))
         if self.backend not in BACKENDS:
             _fail("backend", self.backend, f"one of {', '.join(BACKENDS)}")
+        if not isinstance(self.rankings_precision, str) or self.rankings_precision not in RANKINGS_PRECISIONS:
+            _fail("rankings_precision", self.rankings_precision, f"one of {', '.join(RANKINGS_PRECISIONS)}")
 
     @property
     def is_exact_tam(self) -> bool:

@@ -23,4 +23,15 @@ TAM_FITS = ("tam", "closed-form")
 # float64.
 CANCELLATION_FLOOR = 1e-5
 
-__all__ = ["AGGREGATIONS", "BACKENDS", "CANCELLATION_FLOOR", "RBO_VARIANTS", "TAM_FITS"]
+# Precision of stage B's pass over W_U (docs/design.md §1.3, §5): ``certified-bf16`` (a bfloat16 candidate pass,
+# proven equal to float32, uncertified rows re-run exactly), ``float32`` (the exact pass), ``auto`` (per device).
+RANKINGS_PRECISIONS = ("auto", "certified-bf16", "float32")
+
+__all__ = [
+    "AGGREGATIONS",
+    "BACKENDS",
+    "CANCELLATION_FLOOR",
+    "RANKINGS_PRECISIONS",
+    "RBO_VARIANTS",
+    "TAM_FITS",
+]

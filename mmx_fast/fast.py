@@ -10,8 +10,9 @@ Same inputs and result as ``mmx_fast.reference.explain`` and the same steps of `
   are grouped by length into right-padded batches (little padding, a bounded batch), keeping only the
   last-layer normed hidden states (never all layers, never full-vocab logits over visual tokens);
 - attribute: stage A, one gather-GEMM for every scale and every needed vocab id
-  (``ops.logit_lens``); MSEA onto the canonical grid; stage B, streamed top-k rankings + RBO for
-  every (target, context) pair (``ops.rankings_topk``, ``ops.rankings_rbo``); stage C, interference map,
+  (``ops.logit_lens``); MSEA onto the canonical grid; stage B, top-k rankings and the base id k0 in one
+  pass over W_U (``ops.rankings_topk_base``: certified bfloat16 or float32, ``rankings_precision``) + RBO
+  for every (target, context) pair (``ops.rankings_rbo``); stage C, interference map,
   beta, ReLU, rank Gaussian filter and normalisation for all targets at once (``ops.refine``).
 
 Each stage dispatches to Triton on CUDA and to vectorised torch (or native C++) on CPU; see ``mmx_fast.ops``.
@@ -262,8 +263,15 @@ def attribute(
     h1 = per_scale[config.scales.index(1.0)].hidden.to(dev)
     if config.mitigation == "tam":
         return tam_attribute(adapter, config, item, answer, per_scale, text, h1, w_u, backend)
-    # base id k0: one GEMV W_U @ sum_i z_i (never a V x N product)
-    k0 = base_vocab_id_chunked(h1[base.visual_positions.to(dev)], w_u)
+    z1 = h1[base.visual_positions.to(dev)]
+    ranks = None
+    if config.mitigation == "arc":  # stage B's rankings and the base id k0 in one pass over W_U
+        pred_prompt, pred_answer = text.predicting_positions()
+        ranks, k0 = ops.rankings_topk_base(
+            h1[pred_prompt + pred_answer], w_u, config.top_k, z1, backend, config.rankings_precision
+        )
+    else:  # base id k0 alone: argmin of W_U @ sum_i z_i (never a V x N product)
+        k0 = ops.rankings_topk_base(h1[:0], w_u, 1, z1, backend, config.rankings_precision)[1]
     ids = torch.tensor(map_ids(text, k0, []), dtype=torch.long, device=dev)
 
     views, places, owned = msea_inputs(
@@ -280,7 +288,7 @@ def attribute(
         refined = ops.refine_filter(a_t, backend=backend) if filt else a_t
         refined = ops.refine_normalize(refined)
     else:
-        refined = arc_fused(text, h1, w_u, a_t, prompt_maps, base_map, config, backend, apply_filter=filt)
+        refined = arc_fused(ranks, a_t, prompt_maps, base_map, config, backend, apply_filter=filt)
     if video and config.filter:
         refined = ops.refine_normalize(
             per_frame(refined, base, lambda x: ops.refine_filter(x, backend=backend))
@@ -371,9 +379,7 @@ def logit_lens_flats(
 
 
 def arc_fused(
-    text: TextSide,
-    h1: torch.Tensor,
-    w_u: torch.Tensor,
+    ranks: torch.Tensor,
     a_t: torch.Tensor,
     prompt_maps: torch.Tensor,
     base_map: torch.Tensor,
@@ -381,11 +387,10 @@ def arc_fused(
     backend: str,
     apply_filter: bool | None = None,
 ) -> torch.Tensor:
-    """ARC for all targets at once: stage B (rankings + RBO of each target vs its causal context), then
-    stage C (interference, beta, ReLU, filter, normalisation). base_map: [1, Hc, Wc]."""
+    """ARC for all targets at once: stage B's RBO of each target vs its causal context (``ranks``: the
+    top-k rankings of the P prompt then T answer predicting positions), then stage C (interference, beta,
+    ReLU, filter, normalisation). base_map: [1, Hc, Wc]."""
     T, P = a_t.shape[0], prompt_maps.shape[0]
-    pred_prompt, pred_answer = text.predicting_positions()
-    ranks = ops.rankings_topk(h1[pred_prompt + pred_answer], w_u, config.top_k, backend=backend)
     r = ops.rankings_rbo(ranks[P:], ranks, config.rbo_p, config.rbo_variant, backend=backend)  # [T, P + T]
     w = 1 - r
     # causal context: target t sees the prompt and the answer tokens before it
@@ -401,17 +406,12 @@ def arc_fused(
 
 
 def base_vocab_id_chunked(z: torch.Tensor, w_u: torch.Tensor, chunk: int = 16384) -> int:
-    """k0 = argmin_k [W_U sum_i z_i]_k as one GEMV, upcasting W_U to float32 a chunk of rows at a time (a
-    bf16 model's W_U is never copied whole). Ties go to the smaller id, as ``torch.argmin``."""
-    s = z.float().sum(0)
-    best_val, best_id = None, 0
-    for start in range(0, w_u.shape[0], chunk):
-        vals = w_u[start : start + chunk].float() @ s
-        i = int(torch.argmin(vals))
-        v = vals[i]
-        if best_val is None or v < best_val:
-            best_val, best_id = v, start + i
-    return best_id
+    """k0 = argmin_k [W_U sum_i z_i]_k as one float32 GEMV, upcasting W_U a chunk of rows at a time (a
+    bf16 model's W_U is never copied whole). Ties go to the smaller id, as ``torch.argmin``. (The product
+    computes k0 with the rankings, ``ops.rankings_topk_base``.)"""
+    from .ops.rankings import _base_exact
+
+    return _base_exact(z.float().sum(0), w_u, chunk)
 
 
 def explain_fast(

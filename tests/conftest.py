@@ -37,3 +37,18 @@ def ref_rankings(vocab, text_hidden):
     from mmx_fast.reference.rankings import topk_ranking
 
     return {dt: topk_ranking(text_hidden.to(dt), vocab[dt], TOP_K) for dt in DTYPES}
+
+
+@pytest.fixture
+def stage_backend_env(monkeypatch, request):
+    """For the stage tests (``tests/test_stage_*.py``, via ``pytestmark``): no ambient MMX_FAST_BACKEND may
+    redirect ``auto``; the launcher tests (``test_triton_*``) need triton, the C++ op tests
+    (``test_native_*``) the native build."""
+    from helpers import backend_or_skip, kernels_or_none
+
+    monkeypatch.delenv("MMX_FAST_BACKEND", raising=False)
+    name = request.node.originalname
+    if name.startswith("test_triton_") and kernels_or_none() is None:
+        pytest.skip("triton is not installed (or mmx_fast.kernels does not import)")
+    if name.startswith("test_native_"):
+        backend_or_skip("native")

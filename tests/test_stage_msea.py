@@ -37,16 +37,7 @@ ref_msea = importlib.import_module("mmx_fast.reference.msea")
 KERN = kernels_or_none()  # mmx_fast.kernels (the Triton launchers), None without triton
 
 
-@pytest.fixture(autouse=True)
-def _backend_env(monkeypatch, request):
-    """No ambient MMX_FAST_BACKEND may redirect ``auto``; the launcher tests (``test_triton_*``) need triton,
-    the C++ op tests (``test_native_*``) the native build."""
-    monkeypatch.delenv("MMX_FAST_BACKEND", raising=False)
-    name = request.node.originalname
-    if name.startswith("test_triton_") and KERN is None:
-        pytest.skip("triton is not installed (or mmx_fast.kernels does not import)")
-    if name.startswith("test_native_"):
-        backend_or_skip("native")
+pytestmark = pytest.mark.usefixtures("stage_backend_env")
 
 
 # --------------------------------------------------------------------------------------------------

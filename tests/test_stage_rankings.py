@@ -47,16 +47,7 @@ K = TOP_K
 KERN = kernels_or_none()  # mmx_fast.kernels (the Triton launchers), None without triton
 
 
-@pytest.fixture(autouse=True)
-def _backend_env(monkeypatch, request):
-    """No ambient MMX_FAST_BACKEND may redirect ``auto``; the launcher tests (``test_triton_*``) need triton,
-    the C++ op tests (``test_native_*``) the native build."""
-    monkeypatch.delenv("MMX_FAST_BACKEND", raising=False)
-    name = request.node.originalname
-    if name.startswith("test_triton_") and KERN is None:
-        pytest.skip("triton is not installed (or mmx_fast.kernels does not import)")
-    if name.startswith("test_native_"):
-        backend_or_skip("native")
+pytestmark = pytest.mark.usefixtures("stage_backend_env")
 
 
 def _rbo(a, b, p=0.9, variant="ext"):
@@ -424,3 +415,251 @@ def test_native_rbo_pairs_arguments():
         native.rankings_rbo(a, a, 0.9, "bogus")
     with pytest.raises(RuntimeError, match="rbo_p"):
         native.rankings_rbo(a, a, 1.0, "ext")
+
+
+# --------------------------------------------------------------------------------------------------
+# Certified mixed precision (rankings_precision="certified-bf16"; docs/design.md §1.3, §5)
+# --------------------------------------------------------------------------------------------------
+
+
+class _Spy:
+    """The exact fallback pass, counting its calls and rows: a certified call that never reaches it
+    produced its rankings from the bfloat16 pass."""
+
+    def __init__(self):
+        self.calls, self.rows = 0, 0
+
+    def __call__(self, h, w_u, k):
+        self.calls += 1
+        self.rows += h.shape[0]
+        return torch_rankings.rankings_topk_torch(h, w_u, k)
+
+
+def _certified(h, w, k, z=None, spy=None):
+    s = None if z is None else z.to(torch.float32).sum(0)
+    return torch_rankings.rankings_certified_torch(h, w, k, s, spy or _Spy())
+
+
+def _assert_certified_equal(h, w, k, z=None, expect_fallback=None, expect_base_fallback=None):
+    """Certified rankings (and k0) equal the float32 reference's; optionally assert whether the exact
+    fallback ran (rows) and whether the base id fell back."""
+    spy = _Spy()
+    before = dict(torch_rankings.CERTIFY_STATS)
+    ranks, k0 = _certified(h, w, k, z, spy)
+    stats = {key: torch_rankings.CERTIFY_STATS[key] - before[key] for key in before}
+    assert torch.equal(ranks, topk_ranking(h, w, k))
+    if z is not None:
+        from mmx_fast.reference.logit_lens import base_vocab_id
+
+        assert k0 == base_vocab_id(z, w)
+    assert stats["exact_rows"] == 0  # the bf16 pass ran (the vocabulary is large enough)
+    assert stats["fallback_rows"] == spy.rows or (spy.rows >= stats["fallback_rows"] > 0)
+    if expect_fallback is not None:
+        assert (stats["fallback_rows"] > 0) == expect_fallback, stats
+    if expect_base_fallback is not None:
+        assert (stats["base_fallbacks"] > 0) == expect_base_fallback, stats
+    return stats
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    r=st.integers(1, 90),
+    d=st.sampled_from([7, 37, 64, 129]),
+    v=st.integers(600, 3000),
+    k=st.sampled_from([1, 5, 13, 50]),
+    wdt=st.sampled_from([torch.float32, torch.bfloat16]),
+    hdt=st.sampled_from([torch.float32, torch.bfloat16]),
+    seed=st.integers(0, 2**16),
+)
+def test_certified_equals_float32_fuzzed(r, d, v, k, wdt, hdt, seed):
+    """Fuzzed shapes (one row, row groups above 64 rows, odd d), float32 and bfloat16 W_U and h: the same
+    rankings and k0 as the float32 reference, from the bfloat16 pass (typical data never falls back)."""
+    g = gen(seed)
+    w = (torch.randn(v, d, generator=g) * 0.02).to(wdt)
+    h = torch.randn(r, d, generator=g).to(hdt)
+    z = torch.randn(9, d, generator=g).to(hdt)
+    _assert_certified_equal(h, w, k, z, expect_fallback=False, expect_base_fallback=False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_certified_realistic_shape_no_fallback(vocab, text_hidden, ref_rankings, dtype):
+    """Qwen2-VL-2B's W_U shape: identical to the float32 rankings, no row falls back, and the public entry
+    point (``precision="certified-bf16"``) gives the same."""
+    before = dict(torch_rankings.CERTIFY_STATS)
+    fast = ops.rankings_topk(text_hidden.to(dtype), vocab[dtype], K, precision="certified-bf16")
+    assert torch.equal(fast, ref_rankings[dtype])
+    assert torch_rankings.CERTIFY_STATS["calls"] == before["calls"] + 1
+    assert torch_rankings.CERTIFY_STATS["fallback_rows"] == before["fallback_rows"]
+    assert torch_rankings.CERTIFY_STATS["exact_rows"] == before["exact_rows"]
+
+
+def test_certified_near_ties_and_duplicated_rows():
+    """Near-ties below bfloat16's resolution (rows one float32 ulp apart), exact ties (duplicated W_U rows,
+    at the top and straddling the depth-k cut): the float32 order, ties to the smaller id."""
+    g = gen(21)
+    v, d, k = 2500, 64, 13
+    w = torch.randn(v, d, generator=g) * 0.02
+    h = torch.randn(5, d, generator=g)
+    order = torch.sort(h[0] @ w.T, descending=True, stable=True).indices
+    top, cut = order[0], order[k - 2]
+    w[[7, 900, 2499]] = w[top].clone()  # exact ties at the top
+    w[[3, 1200, 1201, 2000]] = w[cut].clone()  # exact ties straddling the cut
+    for i, j in enumerate((11, 600, 1500, 2498)):  # near-ties: one ulp up or down in one coordinate
+        w[j] = w[top].clone()
+        w[j, i] = torch.nextafter(w[j, i], torch.tensor(float("inf") if i % 2 else float("-inf")))
+    _assert_certified_equal(h, w, k, torch.randn(4, d, generator=g))
+    # integer-valued data: every float32 score exact, many exact ties
+    w = torch.randint(-4, 5, (v, d), generator=g).float()
+    h = torch.randint(-2, 3, (6, d), generator=g).float()
+    _assert_certified_equal(h, w, k, torch.randint(-1, 2, (3, d), generator=g).float())
+
+
+@pytest.mark.parametrize("crowd_size, falls_back", [(200, False), (800, True)])
+def test_certified_adversarial_rows_fall_back(crowd_size, falls_back):
+    """A row whose top scores are ``crowd_size`` W_U rows equal up to perturbations far below bfloat16's
+    resolution: the bfloat16 pass cannot tell them apart, so the k-th float32 score cannot clear the bound
+    with the first 2k + 32 candidates; the second tier (4x as many) certifies a crowd of 200, a crowd of 800
+    runs the exact pass (counted). The other rows stay certified; the rankings equal the reference's."""
+    g = gen(22)
+    v, d, k = 3000, 64, 50
+    w = torch.randn(v, d, generator=g) * 0.02
+    base = torch.randn(d, generator=g) * 0.2
+    crowd = torch.randperm(v, generator=g)[:crowd_size]
+    w[crowd] = base + torch.randn(crowd_size, d, generator=g) * 1e-6
+    h = torch.randn(6, d, generator=g)
+    h -= (h @ base / (base @ base))[:, None] * base + base  # the crowd at the bottom of every row...
+    h[2] = base * 10  # ...but row 2, which ranks it first
+    stats = _assert_certified_equal(h, w, k, expect_fallback=falls_back)
+    assert stats["tier2_rows"] == 1 and stats["fallback_rows"] == int(falls_back)
+    # the base id: the crowd at the bottom (argmin) of W_U @ sum z
+    z = -torch.stack([base, base]) * 5
+    _assert_certified_equal(h[:1], w, k, z, expect_base_fallback=True)
+
+
+@pytest.mark.parametrize("scale", [1e-22, 1e-12, 1e12, 1e19], ids=str)
+def test_certified_huge_and_tiny_magnitudes(scale):
+    """Scores near the float32 underflow / overflow thresholds (products of 1e19 overflow to inf, of
+    1e-22 are subnormal): the same rankings as the float32 reference, certified or fallen back."""
+    g = gen(23)
+    w = torch.randn(1500, 32, generator=g) * scale
+    h = torch.randn(4, 32, generator=g) * scale
+    _assert_certified_equal(h, w, 9, torch.randn(3, 32, generator=g) * scale)
+
+
+def test_certified_non_finite_rows_fall_back():
+    g = gen(24)
+    w = torch.randn(1500, 32, generator=g)
+    h = torch.randn(4, 32, generator=g)
+    h[1, 3] = float("nan")
+    h[2, 0] = float("inf")
+    stats = _assert_certified_equal(h, w, 7, expect_fallback=True)
+    assert stats["fallback_rows"] == 2
+    w[100, 5] = float("nan")  # a NaN in W_U: nothing can be certified
+    stats = _assert_certified_equal(h, w, 7, expect_fallback=True)
+    assert stats["fallback_rows"] == 4
+
+
+def test_certified_cache_follows_in_place_changes():
+    """The bfloat16 copy of W_U is cached per tensor and rebuilt when the tensor is modified in place."""
+    g = gen(25)
+    w = torch.randn(2000, 48, generator=g)
+    h = torch.randn(3, 48, generator=g)
+    _assert_certified_equal(h, w, 10)
+    w[torch.sort(h[0] @ w.T).indices[:20]] *= -5  # the former bottom rows become the top
+    _assert_certified_equal(h, w, 10, expect_fallback=False)
+
+
+def test_certified_small_vocabulary_runs_exact():
+    """Fewer than 4 vocabulary rows per candidate: the exact pass runs (counted as exact rows)."""
+    g = gen(26)
+    w = torch.randn(250, 16, generator=g)  # 72 candidates for k = 20: 250 < 4 * 73
+    h = torch.randn(3, 16, generator=g)
+    before = torch_rankings.CERTIFY_STATS["exact_rows"]
+    ranks, _ = _certified(h, w, 20)
+    assert torch.equal(ranks, topk_ranking(h, w, 20))
+    assert torch_rankings.CERTIFY_STATS["exact_rows"] == before + 3
+
+
+def test_rankings_topk_base_every_precision():
+    from mmx_fast.reference.logit_lens import base_vocab_id
+
+    g = gen(27)
+    w = torch.randn(4000, 40, generator=g) * 0.02
+    h = torch.randn(8, 40, generator=g)
+    z = torch.randn(5, 40, generator=g)
+    for precision in ("auto", "certified-bf16", "float32"):
+        ranks, k0 = ops.rankings_topk_base(h, w, 11, z, backend="torch", precision=precision)
+        assert torch.equal(ranks, topk_ranking(h, w, 11)) and k0 == base_vocab_id(z, w)
+        ranks, k0 = ops.rankings_topk_base(h[:0], w, 1, z, backend="torch", precision=precision)
+        assert ranks.shape == (0, 1) and k0 == base_vocab_id(z, w)
+
+
+def test_rankings_precision_is_validated():
+    from mmx_fast import ExplainConfig
+
+    with pytest.raises(ValueError, match=r"rankings_precision='bf16'.*certified-bf16"):
+        ExplainConfig(rankings_precision="bf16")
+    with pytest.raises(ValueError, match=r"rankings_precision='fp64'.*float32"):
+        ops.resolve_rankings_precision("fp64")
+    with pytest.raises(ValueError, match=r"rankings_precision='x'"):
+        ops.rankings_topk(torch.randn(2, 4), torch.randn(9, 4), 3, precision="x")
+    assert ops.resolve_rankings_precision("auto", "cuda") == "float32"
+    with pytest.warns(RuntimeWarning, match="CPU tensors only"):
+        ops._warned.discard("certified-gpu")
+        assert ops.resolve_rankings_precision("certified-bf16", "cuda") == "float32"
+    assert ops.resolve_rankings_precision("float32", "cpu") == "float32"
+    assert ops.resolve_rankings_precision("auto", "cpu", 32064, 50) == "float32"  # too few rows per candidate
+    if ops._cpu_has_bf16_matmul():
+        assert ops.resolve_rankings_precision("auto", "cpu", 151936, 50) == "certified-bf16"
+
+
+def test_explain_certified_equals_float32_and_uses_bf16_pass():
+    """End to end on a tiny Qwen2-VL: certified and float32 stage B give the same maps, and the certified
+    run went through the bfloat16 pass (rows counted, none exact, none fallen back)."""
+    import numpy as np
+    from PIL import Image
+
+    from mmx_fast import ExplainConfig, explain_fast
+    from mmx_fast.testing import tiny_model
+
+    model, processor = tiny_model("qwen2_vl", seed=0)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (112, 112, 3), dtype=np.uint8))
+    out = {}
+    for precision in ("certified-bf16", "float32"):
+        before = dict(torch_rankings.CERTIFY_STATS)
+        cfg = ExplainConfig(method="msea-arc", rankings_precision=precision)
+        out[precision] = explain_fast(model, processor, img, "What is here?", answer="A red car.", config=cfg)
+        delta = {key: torch_rankings.CERTIFY_STATS[key] - before[key] for key in before}
+        if precision == "certified-bf16":
+            assert delta["calls"] == 1 and delta["rows"] > 0 and delta["base_calls"] == 1
+            assert delta["exact_rows"] == 0 and delta["fallback_rows"] == 0
+        else:
+            assert delta["calls"] == 0
+    assert torch.equal(out["certified-bf16"].maps, out["float32"].maps)
+
+
+def test_certified_accumulation_probe(monkeypatch):
+    """The guard on the bound's assumption: this CPU's bfloat16 GEMM accumulates in float32; a GEMM that
+    does not (simulated) makes the certified path run the exact pass, with a warning."""
+    assert torch_rankings._accumulates_in_float32(1536, torch.device("cpu"))
+    g = gen(28)
+    w = torch.randn(2000, 24, generator=g)
+    h = torch.randn(3, 24, generator=g)
+    monkeypatch.setitem(torch_rankings._ACCUMULATION_PROBE, (24, "cpu"), False)
+    monkeypatch.setattr(torch_rankings, "_WARNED", set())
+    before = torch_rankings.CERTIFY_STATS["exact_rows"]
+    with pytest.warns(RuntimeWarning, match="does not accumulate in float32"):
+        ranks, _ = _certified(h, w, 5)
+    assert torch.equal(ranks, topk_ranking(h, w, 5))
+    assert torch_rankings.CERTIFY_STATS["exact_rows"] == before + 3
+
+
+def test_certified_cache_is_freed_with_w_u():
+    import gc
+
+    w = torch.randn(2000, 16)
+    _certified(torch.randn(2, 16), w, 5)
+    assert any(hit[0]() is w for hit in torch_rankings._UNEMBEDDING_CACHE.values())
+    del w
+    gc.collect()
+    assert not torch_rankings._UNEMBEDDING_CACHE

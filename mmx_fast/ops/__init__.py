@@ -38,11 +38,17 @@ from collections.abc import Callable
 import torch
 
 from .. import kernels_loader
-from ..constants import AGGREGATIONS, BACKENDS, CANCELLATION_FLOOR, RBO_VARIANTS
+from ..constants import AGGREGATIONS, BACKENDS, CANCELLATION_FLOOR, RANKINGS_PRECISIONS, RBO_VARIANTS
 from ..reference.rankings import rbo_weights
 from .logit_lens import logit_lens_torch
 from .msea import msea_torch
-from .rankings import rankings_rbo_torch, rankings_topk_torch
+from .rankings import (
+    CERTIFY_STATS,
+    candidate_count,
+    rankings_certified_torch,
+    rankings_rbo_torch,
+    rankings_topk_torch,
+)
 from .refine import refine_filter_torch, refine_normalize_torch, refine_torch
 
 __all__ = [
@@ -53,7 +59,10 @@ __all__ = [
     "logit_lens",
     "msea",
     "rankings_topk",
+    "rankings_topk_base",
     "rankings_rbo",
+    "resolve_rankings_precision",
+    "CERTIFY_STATS",
     "refine",
     "refine_filter",
     "refine_normalize",
@@ -130,6 +139,9 @@ DISPATCH: dict[str, dict[str, Callable]] = {
         "native": _native("rankings_topk"),
         "triton": _triton("rankings", "rankings_topk"),
     },
+    # certified mixed precision (docs/design.md §1.3, §5): torch ops (a bfloat16 GEMM and a float32 re-scoring
+    # GEMM); its exact fallback is the resolved backend's rankings_topk. No C++ or Triton variant yet.
+    "rankings_certified": {"torch": rankings_certified_torch},
     "rankings_rbo": {
         "torch": rankings_rbo_torch,
         "native": _native("rankings_rbo"),
@@ -371,13 +383,59 @@ def msea(per_scale, coverages, grid, aggregate: str = "mean", backend: str = "au
     return _run("msea", backend, per_scale[0].device, per_scale, coverages, grid, aggregate)
 
 
-def rankings_topk(h: torch.Tensor, w_u: torch.Tensor, k: int, backend: str = "auto") -> torch.Tensor:
-    """Stage ``rankings``, top-k (docs/design.md §1.3): the top-``k`` vocab ids of ``h @ w_u.T`` per row,
-    best first, ties toward the smaller id; equal to :func:`mmx_fast.reference.rankings.topk_ranking`. The
-    [R, V] logits are never materialised (streaming over vocabulary tiles with a running top-k).
+def _cpu_has_bf16_matmul() -> bool:
+    """True when this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
 
-    h: [R, d]; w_u: [V, d]; returns LongTensor [R, k].
-    """
+
+# ``auto`` picks the certified pass only when W_U has at least this many rows per candidate: re-scoring
+# gathers R * candidate_count(k) rows of W_U, which a small vocabulary does not amortise. Measured on the
+# development CPU (benches/RESULTS.md, top-50, 132 candidates): 3.6-4x faster than float32 at V = 151,936
+# (1,151 rows per candidate), 1.0-1.4x slower at V = 32,064, d = 4,096 (243 per candidate).
+AUTO_MIN_VOCAB_PER_CANDIDATE = 512
+
+
+def resolve_rankings_precision(
+    precision: str = "auto", device=None, vocab: int | None = None, k: int = 50
+) -> str:
+    """``"certified-bf16"`` or ``"float32"`` for stage B on ``device`` (top-``k`` over ``vocab`` ids).
+
+    ``auto``: ``certified-bf16`` on a CPU with bfloat16 matmul hardware (AVX512-BF16 / AMX; measured
+    faster there, benches/RESULTS.md) when the vocabulary has at least ``AUTO_MIN_VOCAB_PER_CANDIDATE``
+    rows per candidate (Qwen2-VL's 151,936 for k = 50; not LLaVA-1.5's 32,064), ``float32`` otherwise, on
+    other CPUs (an emulated bfloat16 GEMM is slower than float32) and on CUDA (the exact Triton kernel; the certified GPU variant is not built, so an explicit
+    ``certified-bf16`` on a GPU runs ``float32`` with a one-time warning). A name outside
+    ``RANKINGS_PRECISIONS`` raises ValueError naming it."""
+    if precision not in RANKINGS_PRECISIONS:
+        raise ValueError(
+            f"rankings_precision={precision!r} is not allowed; expected one of {', '.join(RANKINGS_PRECISIONS)}"
+        )
+    dev = _as_device(device)
+    if precision == "certified-bf16" and dev.type != "cpu":
+        # the bound assumes float32 accumulation of the bfloat16 GEMM, which cuBLAS does not promise (split-K
+        # reductions in bfloat16 are allowed by default), and the re-scoring GEMM's bitwise agreement with the
+        # reference is verified on the CPU only: the exact pass runs
+        _warn_once(
+            "certified-gpu",
+            f"rankings_precision='certified-bf16' is built for CPU tensors only; got {dev}: using 'float32'",
+        )
+        return "float32"
+    if precision != "auto":
+        return precision
+    if vocab is not None and vocab < AUTO_MIN_VOCAB_PER_CANDIDATE * candidate_count(k, vocab):
+        return "float32"
+    return "certified-bf16" if dev.type == "cpu" and _cpu_has_bf16_matmul() else "float32"
+
+
+def _check_topk_args(h, w_u, k) -> None:
     _check_matrix("h", h, "[R, d]")
     _check_matrix("w_u", w_u, "[V, d]")
     if h.shape[1] != w_u.shape[1]:
@@ -389,7 +447,61 @@ def rankings_topk(h: torch.Tensor, w_u: torch.Tensor, k: int, backend: str = "au
         raise ValueError(
             f"top_k={k!r} is not allowed; expected an integer 1 <= top_k <= vocabulary size {w_u.shape[0]}"
         )
+
+
+def _exact_topk(backend: str, device) -> Callable:
+    """The exact float32 top-k of the resolved backend (torch when it has none)."""
+    impls = DISPATCH["rankings_topk"]
+    return impls.get(resolve_backend(backend, device), impls["torch"])
+
+
+def rankings_topk(
+    h: torch.Tensor, w_u: torch.Tensor, k: int, backend: str = "auto", precision: str = "float32"
+) -> torch.Tensor:
+    """Stage ``rankings``, top-k (docs/design.md §1.3): the top-``k`` vocab ids of ``h @ w_u.T`` per row,
+    best first, ties toward the smaller id; equal to :func:`mmx_fast.reference.rankings.topk_ranking`. The
+    [R, V] logits are never materialised (streaming over vocabulary tiles with a running top-k).
+
+    ``precision``: ``float32`` (the exact pass), ``certified-bf16`` (a bfloat16 candidate pass whose result
+    is proven equal to the float32 one, rows it cannot prove re-run exactly; docs/design.md §5) or ``auto``
+    (:func:`resolve_rankings_precision`). Every precision returns the same rankings.
+
+    h: [R, d]; w_u: [V, d]; returns LongTensor [R, k].
+    """
+    _check_topk_args(h, w_u, k)
+    if resolve_rankings_precision(precision, w_u.device, w_u.shape[0], k) == "certified-bf16" and h.shape[0]:
+        return rankings_certified_torch(h, w_u, k, None, _exact_topk(backend, w_u.device))[0]
     return _run("rankings_topk", backend, w_u.device, h, w_u, k, empty=h.shape[0] == 0)
+
+
+def rankings_topk_base(
+    h: torch.Tensor,
+    w_u: torch.Tensor,
+    k: int,
+    z: torch.Tensor,
+    backend: str = "auto",
+    precision: str = "auto",
+) -> tuple[torch.Tensor, int]:
+    """Stage ``rankings`` and the base id in one pass over W_U: ``(rankings_topk(h, w_u, k), k0)`` with
+    ``k0 = argmin_j [W_U sum_i z_i]_j`` (ties to the smaller id), equal to
+    ``reference.base_vocab_id(z, w_u)``. z: [N, d] (the scale-1.0 visual states).
+
+    ``certified-bf16`` folds the base row into the bfloat16 candidate pass (its argmin certified like the
+    rankings); ``float32`` runs the exact top-k and one float32 GEMV. Fallbacks are counted in
+    :data:`CERTIFY_STATS`."""
+    _check_topk_args(h, w_u, k)
+    _check_matrix("z", z, "[N, d]")
+    if z.shape[1] != w_u.shape[1]:
+        raise ValueError(f"z [N, d] and w_u [V, d] must share d; got {tuple(z.shape)} and {tuple(w_u.shape)}")
+    _check_same_device(z=z, w_u=w_u)
+    s = z.to(torch.float32).sum(0)  # as reference.base_vocab_id
+    if resolve_rankings_precision(precision, w_u.device, w_u.shape[0], k) == "certified-bf16":
+        ranks, k0 = DISPATCH["rankings_certified"]["torch"](h, w_u, k, s, _exact_topk(backend, w_u.device))
+        return ranks, int(k0)
+    from .rankings import _base_exact
+
+    ranks = _run("rankings_topk", backend, w_u.device, h, w_u, k, empty=h.shape[0] == 0)
+    return ranks, _base_exact(s, w_u)
 
 
 def rankings_rbo(

@@ -8,6 +8,10 @@ the depth weights in float64 and returns float32.
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Callable
+
 import torch
 
 # Vocabulary rows per tile of the streaming top-k: [R, VOCAB_TILE] float32 logits exist at a time, never
@@ -18,10 +22,6 @@ VOCAB_TILE = 4096
 
 # Bound on the elements of one chunk in rankings_rbo_torch: the [C', U] position table / [C', T, k] lookups, or the
 # [T', C, k, k] comparisons of the fallback for lists with repeated ids.
-_RBO_BLOCK_ELEMS = 1 << 21
-
-# Bound on the elements of one chunk in rankings_rbo_torch: the [C', U] position table / [C', T, k] lookups, or
-# the [T', C, k, k] comparisons of the fallback for lists with repeated ids.
 _RBO_BLOCK_ELEMS = 1 << 21
 
 
@@ -138,3 +138,358 @@ def rankings_rbo_torch(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor) 
         pos_j = table[:, inv_a]  # [n, T, k]: where a[t, i] sits in b[c]
         out[:, s : s + n] = wdepth[torch.maximum(pos_j, pos_i)].sum(-1).T
     return out.to(torch.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Certified mixed-precision rankings (docs/design.md §1.3, "certified-bf16"; derivation in §5)
+# --------------------------------------------------------------------------------------------------
+
+# bfloat16 unit roundoff (8-bit significand, round to nearest) and float32's.
+_U_BF16 = 2.0**-8
+_U_F32 = 2.0**-24
+# Elements of one [R, tile] bfloat16 logits tile of the candidate pass (tile >= BF16_MIN_TILE vocabulary rows).
+# torch.topk has a high per-call cost at small tiles: on the development CPU (R = 70, V = 151,936) tiles of
+# 4096 rows spent as long in topk as in the GEMM, full-width tiles 6% of it.
+BF16_TILE_ELEMS = 1 << 23
+BF16_MIN_TILE = 16384
+# The re-scoring GEMM runs per group of 16-31 rows on the union of the group's candidates (cost ~ R * 16 m d,
+# not R * R m d). Its values must be the reference's bit for bit: on the development CPU GEMMs of 1-3 rows
+# (a GEMV, small-M kernels) summed in another order, GEMMs of >= 4 rows gave the full GEMM's values.
+_GROUP_MIN = 16
+# Second tier: rows the first candidate_count(k) candidates cannot certify retry with _TIER2 times as many
+# (kept by the same bfloat16 pass) before the exact pass.
+_TIER2 = 4
+# Below this many vocabulary rows per candidate the bfloat16 pass cannot pay off: the exact pass runs.
+_MIN_VOCAB_PER_CANDIDATE = 4
+
+# Counters of the certified pass since import (or the last reset_certify_stats()): calls, ranking rows,
+# rows that fell back to the exact float32 pass, base-id searches and their fallbacks, rows that ran exact
+# because the vocabulary was too small for the bf16 pass (or the probe failed), rows that needed the second
+# candidate tier (certified there or fallen back).
+CERTIFY_STATS: dict[str, int] = {
+    "calls": 0,
+    "rows": 0,
+    "fallback_rows": 0,
+    "base_calls": 0,
+    "base_fallbacks": 0,
+    "exact_rows": 0,
+    "tier2_rows": 0,
+}
+
+
+def reset_certify_stats() -> dict[str, int]:
+    """Zero :data:`CERTIFY_STATS` and return the values it had."""
+    old = dict(CERTIFY_STATS)
+    for key in CERTIFY_STATS:
+        CERTIFY_STATS[key] = 0
+    return old
+
+
+def candidate_count(k: int, v: int) -> int:
+    """Candidates kept per row by the bfloat16 pass for a top-``k``: k + margin, margin = k + 32."""
+    return min(v, 2 * k + 32)
+
+
+class _Unembedding:
+    """A bfloat16 copy of W_U (W_U itself when it is bfloat16) and the row norms the bound needs, rounded
+    up: ``max_n1 = max_j ||bf16(w_j)||``, ``max_n2 = max_j ||bf16(w_j) - w_j||`` (0 for a bfloat16 W_U)."""
+
+    def __init__(self, w_u: torch.Tensor, chunk: int = 8192) -> None:
+        w = w_u.detach()
+        self.wb = w if w.dtype == torch.bfloat16 else w.to(torch.bfloat16)
+        v, d = w.shape
+        # Row norms in float32: a sum of d squares has relative error <= gamma_d (~d 2^-24), its square
+        # root half that plus one rounding; the factor 1 + d 2^-22 covers both. wb - w is exact in float32
+        # (a rounding error of float32 -> bfloat16 is representable).
+        up = 1 + d * 2.0**-22
+        n1 = n2 = 0.0
+        finite = True
+        for s in range(0, v, chunk):
+            wb32 = self.wb[s : s + chunk].to(torch.float32)
+            n1 = max(n1, float(torch.linalg.vector_norm(wb32, dim=1).max()) if wb32.numel() else 0.0)
+            finite = finite and bool(torch.isfinite(wb32).all())
+            if w.dtype != torch.bfloat16:
+                w32 = w[s : s + chunk].to(torch.float32)
+                finite = finite and bool(torch.isfinite(w32).all())
+                n2 = max(n2, float(torch.linalg.vector_norm(wb32 - w32, dim=1).max()) if w32.numel() else 0.0)
+        self.max_n1, self.max_n2 = n1 * up, n2 * up
+        self.finite = finite and math.isfinite(self.max_n1) and math.isfinite(self.max_n2)
+
+
+_UNEMBEDDING_CACHE: dict[int, tuple] = {}
+_WARNED: set[str] = set()
+
+
+def _unembedding(w_u: torch.Tensor) -> _Unembedding:
+    """The cached :class:`_Unembedding` of ``w_u``: built once per tensor (and again when it is modified
+    in place: the key holds its version counter). A float32 W_U keeps a bfloat16 copy (half its size)
+    alive as long as the tensor lives."""
+    import weakref
+
+    key = (w_u.data_ptr(), tuple(w_u.shape), tuple(w_u.stride()), w_u.dtype, str(w_u.device), w_u._version)
+    hit = _UNEMBEDDING_CACHE.get(id(w_u))
+    if hit is not None and hit[0]() is w_u and hit[1] == key:
+        return hit[2]
+    entry = _Unembedding(w_u)
+    _UNEMBEDDING_CACHE.clear()  # one W_U at a time (a model's): never a growing cache
+    wid = id(w_u)
+
+    def _drop(_ref, wid=wid):  # W_U freed: free its bfloat16 copy too
+        hit = _UNEMBEDDING_CACHE.get(wid)
+        if hit is not None and hit[0] is _ref:
+            del _UNEMBEDDING_CACHE[wid]
+
+    _UNEMBEDDING_CACHE[wid] = (weakref.ref(w_u, _drop), key, entry)
+    return entry
+
+
+_ACCUMULATION_PROBE: dict[tuple[int, str], bool] = {}
+
+
+def _accumulates_in_float32(d: int, device: torch.device) -> bool:
+    """A guard on the bound's one assumption about the bfloat16 GEMM (docs/design.md §5): it sums in float32.
+    Row 0 of the probe is [1, 2^-9, ..., 2^-9] against all-ones columns: a float32 sum of d terms is
+    1 + (d - 1) 2^-9 (then rounded to bfloat16 once), a bfloat16 running sum stays 1 (2^-9 is below half
+    an ulp of 1). Cached per (d, device)."""
+    key = (d, str(device))
+    if key not in _ACCUMULATION_PROBE:
+        if d < 2:
+            _ACCUMULATION_PROBE[key] = True
+        else:
+            x = torch.full((2, d), 2.0**-9, dtype=torch.bfloat16, device=device)
+            x[:, 0] = 1
+            w = torch.ones((64, d), dtype=torch.bfloat16, device=device)
+            got = (x @ w.T).float()
+            want = torch.tensor(1 + (d - 1) * 2.0**-9).to(torch.bfloat16).float()
+            _ACCUMULATION_PROBE[key] = bool((got == want).all())
+    return _ACCUMULATION_PROBE[key]
+
+
+def _bound_terms(x32: torch.Tensor, xb: torch.Tensor, cache: _Unembedding) -> torch.Tensor:
+    """Per row of ``x32`` (float32 [R, d]; ``xb`` its bfloat16 rounding): ``(A, c)`` as float64 [R, 2] such
+    that for every vocab id j the reference's float32 score f_j = fl32(x . w_j) and the bfloat16 pass's
+    score b_j satisfy |f_j - b_j| <= A + c |b_j| (docs/design.md §5)."""
+    d = x32.shape[1]
+    g32 = d * _U_F32 / (1 - d * _U_F32)  # gamma_d of float32 (any summation order, FMA or not)
+    x64 = x32.to(torch.float64)
+    xb64 = xb.to(torch.float64)
+    nx = x64.norm(dim=1)
+    nxb = xb64.norm(dim=1)
+    nd = (xb64 - x64).norm(dim=1)
+    n1, n2 = cache.max_n1, cache.max_n2
+    tiny = 2.0**-120 * (2 * d + d**0.5 * (nxb + nx + 2 * n1 + n2))  # flush-to-zero / underflow, generously
+    a = (
+        nd * n1  # rounding x to bfloat16: |(xb - x) . wb_j| <= ||xb - x|| ||wb_j||
+        + nx * n2  # rounding W_U to bfloat16: |x . (wb_j - w_j)| <= ||x|| ||wb_j - w_j||
+        + 2 * g32 * nxb * n1  # the bf16 GEMM's float32 accumulation (twice gamma_d, for safety)
+        + g32 * nx * (n1 + n2)  # the reference's own float32 rounding
+        + tiny
+    )
+    c = torch.full_like(a, _U_BF16 / (1 - _U_BF16))  # the bf16 GEMM rounds its float32 sum to bfloat16
+    return torch.stack([a, c], 1)
+
+
+def _select(rows_b: torch.Tensor, wb: torch.Tensor, keep: int, tile: int):
+    """The ``keep`` largest bfloat16 scores of each row of ``rows_b`` over W_U (``wb``), best first:
+    (float32 values, int64 ids), [n, keep]."""
+    n, v = rows_b.shape[0], wb.shape[0]
+    top_v = torch.empty((n, 0), dtype=torch.float32, device=rows_b.device)
+    top_i = torch.empty((n, 0), dtype=torch.int64, device=rows_b.device)
+    for start in range(0, v, tile):
+        lg = rows_b @ wb[start : start + tile].T
+        tv, ti = torch.topk(lg, min(keep, lg.shape[1]), dim=1, sorted=False)
+        top_v = torch.cat([top_v, tv.float()], 1)
+        top_i = torch.cat([top_i, ti + start], 1)
+        if top_v.shape[1] > keep:
+            top_v, sel = torch.topk(top_v, keep, dim=1, sorted=False)
+            top_i = top_i.gather(1, sel)
+    order = torch.sort(top_v, dim=1, descending=True, stable=True).indices
+    return top_v.gather(1, order), top_i.gather(1, order)
+
+
+def _pad_rows(rows: torch.Tensor, r: int) -> torch.Tensor:
+    """``rows`` followed by other row indices up to min(r, _GROUP_MIN) in all (GEMMs of fewer rows sum in
+    another order than the reference's, see _GROUP_MIN); callers keep the first ``rows.numel()`` results."""
+    want = min(r, _GROUP_MIN)
+    if rows.numel() >= want:
+        return rows
+    rest = torch.ones(r, dtype=torch.bool, device=rows.device)
+    rest[rows] = False
+    return torch.cat([rows, rest.nonzero().flatten()[: want - rows.numel()]])
+
+
+def _exact_rows(
+    exact: Callable, h: torch.Tensor, w_u: torch.Tensor, k: int, rows: torch.Tensor
+) -> torch.Tensor:
+    """The exact pass on the rows ``rows`` of h, run on at least min(R, _GROUP_MIN) rows (filler rows are
+    discarded) so that the GEMM has the reference's summation order (one row would be a GEMV)."""
+    return exact(h[_pad_rows(rows, h.shape[0])], w_u, k)[: rows.numel()]
+
+
+def _rescore_topk(h32: torch.Tensor, w_u: torch.Tensor, cand: torch.Tensor, k: int):
+    """Exact top-``k`` keys of each row over the union of its group's candidate ids (float32 GEMM, bitwise
+    the reference's values): returns ([R, k] keys, [R] k-th value as float64)."""
+    r = h32.shape[0]
+    n = max(1, r // _GROUP_MIN)  # groups of _GROUP_MIN to 2 _GROUP_MIN - 1 rows (all rows when fewer)
+    bounds = [r * i // n for i in range(n + 1)]
+    groups = list(zip(bounds[:-1], bounds[1:]))
+    keys = torch.empty((r, k), dtype=torch.int64, device=h32.device)
+    for a, b in groups:
+        ids = torch.unique(cand[a:b])  # sorted ascending
+        logits = h32[a:b] @ w_u.index_select(0, ids).to(torch.float32).T
+        kk = _order_key(logits, ids.expand(b - a, ids.numel()))
+        keys[a:b] = torch.topk(kk, k, dim=1, sorted=True).values
+    kth_bits = (keys[:, -1] >> 32).to(torch.int32)
+    kth_bits = torch.where(kth_bits < 0, kth_bits ^ 0x7FFFFFFF, kth_bits)
+    return keys, kth_bits.view(torch.float32).to(torch.float64)
+
+
+def rankings_certified_torch(
+    h: torch.Tensor,
+    w_u: torch.Tensor,
+    k: int,
+    base: torch.Tensor | None = None,
+    exact: Callable | None = None,
+    tile: int | None = None,
+):
+    """Certified mixed-precision stage B (docs/design.md §1.3, §5): ``(ranks [R, k] int64, base_id)``,
+    both equal to the float32 reference's (:func:`rankings_topk_torch` / ``reference.base_vocab_id``).
+
+    One pass over a bfloat16 W_U computes bfloat16 scores of every row of ``h`` (and of ``base``, the sum
+    of the visual states, whose argmin is k0) and keeps the best ``candidate_count(k, V)`` ids per row (the
+    smallest for ``base``). The candidates are re-scored with the reference's float32 GEMM; a row is
+    certified when its k-th float32 score (ties to the smaller id) strictly exceeds a rigorous upper bound
+    on every non-candidate's float32 score (its bfloat16 score plus the rounding-error bound of
+    :func:`_bound_terms`); otherwise that row runs the exact float32 pass ``exact`` (counted in
+    :data:`CERTIFY_STATS`). ``base_id`` is None when ``base`` is None.
+    """
+    exact = exact or rankings_topk_torch
+    r, v = h.shape[0], w_u.shape[0]
+    m = candidate_count(k, v)
+    small = v < _MIN_VOCAB_PER_CANDIDATE * (m + 1)
+    if not small and not _accumulates_in_float32(h.shape[1], h.device):
+        if "probe" not in _WARNED:
+            _WARNED.add("probe")
+            warnings.warn(
+                "this torch's bfloat16 matmul does not accumulate in float32: certified rankings run the "
+                "exact float32 pass",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        small = True
+    CERTIFY_STATS["calls"] += 1
+    CERTIFY_STATS["rows"] += r
+    if base is not None:
+        CERTIFY_STATS["base_calls"] += 1
+    if small:  # too few vocabulary rows for the bf16 pass to pay off: exact
+        CERTIFY_STATS["exact_rows"] += r
+        ranks = exact(h, w_u, k) if r else torch.empty((0, k), dtype=torch.int64, device=h.device)
+        return ranks, (_base_exact(base, w_u) if base is not None else None)
+
+    cache = _unembedding(w_u)
+    h32 = h.detach().to(torch.float32)
+    rows32 = h32 if base is None else torch.cat([h32, base.detach().to(torch.float32).reshape(1, -1)])
+    rows_b = rows32.to(torch.bfloat16)
+    nb = 1 if base is not None else 0
+    # the candidate pass: running top-(m + 1) per ranking row, bottom-(m + 1) for the base row
+    top_v = torch.empty((r, 0), dtype=torch.float32, device=h.device)
+    top_i = torch.empty((r, 0), dtype=torch.int64, device=h.device)
+    bot_v = torch.empty((nb, 0), dtype=torch.float32, device=h.device)
+    bot_i = torch.empty((nb, 0), dtype=torch.int64, device=h.device)
+    m2 = min(v, _TIER2 * m)  # second tier: the rows the first m candidates cannot certify try m2
+    keep = min(m + 1, v)
+    if tile is None:
+        tile = max(BF16_MIN_TILE, BF16_TILE_ELEMS // max(1, rows_b.shape[0]))
+    for start in range(0, v, tile):
+        lg = rows_b @ cache.wb[start : start + tile].T  # [R + nb, n] bfloat16, float32 accumulation
+        n = lg.shape[1]
+        if r:
+            tv, ti = torch.topk(lg[:r], min(keep, n), dim=1, sorted=False)
+            top_v = torch.cat([top_v, tv.float()], 1)
+            top_i = torch.cat([top_i, ti + start], 1)
+            if top_v.shape[1] > keep:
+                top_v, sel = torch.topk(top_v, keep, dim=1, sorted=False)
+                top_i = top_i.gather(1, sel)
+        if nb:
+            bv, bi = torch.topk(lg[r:], min(keep, n), dim=1, largest=False, sorted=False)
+            bot_v = torch.cat([bot_v, bv.float()], 1)
+            bot_i = torch.cat([bot_i, bi + start], 1)
+            if bot_v.shape[1] > keep:
+                bot_v, sel = torch.topk(bot_v, keep, dim=1, largest=False, sorted=False)
+                bot_i = bot_i.gather(1, sel)
+    terms = _bound_terms(rows32, rows_b, cache)
+    finite_rows = torch.isfinite(rows32).all(1) & torch.tensor(cache.finite, device=h.device)
+
+    ranks = torch.empty((0, k), dtype=torch.int64, device=h.device)
+    if r:
+        order = torch.sort(top_v, dim=1, descending=True, stable=True).indices
+        top_v, top_i = top_v.gather(1, order), top_i.gather(1, order)
+        usable = finite_rows[:r] & torch.isfinite(top_v).all(1)  # an overflowing bf16 score proves nothing
+        a, c = terms[:r, 0], terms[:r, 1]
+        ranks = torch.empty((r, k), dtype=torch.int64, device=h.device)
+        todo = torch.arange(r, device=h.device)
+        for tier, mt in enumerate((m, m2) if m2 > m else (m,)):
+            if not todo.numel():
+                break
+            sel = _pad_rows(todo, r)  # the re-scoring GEMM needs >= min(R, _GROUP_MIN) rows
+            kept = keep
+            if tier:  # the rows still open: a second bfloat16 pass over W_U keeping m2 + 1 ids per row
+                CERTIFY_STATS["tier2_rows"] += int(todo.numel())
+                kept = min(m2 + 1, v)
+                tv, ti = _select(rows_b[sel], cache.wb, kept, tile)
+                cand_v, cand_i = tv, ti
+                usable_t = usable[todo] & torch.isfinite(tv[: todo.numel()]).all(1)
+            else:
+                cand_v, cand_i = top_v[sel], top_i[sel]
+                usable_t = usable[todo]
+            keys, kth = _rescore_topk(h32[sel], w_u, cand_i[:, :mt], k)
+            keys, kth = keys[: todo.numel()], kth[: todo.numel()]
+            ok = usable_t & torch.isfinite(kth)
+            if kept > mt:  # ids beyond the mt candidates: bound them by the (mt+1)-th bf16 score
+                b = cand_v[: todo.numel(), mt].to(torch.float64)
+                ub = b + c[todo] * b.abs() + a[todo]
+                ub = ub + ub.abs() * 2.0**-40 + 2.0**-1000  # float64 evaluation error of ub, rounded up
+                ok &= ub < kth
+            ranks[todo[ok]] = _key_to_id(keys[ok])
+            todo = todo[~ok]
+        if todo.numel():
+            CERTIFY_STATS["fallback_rows"] += int(todo.numel())
+            ranks[todo] = _exact_rows(exact, h, w_u, k, todo)
+
+    base_id = None
+    if nb:
+        order = torch.sort(bot_v[0], stable=True).indices
+        bv, bi = bot_v[0][order], bot_i[0][order]
+        s32 = rows32[r]
+        usable = bool(finite_rows[r]) and bool(torch.isfinite(bv).all())
+        a, c = float(terms[r, 0]), float(terms[r, 1])
+        cand0 = torch.sort(bi[:m]).values  # ascending ids: argmin's first minimum is the smallest id
+        vals = w_u.index_select(0, cand0).to(torch.float32) @ s32  # the reference's GEMV, on candidates
+        j = int(torch.argmin(vals))
+        best = float(vals[j])
+        certified = usable and math.isfinite(best)
+        if certified and keep > m:
+            b = float(bv[m])
+            lb = b - c * abs(b) - a
+            lb = lb - abs(lb) * 2.0**-40 - 2.0**-1000
+            certified = best < lb
+        if certified:
+            base_id = int(cand0[j])
+        if base_id is None:
+            CERTIFY_STATS["base_fallbacks"] += 1
+            base_id = _base_exact(base, w_u)
+    return ranks, base_id
+
+
+def _base_exact(s: torch.Tensor, w_u: torch.Tensor, chunk: int = 16384) -> int:
+    """k0 = argmin_k [W_U s]_k by the reference's float32 GEMV, a chunk of W_U rows at a time (a bfloat16
+    W_U is never upcast whole). Ties go to the smaller id, as ``torch.argmin``."""
+    s = s.detach().to(torch.float32).reshape(-1)
+    best_val, best_id = None, 0
+    for start in range(0, w_u.shape[0], chunk):
+        vals = w_u[start : start + chunk].to(torch.float32) @ s
+        i = int(torch.argmin(vals))
+        val = vals[i]
+        if best_val is None or val < best_val or (val != val and best_val == best_val):
+            best_val, best_id = val, start + i
+    return best_id
