@@ -24,12 +24,16 @@ ANSWER = [300, 301, 302, 303, 304, 305, 306]
 _CACHE: dict[str, tuple] = {}
 
 
+def _load(family: str) -> tuple:
+    if family not in _CACHE:
+        model, processor = tiny_model(family, seed=0)
+        _CACHE[family] = (model, processor, get_adapter(model, processor))
+    return _CACHE[family]
+
+
 @pytest.fixture(scope="module", params=FAMILIES)
 def setup(request):
-    if request.param not in _CACHE:
-        model, processor = tiny_model(request.param, seed=0)
-        _CACHE[request.param] = (model, processor, get_adapter(model, processor))
-    return _CACHE[request.param]
+    return _load(request.param)
 
 
 def test_prefix_stops_at_last_visual_token(setup):
@@ -64,11 +68,10 @@ def test_prefix_visual_states_equal_full_forward(setup, scale):
         assert (other[vis] - pre[vis]).abs().max() > 1e-4
 
 
-def test_qwen_mrope_positions_of_the_prefix(setup):
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f.startswith("qwen")])
+def test_qwen_mrope_positions_of_the_prefix(family):
     """Qwen's get_rope_index on the cut sequence gives the full sequence's positions on the prefix."""
-    model, _, ad = setup
-    if not ad.family.startswith("qwen"):
-        pytest.skip("M-RoPE is Qwen's")
+    model, _, ad = _load(family)
     p = ad.prepare(image_for(ad.family), PROMPT, 1.0)
     cut = visual_prefix(p, ad.token_keys)
     kw = {k: v for k, v in p.inputs.items() if k in ("image_grid_thw", "mm_token_type_ids", "attention_mask")}
