@@ -22,7 +22,6 @@ import collections
 import contextlib
 import copy
 import hmac
-import io
 import json
 import logging
 import math
@@ -40,6 +39,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from ..config import ExplainConfig
+from ..io import maps_arrays, npz_bytes
+from ..io import png_bytes as io_png_bytes
 from .batcher import Batcher, Draining, QueueFull
 from .limits import (
     CLIENT_CONFIG_FIELDS,
@@ -355,27 +356,12 @@ def _encode_maps(exp, fmt: str) -> dict[str, Any] | None:
 
 
 def _overlays(exp) -> list[str]:
-    out = []
-    for i in range(len(exp)):
-        buf = io.BytesIO()
-        exp.overlay(i).save(buf, format="PNG")
-        out.append(base64.b64encode(buf.getvalue()).decode("ascii"))
-    return out
+    return [base64.b64encode(io_png_bytes(exp.overlay(i))).decode("ascii") for i in range(len(exp))]
 
 
 def _npz(exp) -> bytes:
-    buf = io.BytesIO()
-    arrays = {
-        "maps": exp.maps.numpy().astype(np.float32),
-        "grid": np.asarray(exp.grid, dtype=np.int64),
-        "answer_ids": np.asarray(exp.answer_ids, dtype=np.int64),
-    }
-    if exp.raw_maps is not None:
-        arrays["raw_maps"] = exp.raw_maps.numpy().astype(np.float32)
-    for s, m in sorted((exp.scale_maps or {}).items()):
-        arrays[f"scale_{float(s)}"] = m.numpy().astype(np.float32)
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
+    """The same arrays as ``Explanation.save``'s ``maps.npz``."""
+    return npz_bytes(maps_arrays(exp))
 
 
 # ---------------------------------------------------------------------------------------------------
