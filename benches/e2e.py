@@ -118,26 +118,33 @@ def _sync(model) -> None:
 
 
 def e2e_callables(
-    model, processor, case: E2ECase, providers=E2E_PROVIDERS
+    model, processor, case: E2ECase, providers=E2E_PROVIDERS, frames=None
 ) -> tuple[dict[str, Callable[[], object]], dict]:
     """One zero-argument callable per provider, and facts about the case (visual tokens per scale,
     prompt length). ``floor`` records its two parts in ``facts['floor_parts']`` (a list of
     (generate s, extra-forward s) per call); ``reference`` and ``fast`` append their result's
-    ``timings`` (generate / forward / attribution seconds) to ``facts['timings'][provider]``."""
+    ``timings`` (generate / forward / attribution seconds) to ``facts['timings'][provider]``.
+    ``frames``: a video (a list of frames, ``mmx_fast.video``) in place of the case's image; the visual
+    tokens per scale then count all of its ``facts['temporal']`` merged frame pairs."""
     import time
 
     from mmx_fast import ExplainConfig, explain_fast
     from mmx_fast.adapters import get_adapter
     from mmx_fast.reference import explain
+    from mmx_fast.video import load_video
 
-    img = bench_image(*case.size)
+    img = bench_image(*case.size) if frames is None else list(frames)  # what explain / explain_fast get
+    media = img if frames is None else load_video(img)  # what the adapter prepares
     cfg = ExplainConfig(max_new_tokens=case.answer_tokens)
     ad = get_adapter(model, processor)
-    base = ad.prepare(img, PROMPT, 1.0)
-    extra = [ad.prepare(img, PROMPT, s) for s in SCALES if s != 1.0]
+    base = ad.prepare(media, PROMPT, 1.0)
+    extra = [ad.prepare(media, PROMPT, s) for s in SCALES if s != 1.0]
     facts = {
-        "visual_tokens": {str(s): int(p.grid[0] * p.grid[1]) for s, p in zip(SCALES, extra + [base])},
+        "visual_tokens": {
+            str(s): int(p.frames * p.grid[0] * p.grid[1]) for s, p in zip(SCALES, extra + [base])
+        },
         "grid": list(base.grid),
+        "temporal": base.temporal,
         "prompt_len": base.length,
         "prompt_tokens": base.prompt_span[1] - base.prompt_span[0],
         "answer_tokens": case.answer_tokens,
@@ -158,18 +165,18 @@ def e2e_callables(
         return e
 
     def run_generate():
-        b = ad.prepare(img, PROMPT, 1.0)
+        b = ad.prepare(media, PROMPT, 1.0)
         ids = ad.generate(b, case.answer_tokens)
         _sync(model)
         return ids
 
     def floor(prefix_only: bool):
         t0 = time.perf_counter()
-        b = ad.prepare(img, PROMPT, 1.0)
+        b = ad.prepare(media, PROMPT, 1.0)
         ids = ad.generate(b, case.answer_tokens)
         _sync(model)
         t1 = time.perf_counter()
-        rows = [ad.prepare(img, PROMPT, s) for s in SCALES if s != 1.0]
+        rows = [ad.prepare(media, PROMPT, s) for s in SCALES if s != 1.0]
         if not rows:
             hidden = []
         elif prefix_only:

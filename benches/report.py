@@ -290,9 +290,36 @@ def headline_stage(rows: list[dict], stage: str, model: str | None) -> tuple[dic
 
 
 def e2e_rows(rows: list[dict]) -> list[tuple[dict, dict[str, dict]]]:
-    groups = by_group([r for r in rows if r.get("kind") == "e2e"])
+    """The dynamic-geometry (Qwen2-VL) end-to-end groups; the other geometry kinds: ``geometry_table``."""
+    groups = by_group([r for r in rows if r.get("kind") == "e2e" and "geometry" not in r])
     out = [(next(iter(p.values())), p) for p in groups.values()]
     return sorted(out, key=lambda x: x[0].get("n", 0))
+
+
+def geometry_table(rows: list[dict]) -> list[str]:
+    """One row per end-to-end group of another geometry kind (``extra_info['geometry']``: tiled, fixed,
+    video)."""
+    groups = by_group([r for r in rows if r.get("kind") == "e2e" and "geometry" in r])
+    if not groups:
+        return []
+    lines = [
+        "| geometry | model | input | grid | T | reference | fast | floor | floor-full "
+        "| reference / fast | fast / floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, p in sorted(groups.items()):
+        g = next(iter(p.values()))
+        ref, fast, floor = _med(p, "reference"), _med(p, "fast"), _med(p, "floor")
+        frames = f"{g['frames']} frames " if g.get("frames") else ""
+        grid = "x".join(str(x) for x in g.get("grid", []))
+        if g.get("temporal"):
+            grid = f"{g['temporal']} x {grid}"
+        lines.append(
+            f"| {g['geometry']} | {g['model']} | {frames}{g['image']}px | {grid} | {g['answer_tokens']} "
+            f"| {fmt_t(ref)} | {fmt_t(fast)} | {fmt_t(floor)} | {fmt_t(_med(p, 'floor-full'))} "
+            f"| {fmt_r(ratio(ref, fast))} | {fmt_r(ratio(fast, floor))} |"
+        )
+    return lines
 
 
 def e2e_table(rows: list[dict]) -> list[str]:
@@ -729,6 +756,16 @@ def write_report(
             md += bt + [""]
         if "e2e" in made:
             md += ["![end to end](plots/e2e.png)", ""]
+    t = geometry_table(rows)
+    if t:
+        md += [
+            "## End to end per geometry kind (tiny models)",
+            "",
+            "Tiny random-weight models (`mmx_fast.testing.tiny_model`), greedy answers of exactly T tokens; "
+            "grid = the scale-1.0 map grid (video: t x h x w after the temporal merge).",
+            "",
+        ]
+        md += t + [""]
     t = tam_table(rows)
     if t:
         md += ["## TAM's official code vs ours", ""] + t + [""]

@@ -35,6 +35,7 @@ from benches.e2e import (
     e2e_cases,
     forward_callables,
 )
+from benches.models import bench_image
 
 pytestmark = pytest.mark.benchmark(timer=bench_timer())
 CASES = e2e_cases(quick_mode())
@@ -107,7 +108,7 @@ def test_msea_forward(benchmark, case, provider, e2e_model, device):
 
 
 # --------------------------------------------------------------------------------------------------
-# One end-to-end row per geometry kind beyond Qwen2-VL's dynamic one: tiled (docs/design.md §1.2)
+# One end-to-end row per geometry kind beyond Qwen2-VL's dynamic one: tiled, fixed, video (docs/design.md §1.2)
 # --------------------------------------------------------------------------------------------------
 
 TILED_CASE = E2ECase(112, QUICK_ANSWER_TOKENS)  # the tiny InternVL: 2x2 tiles + thumbnail at every scale
@@ -141,6 +142,86 @@ def test_e2e_tiled(benchmark, provider, tiled_model, device):
     out = run_bench(benchmark, fns[provider], group, provider, info)
     if provider in ("reference", "fast"):
         assert out.maps.shape == (TILED_CASE.answer_tokens, *facts["grid"])
+        assert torch.isfinite(out.maps).all()
+
+
+# Fixed-size geometry: the tiny LLaVA (one 112x112 view, a 4x4 visual grid at every scale).
+FIXED_CASE = E2ECase(112, QUICK_ANSWER_TOKENS)
+# Video: the tiny Qwen2-VL with 4 frames in place of the image (t = 2 after Qwen's temporal merge).
+VIDEO_CASE = E2ECase(112, QUICK_ANSWER_TOKENS)
+VIDEO_FRAMES = 4
+
+
+def _never_stop(model, processor, family: str):
+    """Zero the EOS row of the output embedding: greedy answers of exactly the requested length."""
+    from mmx_fast.testing import _SPECIALS
+
+    tok = processor.tokenizer
+    with torch.no_grad():
+        model.get_output_embeddings().weight[tok.convert_tokens_to_ids(_SPECIALS[family]["eos"])] = 0
+
+
+@pytest.fixture(scope="module")
+def fixed_model(device):
+    from mmx_fast.testing import tiny_model
+
+    model, processor = tiny_model("llava", seed=0)
+    _never_stop(model, processor, "llava")
+    model = model.to(device)
+    return model, processor, e2e_callables(model, processor, FIXED_CASE)
+
+
+@pytest.fixture(scope="module")
+def video_model(device):
+    from mmx_fast.testing import tiny_model
+
+    model, processor = tiny_model("qwen2_vl", seed=0)
+    _never_stop(model, processor, "qwen2_vl")
+    model = model.to(device)
+    frames = [bench_image(*VIDEO_CASE.size, seed=i) for i in range(VIDEO_FRAMES)]
+    return model, processor, e2e_callables(model, processor, VIDEO_CASE, frames=frames)
+
+
+@pytest.mark.parametrize("provider", SUITE_PROVIDERS)
+def test_e2e_fixed(benchmark, provider, fixed_model, device):
+    _, _, (fns, facts) = fixed_model
+    label = "tiny LLaVA, fixed size (d 64, 2 layers)"
+    group = f"e2e fixed | {label} | image {FIXED_CASE.image}px, T={FIXED_CASE.answer_tokens}"
+    info = {
+        "kind": "e2e",
+        "geometry": "fixed",
+        "model": label,
+        "image": FIXED_CASE.image,
+        "answer_tokens": FIXED_CASE.answer_tokens,
+        "grid": facts["grid"],
+        "device": str(device),
+    }
+    out = run_bench(benchmark, fns[provider], group, provider, info)
+    if provider in ("reference", "fast"):
+        assert out.maps.shape == (FIXED_CASE.answer_tokens, *facts["grid"])
+        assert torch.isfinite(out.maps).all()
+
+
+@pytest.mark.parametrize("provider", SUITE_PROVIDERS)
+def test_e2e_video(benchmark, provider, video_model, device):
+    _, _, (fns, facts) = video_model
+    label = "tiny Qwen2-VL, video (d 64, 2 layers)"
+    group = f"e2e video | {label} | {VIDEO_FRAMES} frames {VIDEO_CASE.image}px, T={VIDEO_CASE.answer_tokens}"
+    info = {
+        "kind": "e2e",
+        "geometry": "video",
+        "model": label,
+        "image": VIDEO_CASE.image,
+        "frames": VIDEO_FRAMES,
+        "answer_tokens": VIDEO_CASE.answer_tokens,
+        "grid": facts["grid"],
+        "temporal": facts["temporal"],
+        "device": str(device),
+    }
+    out = run_bench(benchmark, fns[provider], group, provider, info)
+    assert facts["temporal"] == VIDEO_FRAMES // 2
+    if provider in ("reference", "fast"):
+        assert out.maps.shape == (VIDEO_CASE.answer_tokens, facts["temporal"], *facts["grid"])
         assert torch.isfinite(out.maps).all()
 
 

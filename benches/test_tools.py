@@ -51,6 +51,9 @@ def test_report_renders_from_json(tmp_path):
         _bench("e2e", "floor", 3.5, **e2e, floor_generate_s=3.0, floor_extra_forward_s=0.5),
         _bench("e2e", "floor-full", 4.0, **e2e, floor_generate_s=3.0, floor_extra_forward_s=1.0),
     ]
+    vid = dict(kind="e2e", geometry="video", model="v", image=112, frames=4, answer_tokens=4, device="cpu")
+    vid |= dict(grid=[4, 4], temporal=2)  # no "n": the dynamic-geometry table and plot must skip it
+    rows += [_bench("e2e video", p, t, **vid) for p, t in (("reference", 0.3), ("fast", 0.2), ("floor", 0.1))]
     for n, (b, o) in {1: (1.0, 1.0), 8: (4.0, 8.0)}.items():
         batch = dict(kind="batch", model="m", image=224, n=n, device="cpu")
         rows += [
@@ -81,6 +84,9 @@ def test_report_renders_from_json(tmp_path):
     assert "reference / fast = **1.25x**, fast / floor = **1.14x**" in text
     assert "| 1.14x | 4.00 s | 0.88x |" in text  # fast / floor, floor-full, floor / floor-full
     assert "| 8 | 4.00 s | 8.00 s | 2.00 | 1.00 | 2.00x |" in text  # explanations/s and the throughput ratio
+    assert (
+        "| video | v | 4 frames 112px | 2 x 4x4 | 4 | 300 ms | 200 ms | 100 ms | — | 1.50x | 2.00x |" in text
+    )
     assert "| 12 MB | 4 MB | — | — | — | 3.00x | — |" in text
     assert (tmp_path / "plots" / "stage_refine.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "e2e.png").stat().st_size > 1000
