@@ -177,13 +177,9 @@ def tam_as_published(tokens, L0, prompt_span, vis_positions, grid, logit_list, t
     return np.stack([step(t, store) for t in range(num_rounds)])
 
 
-def test_tam_preset_equals_tam_as_published(family_model):
-    family, model, processor = family_model
-    from mmx_fast.adapters import get_adapter
-
-    ad = get_adapter(model, processor)
-    img = photo()
-    exp = explain(model, processor, img, PROMPT, answer=ANSWER, config=ExplainConfig(method="tam"))
+def tam_as_published_for(ad, img, exp) -> np.ndarray:
+    """``tam_as_published`` on the model's own scale-1.0 states for ``exp``'s answer, with the logits shaped as
+    TAM's demo makes them: the prompt as one round, then one row per answer token."""
     base = ad.prepare(img, PROMPT, 1.0)
     h = ad.forward_hidden(base, exp.answer_ids)
     logits = torch.nn.functional.linear(h, ad.lm_head_weight())  # lm_head on the last-layer states
@@ -191,7 +187,7 @@ def test_tam_preset_equals_tam_as_published(family_model):
     logit_list = [logits[None, :L0]] + [
         logits[None, L0 + r - 1 : L0 + r] for r in range(1, len(exp.answer_ids))
     ]
-    want = tam_as_published(
+    return tam_as_published(
         base.input_ids + exp.answer_ids,
         L0,
         base.prompt_span,
@@ -201,6 +197,16 @@ def test_tam_preset_equals_tam_as_published(family_model):
         ad.tokenizer,
         len(exp.answer_ids),
     )
+
+
+def test_tam_preset_equals_tam_as_published(family_model):
+    family, model, processor = family_model
+    from mmx_fast.adapters import get_adapter
+
+    ad = get_adapter(model, processor)
+    img = photo()
+    exp = explain(model, processor, img, PROMPT, answer=ANSWER, config=ExplainConfig(method="tam"))
+    want = tam_as_published_for(ad, img, exp)
     got = np.stack([exp.map_uint8(i) for i in range(len(exp.answer_ids))])
     assert got.shape == want.shape
     assert np.array_equal(got, want)

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from test_explain import ANSWER, PRESETS, PROMPT, photo, tam_as_published
+from test_explain import ANSWER, PRESETS, PROMPT, photo, tam_as_published_for
 
 from mmx_fast import ExplainConfig, explain_fast
 from mmx_fast.adapters import (
@@ -197,23 +197,7 @@ def test_tam_preset_equals_tam_as_published(fam):
     _, model, processor, ad = fam
     img = photo(60, 110, 1)
     exp = explain(model, processor, img, PROMPT, answer=ANSWER, config=ExplainConfig(method="tam"))
-    base = ad.prepare(img, PROMPT, 1.0)
-    h = ad.forward_hidden(base, exp.answer_ids)
-    logits = torch.nn.functional.linear(h, ad.lm_head_weight())
-    L0 = base.length
-    logit_list = [logits[None, :L0]] + [
-        logits[None, L0 + r - 1 : L0 + r] for r in range(1, len(exp.answer_ids))
-    ]
-    want = tam_as_published(
-        base.input_ids + exp.answer_ids,
-        L0,
-        base.prompt_span,
-        base.visual_positions.numpy(),
-        base.grid,
-        logit_list,
-        ad.tokenizer,
-        len(exp.answer_ids),
-    )
+    want = tam_as_published_for(ad, img, exp)
     got = np.stack([exp.map_uint8(i) for i in range(len(exp.answer_ids))])
     assert np.array_equal(got, want)
     assert (got.reshape(len(got), -1).max(1) > 0).mean() >= 0.5

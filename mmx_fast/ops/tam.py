@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..reference.tam import tam_maps, tam_token_strings
+from ..reference.tam import tam_text_maps, tam_token_strings
 
 if TYPE_CHECKING:
     from ..pipeline import TextSide
@@ -268,21 +268,15 @@ def tam_mitigation_fast(
         def image_scores(c: int) -> np.ndarray:
             return image_maps[c].numpy().astype(np.float32)
 
-    txt_all, p_strings = tam_token_strings(tokenizer, text.prompt_ids, text.answer_ids)
-    maps = tam_maps(
-        seq_ids=text.seq_ids,
-        prompt_len=text.prompt_len,
-        prompt_span=text.span,
-        num_answer=len(text.answer_ids),
+    return tam_text_maps(
+        tokenizer,
+        text,
         class_scores=lambda c: scores[col[c]],
         image_scores=image_scores,
         argmax_at=lambda pos: argmax_s,
-        txt_all=txt_all,
-        num_prompt_strings=p_strings,
         grid=grid,
         apply_filter=apply_filter,
         fit=fit,
-        rank_filter=rank_gaussian_filter,
         frames=frames,
+        rank_filter=rank_gaussian_filter,
     )
-    return torch.from_numpy(maps.astype(np.float32) / 255.0)

@@ -241,6 +241,41 @@ def tam_extra_classes(tokenizer, text: TextSide, argmax_s: int) -> list[int]:
     return extra
 
 
+def tam_text_maps(
+    tokenizer,
+    text: TextSide,
+    *,
+    class_scores: Callable[[int], np.ndarray],
+    image_scores: Callable[[int], np.ndarray],
+    argmax_at: Callable[[int], int],
+    grid: tuple[int, int],
+    apply_filter: bool,
+    fit: str,
+    frames: int = 1,
+    rank_filter: Callable[[np.ndarray], np.ndarray] = tam_rank_gaussian_filter,
+) -> torch.Tensor:
+    """``tam_maps`` for one text side (its ids, spans and TAM's token strings), float32 [T, H, W] = uint8 / 255.
+    The oracle and the fast path (``mmx_fast.ops.tam``) differ only in where the scores come from."""
+    txt_all, p_strings = tam_token_strings(tokenizer, text.prompt_ids, text.answer_ids)
+    maps = tam_maps(
+        seq_ids=text.seq_ids,
+        prompt_len=text.prompt_len,
+        prompt_span=text.span,
+        num_answer=len(text.answer_ids),
+        class_scores=class_scores,
+        image_scores=image_scores,
+        argmax_at=argmax_at,
+        txt_all=txt_all,
+        num_prompt_strings=p_strings,
+        grid=grid,
+        apply_filter=apply_filter,
+        fit=fit,
+        rank_filter=rank_filter,
+        frames=frames,
+    )
+    return torch.from_numpy(maps.astype(np.float32) / 255.0)
+
+
 def tam_mitigation(
     tokenizer,
     text: TextSide,
@@ -272,20 +307,14 @@ def tam_mitigation(
         def image_scores(c: int) -> np.ndarray:
             return by_id[c].numpy().astype(np.float32)
 
-    txt_all, p_strings = tam_token_strings(tokenizer, text.prompt_ids, text.answer_ids)
-    maps = tam_maps(
-        seq_ids=text.seq_ids,
-        prompt_len=text.prompt_len,
-        prompt_span=text.span,
-        num_answer=len(text.answer_ids),
+    return tam_text_maps(
+        tokenizer,
+        text,
         class_scores=lambda c: scores_pos[:, c].numpy(),
         image_scores=image_scores,
         argmax_at=lambda pos: int(torch.argmax(logits[pos])),
-        txt_all=txt_all,
-        num_prompt_strings=p_strings,
         grid=grid,
         apply_filter=apply_filter,
         fit=fit,
         frames=frames,
     )
-    return torch.from_numpy(maps.astype(np.float32) / 255.0)
