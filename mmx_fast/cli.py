@@ -169,6 +169,13 @@ def build_parser() -> OneLineParser:
         help="model weights' dtype (default: the checkpoint's own dtype from its config.json; when it declares "
         "none, bfloat16 on a GPU that supports it, else float32)",
     )
+    ex.add_argument(
+        "--colormap",
+        default="jet",
+        metavar="NAME",
+        help="colour map of the overlays and the report: jet (default), viridis, gray, hot, or any matplotlib "
+        "colormap name when matplotlib is installed",
+    )
     ex.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     ex.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     ex.set_defaults(func=cmd_explain)
@@ -239,6 +246,15 @@ def _check_prompt(prompt: str) -> str:
     if not prompt.strip():
         raise CliError("--prompt is empty; expected a non-empty question or instruction")
     return prompt
+
+
+def _check_colormap(name: str) -> str:
+    from .io import check_colormap
+
+    try:
+        return check_colormap(name)
+    except ValueError as e:
+        raise CliError(f"--{e}") from None
 
 
 def _make_config(args: argparse.Namespace):
@@ -392,7 +408,9 @@ def _explanation_json(exp, *, source, image_path: Path, forced: bool, device: st
     return info
 
 
-def write_result(exp, out: Path, stem: str, *, note: str | None, meta: dict, info: dict) -> Path:
+def write_result(
+    exp, out: Path, stem: str, *, note: str | None, meta: dict, info: dict, colormap: str = "jet"
+) -> Path:
     """OUT/<stem>/ with report.html, maps.npz, explanation.json, token_XXX.png and the result marker, all or
     nothing. An existing OUT/<stem> is replaced only when it is an untouched earlier result; otherwise the
     first free name <stem>-2, <stem>-3, ... is used (``mmx_fast.io.place_dir``). Returns the folder."""
@@ -403,9 +421,9 @@ def write_result(exp, out: Path, stem: str, *, note: str | None, meta: dict, inf
     clean_leftovers(out)  # temp folders of killed runs on this host (their process is gone)
     tmp = make_temp_dir(out)
     try:
-        save(exp, tmp, overlays=True, info=info)
+        save(exp, tmp, overlays=True, info=info, colormap=colormap)
         title = "mmx-fast (RANDOM-weight model)" if meta.get("random weights") == "yes" else None
-        write_report(exp, tmp / "report.html", title=title, note=note, meta=meta)
+        write_report(exp, tmp / "report.html", title=title, note=note, meta=meta, colormap=colormap)
         write_result_marker(tmp)
         for f in tmp.iterdir():
             chmod_like_open(f)
@@ -431,6 +449,7 @@ def run_explain(
     quiet: bool = False,
     note: str | None = None,
     on_written=None,
+    colormap: str = "jet",
 ) -> list[Path]:
     """Check every input, load the model once, explain each image and write its folder; returns the
     report paths. Raises ``CliError`` for bad input before anything is loaded or written. Images are decoded
@@ -439,6 +458,7 @@ def run_explain(
     from tqdm import tqdm
 
     prompt = _check_prompt(prompt)
+    colormap = _check_colormap(colormap)
     if answer is not None:
         from .pipeline import MAX_PROMPT_CHARS
 
@@ -486,6 +506,7 @@ def run_explain(
                     note=note,
                     meta=_report_meta(**run, dtype=dtype_name),
                     info=_explanation_json(exp, **run, dtype=dtype_name),
+                    colormap=colormap,
                 )
                 del exp
             except Exception as e:
@@ -529,6 +550,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         quiet=args.quiet,
         on_written=_print_path,
+        colormap=args.colormap,
     )
     return 0 if reports else 1
 

@@ -40,6 +40,7 @@ import torch
 
 from .adapters.registry import model_type_info, tiny_model_types
 from .loading import accept_missing_video_processor
+from .pipeline import RANDOM_WEIGHTS_ATTR
 
 # the model types of the registry that have a tiny builder below, then the variants (``_VARIANTS``)
 FAMILIES = tiny_model_types() + ("internvl_tiled",)
@@ -842,6 +843,7 @@ def tiny_model(
         model = model_cls(config)
     model = model.to(dtype).eval()
     _silence_special_rows(model, tok)
+    setattr(model, RANDOM_WEIGHTS_ATTR, True)  # explanations of it say "random weights" (notebook, report)
 
     eos = _SPECIALS[_VARIANTS.get(family, family)]["eos"]
     set_greedy_generation(model, tok, tok.convert_tokens_to_ids(eos))
