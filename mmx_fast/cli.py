@@ -170,6 +170,13 @@ def build_parser() -> OneLineParser:
         "none, bfloat16 on a GPU that supports it, else float32)",
     )
     ex.add_argument(
+        "--targets",
+        nargs="+",
+        metavar="T",
+        help="explain only these answer tokens: token indices (negative from the end) and / or words of the "
+        "answer (every token of each matching word); default: every token",
+    )
+    ex.add_argument(
         "--colormap",
         default="jet",
         metavar="NAME",
@@ -255,6 +262,20 @@ def _check_colormap(name: str) -> str:
         return check_colormap(name)
     except ValueError as e:
         raise CliError(f"--{e}") from None
+
+
+def _check_targets(values: list[str] | None) -> list[int | str] | None:
+    """``--targets``: each value an integer token index or a word (``pipeline.check_targets_spec``)."""
+    if values is None:
+        return None
+    from .pipeline import check_targets_spec
+
+    parsed = [int(v) if re.fullmatch(r"[+-]?\d{1,9}", v.strip()) else v for v in values]
+    try:
+        return check_targets_spec(parsed)
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        raise CliError(f"--{msg}" if msg.startswith("targets=") else f"--targets: {msg}") from None
 
 
 def _make_config(args: argparse.Namespace):
@@ -450,6 +471,7 @@ def run_explain(
     note: str | None = None,
     on_written=None,
     colormap: str = "jet",
+    targets: list[str] | None = None,
 ) -> list[Path]:
     """Check every input, load the model once, explain each image and write its folder; returns the
     report paths. Raises ``CliError`` for bad input before anything is loaded or written. Images are decoded
@@ -459,6 +481,7 @@ def run_explain(
 
     prompt = _check_prompt(prompt)
     colormap = _check_colormap(colormap)
+    targets = _check_targets(targets)
     if answer is not None:
         from .pipeline import MAX_PROMPT_CHARS
 
@@ -492,8 +515,8 @@ def run_explain(
                 bar.set_description(f"{stem}: explaining")
                 image = _load_image(text, path)
                 try:
-                    exp = explainer.explain(image, prompt, answer)
-                except (ValueError, TypeError) as e:
+                    exp = explainer.explain(image, prompt, answer, targets=targets)
+                except (ValueError, TypeError, IndexError) as e:
                     raise CliError(f"--image {text!r}: {e}") from None
                 del image
                 exp = dataclasses.replace(exp, timings={"load_model": t_load, **exp.timings})
@@ -551,6 +574,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         on_written=_print_path,
         colormap=args.colormap,
+        targets=args.targets,
     )
     return 0 if reports else 1
 

@@ -197,6 +197,8 @@ class Explanation:
         return notebook_html(self)
 
     def to_dict(self) -> dict[str, Any]:
+        """What ``explanation.json`` holds: prompt, answer, ids, tokens, grid, view box, config, timings (and
+        ``frames`` / ``token_positions`` when set), as plain JSON values."""
         cfg = self.config.to_dict() if hasattr(self.config, "to_dict") else self.config
         out = {
             "prompt": self.prompt,
