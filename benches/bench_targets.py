@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     prompt = "Describe the picture in detail."
 
     full = ex.explain(image, prompt, answer)
-    for name, t in ROWS.items():
+    for t in ROWS.values():
         if t is not None:
             got = ex.explain(image, prompt, answer, targets=t)
             torch.testing.assert_close(got.maps, full.maps[t], atol=1e-4, rtol=0)
