@@ -815,6 +815,11 @@ _BUILDERS = {
     "smolvlm": _build_smolvlm,
 }
 
+# issue 25's families, in this file's builder style (meant to become mmx_fast.tiny declarations, issue 24)
+from . import testing_more as _more  # noqa: E402
+
+_more.register(_SPECIALS, _TEMPLATES, _BUILDERS)
+
 
 def tiny_model(
     family: str,

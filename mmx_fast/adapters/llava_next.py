@@ -30,3 +30,12 @@ class LlavaOnevisionAdapter(Adapter):
     model_types = {"llava_onevision": "LlavaOnevisionProcessor"}
     geometry = AnyResUnpad()
     tiny_builder = "llava_onevision"
+
+
+class LlavaNextVideoAdapter(LlavaNextAdapter):
+    """LLaVA-NeXT-Video: its images go through LLaVA-NeXT's any-res tiling, unchanged (its video path, pooled
+    frames, is not explained)."""
+
+    family = "llava_next_video"
+    model_types = {"llava_next_video": "LlavaNextVideoProcessor"}
+    tiny_builder = "llava_next_video"

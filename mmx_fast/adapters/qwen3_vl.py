@@ -21,7 +21,12 @@ from .qwen2_vl import Qwen2VLAdapter
 
 class Qwen3VLAdapter(Qwen2VLAdapter):
     family = "qwen3_vl"
-    model_types = {"qwen3_vl": "Qwen3VLProcessor", "qwen3_vl_moe": "Qwen3VLProcessor"}
+    model_types = {
+        "qwen3_vl": "Qwen3VLProcessor",
+        "qwen3_vl_moe": "Qwen3VLProcessor",
+        "qwen3_5": "Qwen3VLProcessor",
+        "qwen3_5_moe": "Qwen3VLProcessor",
+    }
     tiny_builder = "qwen3_vl"
 
     def video_placeholder(self, t: int, per_frame: int, fps: float, n_frames: int) -> str:

@@ -10,9 +10,11 @@ from typing import Any
 
 from .base import Adapter
 from .gemma3 import Gemma3Adapter
+from .glm4v import Glm4vAdapter
+from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
-from .llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
+from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter, LlavaOnevisionAdapter
 from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2VLAdapter
 from .qwen3_vl import Qwen3VLAdapter
@@ -28,6 +30,9 @@ ADAPTERS: tuple[type[Adapter], ...] = (
     LlavaNextAdapter,
     LlavaOnevisionAdapter,
     SmolVLMAdapter,
+    Idefics3Adapter,  # after SmolVLM: a SmolVLM processor must not be taken for an Idefics3 one
+    LlavaNextVideoAdapter,
+    Glm4vAdapter,
 )
 
 # Model types that cannot be explained by the logit lens, with the reason (refused by name, never "unsupported").

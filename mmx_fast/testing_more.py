@@ -1,0 +1,330 @@
+"""Tiny models of the model types added by issue 25, in ``mmx_fast.testing``'s builder style (one
+``_build_<type>(family, tok, image_size) -> (config, model class, processor)`` each, plus the family's special
+tokens and chat template). ``mmx_fast.testing`` registers them (``register``); they are meant to become
+declarations of ``mmx_fast.tiny`` (issue 24) one for one.
+
+- Idefics3 (``Idefics3ForConditionalGeneration``): SmolVLM's geometry (SmolVLM is Idefics3 with its own
+  processor): tiles of 56 px + the global image, pixel shuffle 2; template ``<|im_start|>User:<image>TEXT
+  <end_of_utterance>\\nAssistant:``.
+- LLaVA-NeXT-Video (``LlavaNextVideoForConditionalGeneration``): images as LLaVA-NeXT (any-res tiles of 56 px);
+  LLaVA-NeXT's template.
+- GLM-4.1V / GLM-4.5V / GLM-4.6V (``Glm4vFor...``, ``Glm4vMoeFor...``, ``Glm46VFor...``): dynamic resolution as
+  Qwen2-VL (patch 14, merge 2; 56x56 .. 224x224 pixels); template ``[gMASK]<sop><|user|>\\n<|begin_of_image|>
+  <|image|><|end_of_image|>TEXT<|assistant|>\\n``; the MoE decoder has 4 experts, 2 per token.
+- Qwen3.5 / Qwen3.5-MoE (``Qwen3_5For...``, ``Qwen3_5MoeFor...``): Qwen3-VL's vision and processor, a hybrid
+  decoder (one gated-delta-net linear-attention layer, one full-attention layer); Qwen2-VL's template.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_HIDDEN, _HEADS, _KV_HEADS, _INTERMEDIATE, _LAYERS = 64, 4, 2, 128, 2
+_VISION_WIDTH, _VISION_LAYERS, _VISION_HEADS, _PATCH = 32, 2, 2, 14
+
+SPECIALS: dict[str, dict[str, Any]] = {}
+TEMPLATES: dict[str, str | None] = {}
+VARIANT_OF: dict[str, str] = {}  # a new model type whose tokens and template are an existing family's
+
+VARIANT_OF.update(
+    idefics3="smolvlm", llava_next_video="llava_next", qwen3_5="qwen2_vl", qwen3_5_moe="qwen2_vl"
+)
+
+SPECIALS["glm4v"] = {
+    "tokens": [
+        "<|endoftext|>",
+        "[gMASK]",
+        "<sop>",
+        "<|user|>",
+        "<|assistant|>",
+        "<|begin_of_image|>",
+        "<|end_of_image|>",
+        "<|image|>",
+        "<|begin_of_video|>",
+        "<|end_of_video|>",
+        "<|video|>",
+    ],
+    "named": {"eos_token": "<|user|>", "pad_token": "<|endoftext|>"},
+    "extra": {"image_token": "<|image|>", "video_token": "<|video|>"},
+    "eos": "<|user|>",
+    "bos": None,
+}
+TEMPLATES["glm4v"] = (
+    "[gMASK]<sop>{% for message in messages %}<|{{ message['role'] }}|>\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>"
+    "{% elif part['type'] == 'video' %}<|begin_of_video|><|video|><|end_of_video|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+VARIANT_OF.update(glm4v_moe="glm4v", glm46v="glm4v")
+
+
+def _text_kwargs(vocab_size: int, tok) -> dict[str, Any]:
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=_HIDDEN,
+        intermediate_size=_INTERMEDIATE,
+        num_hidden_layers=_LAYERS,
+        num_attention_heads=_HEADS,
+        num_key_value_heads=_KV_HEADS,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
+    )
+
+
+def _qwen_image_processor(image_size: int | None, cls_name: str = "Qwen2VLImageProcessorPil"):
+    import transformers
+
+    max_side = image_size or 224
+    cls = getattr(transformers, cls_name)
+    return cls(
+        min_pixels=56 * 56,
+        max_pixels=max_side * max_side,
+        patch_size=_PATCH,
+        merge_size=2,
+        temporal_patch_size=2,
+    )
+
+
+def build_idefics3(family: str, tok, image_size: int | None):
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+        Idefics3VisionConfig,
+        LlamaConfig,
+    )
+
+    from .loading import accept_missing_video_processor
+
+    size = image_size or 56
+    vision = Idefics3VisionConfig(
+        hidden_size=_VISION_WIDTH,
+        intermediate_size=2 * _VISION_WIDTH,
+        num_hidden_layers=_VISION_LAYERS,
+        num_attention_heads=_VISION_HEADS,
+        image_size=size,
+        patch_size=_PATCH,
+    )
+    config = Idefics3Config(
+        vision_config=vision,
+        text_config=LlamaConfig(**_text_kwargs(len(tok), tok)),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+        tie_word_embeddings=False,
+    )
+    image_processor = Idefics3ImageProcessorPil(
+        size={"longest_edge": 2 * size},
+        max_image_size={"longest_edge": size},
+        do_image_splitting=True,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    processor = accept_missing_video_processor(Idefics3Processor)(
+        image_processor=image_processor,
+        tokenizer=tok,
+        image_seq_len=(size // _PATCH) ** 2 // 4,
+        chat_template=TEMPLATES_OF(family),
+    )
+    return config, Idefics3ForConditionalGeneration, processor
+
+
+def build_llava_next_video(family: str, tok, image_size: int | None):
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextImageProcessorPil,
+        LlavaNextVideoConfig,
+        LlavaNextVideoForConditionalGeneration,
+        LlavaNextVideoProcessor,
+    )
+
+    from .loading import accept_missing_video_processor
+
+    size = image_size or 56
+    pinpoints = [[size * a // 56, size * b // 56] for a, b in [[56, 56], [56, 112], [112, 56], [112, 112]]]
+    vision = CLIPVisionConfig(
+        hidden_size=_VISION_WIDTH,
+        intermediate_size=2 * _VISION_WIDTH,
+        projection_dim=_VISION_WIDTH,
+        num_hidden_layers=_VISION_LAYERS,
+        num_attention_heads=_VISION_HEADS,
+        image_size=size,
+        patch_size=_PATCH,
+    )
+    config = LlavaNextVideoConfig(
+        vision_config=vision,
+        text_config=LlamaConfig(**_text_kwargs(len(tok), tok)),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        spatial_pool_stride=2,
+        tie_word_embeddings=False,
+    )
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_grid_pinpoints=pinpoints,
+    )
+    processor = accept_missing_video_processor(LlavaNextVideoProcessor)(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=None,
+        patch_size=_PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=TEMPLATES_OF(family),
+    )
+    return config, LlavaNextVideoForConditionalGeneration, processor
+
+
+def build_glm4v(family: str, tok, image_size: int | None):
+    import transformers
+
+    from .loading import accept_missing_video_processor
+
+    vision = dict(
+        depth=_VISION_LAYERS,
+        hidden_size=_VISION_WIDTH,
+        out_hidden_size=_HIDDEN,
+        intermediate_size=2 * _VISION_WIDTH,
+        num_heads=_VISION_HEADS,
+        patch_size=_PATCH,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        image_size=112,
+    )
+    text = _text_kwargs(len(tok), tok)
+    text["rope_parameters"] = {
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        "mrope_section": [2, 3, 3],
+        "partial_rotary_factor": 1.0,
+    }
+    if family == "glm4v_moe":
+        text.update(
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=_INTERMEDIATE // 2,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=1,
+            topk_group=1,
+            head_dim=_HIDDEN // _HEADS,
+        )
+    ids = dict(
+        image_token_id=tok.convert_tokens_to_ids("<|image|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video|>"),
+        image_start_token_id=tok.convert_tokens_to_ids("<|begin_of_image|>"),
+        image_end_token_id=tok.convert_tokens_to_ids("<|end_of_image|>"),
+        video_start_token_id=tok.convert_tokens_to_ids("<|begin_of_video|>"),
+        video_end_token_id=tok.convert_tokens_to_ids("<|end_of_video|>"),
+    )
+    names = {
+        "glm4v": ("Glm4vConfig", "Glm4vForConditionalGeneration", "Glm4vProcessor"),
+        "glm4v_moe": ("Glm4vMoeConfig", "Glm4vMoeForConditionalGeneration", "Glm4vProcessor"),
+        "glm46v": ("Glm46VConfig", "Glm46VForConditionalGeneration", "Glm46VProcessor"),
+    }[family]
+    config_cls, model_cls, proc_cls = (getattr(transformers, n) for n in names)
+    config = config_cls(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+    processor = accept_missing_video_processor(proc_cls)(
+        image_processor=_qwen_image_processor(image_size, "Glm4vImageProcessorPil"),
+        tokenizer=tok,
+        video_processor=None,
+        chat_template=TEMPLATES_OF(family),
+    )
+    return config, model_cls, processor
+
+
+def build_qwen3_5(family: str, tok, image_size: int | None):
+    import transformers
+    from transformers import Qwen3VLProcessor
+
+    from .loading import accept_missing_video_processor
+
+    vision = dict(
+        depth=_VISION_LAYERS,
+        hidden_size=_VISION_WIDTH,
+        out_hidden_size=_HIDDEN,
+        intermediate_size=2 * _VISION_WIDTH,
+        num_heads=_VISION_HEADS,
+        patch_size=_PATCH,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=256,
+    )
+    text = _text_kwargs(len(tok), tok)
+    text.update(
+        head_dim=_HIDDEN // _HEADS,
+        layer_types=["linear_attention", "full_attention"],
+        linear_num_key_heads=2,
+        linear_num_value_heads=2,
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_conv_kernel_dim=4,
+    )
+    text["rope_parameters"] = {
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        "mrope_section": [2, 3, 3],
+        "mrope_interleaved": True,
+        "partial_rotary_factor": 1.0,
+    }
+    if family == "qwen3_5_moe":
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=_INTERMEDIATE // 2)
+        text["shared_expert_intermediate_size"] = _INTERMEDIATE // 2
+        config_cls, model_cls = transformers.Qwen3_5MoeConfig, transformers.Qwen3_5MoeForConditionalGeneration
+    else:
+        config_cls, model_cls = transformers.Qwen3_5Config, transformers.Qwen3_5ForConditionalGeneration
+    ids = dict(
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+    )
+    config = config_cls(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+    processor = accept_missing_video_processor(Qwen3VLProcessor)(
+        image_processor=_qwen_image_processor(image_size),
+        tokenizer=tok,
+        video_processor=None,
+        chat_template=TEMPLATES_OF(family),
+    )
+    return config, model_cls, processor
+
+
+def TEMPLATES_OF(family: str) -> str | None:  # noqa: N802 - filled in by ``register``
+    raise RuntimeError("mmx_fast.testing_more.register() was not called")
+
+
+BUILDERS = {
+    "idefics3": build_idefics3,
+    "llava_next_video": build_llava_next_video,
+    "glm4v": build_glm4v,
+}
+
+
+def register(specials: dict, templates: dict, builders: dict) -> None:
+    """Add these families to ``mmx_fast.testing``'s tables (called once, at its import)."""
+    global TEMPLATES_OF
+    for name, base in VARIANT_OF.items():
+        specials.setdefault(name, specials.get(base) or SPECIALS[base])
+        templates.setdefault(name, templates.get(base, TEMPLATES.get(base)))
+    for name, spec in SPECIALS.items():
+        specials.setdefault(name, spec)
+    for name, tpl in TEMPLATES.items():
+        templates.setdefault(name, tpl)
+    qwen3 = builders["qwen3_vl"]  # Qwen3.5 shares Qwen3-VL's adapter (and so its builder name)
+    builders.update(BUILDERS)
+    builders["qwen3_vl"] = lambda family, tok, size: (
+        build_qwen3_5 if family.startswith("qwen3_5") else qwen3
+    )(family, tok, size)
+    TEMPLATES_OF = templates.__getitem__
