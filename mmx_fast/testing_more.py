@@ -301,6 +301,89 @@ def build_qwen3_5(family: str, tok, image_size: int | None):
     return config, model_cls, processor
 
 
+SPECIALS["aya_vision"] = {
+    "tokens": [
+        "<PAD>",
+        "<BOS_TOKEN>",
+        "<|END_OF_TURN_TOKEN|>",
+        "<|START_OF_TURN_TOKEN|>",
+        "<|USER_TOKEN|>",
+        "<|CHATBOT_TOKEN|>",
+        "<image>",
+        "<|START_OF_IMG|>",
+        "<|END_OF_IMG|>",
+        "<|IMG_PATCH|>",
+        "<|IMG_LINE_BREAK|>",
+        "TILE",
+        "TILE_GLOBAL",
+    ]
+    + [f"TILE_{k}" for k in range(1, 5)],
+    "named": {"bos_token": "<BOS_TOKEN>", "eos_token": "<|END_OF_TURN_TOKEN|>", "pad_token": "<PAD>"},
+    "extra": {"image_token": "<image>"},
+    "eos": "<|END_OF_TURN_TOKEN|>",
+    "bos": None,  # the chat template writes <BOS_TOKEN>
+}
+TEMPLATES["aya_vision"] = (
+    "<BOS_TOKEN>{% for message in messages %}<|START_OF_TURN_TOKEN|>"
+    "{{ '<|USER_TOKEN|>' if message['role'] == 'user' else '<|CHATBOT_TOKEN|>' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|END_OF_TURN_TOKEN|>{% endfor %}"
+    "{% if add_generation_prompt %}<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>{% endif %}"
+)
+
+
+def build_aya_vision(family: str, tok, image_size: int | None):
+    """SigLIP tiles of ``image_size`` (default 56) px, patch 14, pixel shuffle 2 (4 tokens per tile); at most 4
+    tiles + the global tile (GotOcr2's tiling, as InternVL's tiny ``internvl_tiled``)."""
+    from transformers import (
+        AyaVisionConfig,
+        AyaVisionForConditionalGeneration,
+        AyaVisionProcessor,
+        Cohere2Config,
+        GotOcr2ImageProcessorPil,
+        SiglipVisionConfig,
+    )
+
+    size = image_size or 56
+    vision = SiglipVisionConfig(
+        hidden_size=_VISION_WIDTH,
+        intermediate_size=2 * _VISION_WIDTH,
+        num_hidden_layers=_VISION_LAYERS,
+        num_attention_heads=_VISION_HEADS,
+        image_size=size,
+        patch_size=_PATCH,
+    )
+    text = Cohere2Config(**_text_kwargs(len(tok), tok), head_dim=_HIDDEN // _HEADS, sliding_window=512)
+    config = AyaVisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tok.convert_tokens_to_ids("<|IMG_PATCH|>"),
+        downsample_factor=2,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        tie_word_embeddings=False,
+    )
+    image_processor = GotOcr2ImageProcessorPil(
+        size={"height": size, "width": size},
+        crop_to_patches=True,
+        min_patches=1,
+        max_patches=4,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    processor = AyaVisionProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=_PATCH,
+        img_size=size,
+        downsample_factor=2,
+        chat_template=TEMPLATES_OF(family),
+    )
+    return config, AyaVisionForConditionalGeneration, processor
+
+
 def TEMPLATES_OF(family: str) -> str | None:  # noqa: N802 - filled in by ``register``
     raise RuntimeError("mmx_fast.testing_more.register() was not called")
 
@@ -309,6 +392,7 @@ BUILDERS = {
     "idefics3": build_idefics3,
     "llava_next_video": build_llava_next_video,
     "glm4v": build_glm4v,
+    "aya_vision": build_aya_vision,
 }
 
 

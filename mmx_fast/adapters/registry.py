@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import Adapter
+from .aya_vision import AyaVisionAdapter
 from .gemma3 import Gemma3Adapter
 from .glm4v import Glm4vAdapter
 from .idefics3 import Idefics3Adapter
@@ -33,6 +34,7 @@ ADAPTERS: tuple[type[Adapter], ...] = (
     Idefics3Adapter,  # after SmolVLM: a SmolVLM processor must not be taken for an Idefics3 one
     LlavaNextVideoAdapter,
     Glm4vAdapter,
+    AyaVisionAdapter,
 )
 
 # Model types that cannot be explained by the logit lens, with the reason (refused by name, never "unsupported").
