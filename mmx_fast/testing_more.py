@@ -78,7 +78,9 @@ def _text_kwargs(vocab_size: int, tok) -> dict[str, Any]:
     )
 
 
-def _qwen_image_processor(image_size: int | None, cls_name: str = "Qwen2VLImageProcessorPil"):
+def _qwen_image_processor(
+    image_size: int | None, cls_name: str = "Qwen2VLImageProcessorPil", temporal_patch_size: int = 2
+):
     import transformers
 
     max_side = image_size or 224
@@ -88,7 +90,7 @@ def _qwen_image_processor(image_size: int | None, cls_name: str = "Qwen2VLImageP
         max_pixels=max_side * max_side,
         patch_size=_PATCH,
         merge_size=2,
-        temporal_patch_size=2,
+        temporal_patch_size=temporal_patch_size,
     )
 
 
@@ -384,6 +386,156 @@ def build_aya_vision(family: str, tok, image_size: int | None):
     return config, AyaVisionForConditionalGeneration, processor
 
 
+def build_qwen_style(family: str, tok, image_size: int | None):
+    """LLaVA-OneVision-1.5 (RiceViT + a Qwen3 decoder) and EXAONE 4.5 (a Qwen2.5-VL-style vision tower + an EXAONE 4
+    decoder): Qwen2-VL's image processor (patch 14, merge 2) and ``Exaone4_5_Processor`` (``<|image_pad|>`` once
+    per merged token), Qwen2-VL's template."""
+    import transformers
+
+    from .loading import accept_missing_video_processor
+
+    vision: dict[str, Any] = dict(
+        depth=_VISION_LAYERS,
+        hidden_size=_VISION_WIDTH,
+        out_hidden_size=_HIDDEN,
+        intermediate_size=2 * _VISION_WIDTH,
+        num_heads=_VISION_HEADS,
+        patch_size=_PATCH,
+        spatial_merge_size=2,
+    )
+    text = _text_kwargs(len(tok), tok)
+    text["head_dim"] = _HIDDEN // _HEADS
+    if family == "exaone4_5":
+        vision.update(
+            temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1], num_key_value_heads=2
+        )
+        text["model_type"] = "exaone4"
+        text["sliding_window"] = 512
+        config_cls, model_cls = transformers.Exaone4_5_Config, transformers.Exaone4_5_ForConditionalGeneration
+    else:
+        text["model_type"] = "qwen3"
+        config_cls = transformers.LlavaOnevision15Config
+        model_cls = transformers.LlavaOnevision15ForConditionalGeneration
+    ids = dict(
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+    )
+    if family != "exaone4_5":
+        ids.update(
+            vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+            vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+        )
+    config = config_cls(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+    # RiceViT embeds one frame per patch (a 2-D convolution): its processor's temporal patch is 1
+    processor = accept_missing_video_processor(transformers.Exaone4_5_Processor)(
+        image_processor=_qwen_image_processor(
+            image_size, temporal_patch_size=2 if family == "exaone4_5" else 1
+        ),
+        tokenizer=tok,
+        video_processor=None,
+        chat_template=TEMPLATES_OF(family),
+    )
+    return config, model_cls, processor
+
+
+VARIANT_OF.update(llava_onevision1_5="qwen2_vl", exaone4_5="qwen2_vl")
+
+
+def build_vipllava(family: str, tok, image_size: int | None):
+    """ViP-LLaVA: LLaVA-1.5's CLIP input (``image_size``, default 112, centre crop; CLS dropped) with the
+    projector reading two vision layers; LLaVA's processor and template."""
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaProcessor,
+        VipLlavaConfig,
+        VipLlavaForConditionalGeneration,
+    )
+
+    size = image_size or 112
+    vision = CLIPVisionConfig(
+        hidden_size=_VISION_WIDTH,
+        intermediate_size=2 * _VISION_WIDTH,
+        projection_dim=_VISION_WIDTH,
+        num_hidden_layers=_VISION_LAYERS,
+        num_attention_heads=_VISION_HEADS,
+        image_size=size,
+        patch_size=_PATCH,
+    )
+    config = VipLlavaConfig(
+        vision_config=vision,
+        text_config=LlamaConfig(**_text_kwargs(len(tok), tok)),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_seq_length=(size // _PATCH) ** 2,
+        vision_feature_layers=[-2, -1],
+        tie_word_embeddings=False,
+    )
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+        ),
+        tokenizer=tok,
+        patch_size=_PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=TEMPLATES_OF(family),
+    )
+    return config, VipLlavaForConditionalGeneration, processor
+
+
+VARIANT_OF.update(vipllava="llava")
+
+
+def build_paddleocr_vl(family: str, tok, image_size: int | None):
+    """PaddleOCR-VL: a NaViT SigLIP (patch 14, 2x2 merge in its projector) and an ERNIE 4.5 decoder;
+    its own smart-resize image processor (56x56 .. ``image_size``^2 pixels, default 224); Qwen2-VL's tokens and
+    template."""
+    from transformers import (
+        PaddleOCRVLConfig,
+        PaddleOCRVLForConditionalGeneration,
+        PaddleOCRVLImageProcessorPil,
+        PaddleOCRVLProcessor,
+    )
+
+    max_side = image_size or 224
+    vision = dict(
+        hidden_size=_VISION_WIDTH,
+        intermediate_size=2 * _VISION_WIDTH,
+        num_hidden_layers=_VISION_LAYERS,
+        num_attention_heads=_VISION_HEADS,
+        patch_size=_PATCH,
+        image_size=112,
+        spatial_merge_size=2,
+    )
+    text = _text_kwargs(len(tok), tok)
+    text["head_dim"] = _HIDDEN // _HEADS
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    config = PaddleOCRVLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+        tie_word_embeddings=False,
+    )
+    image_processor = PaddleOCRVLImageProcessorPil(
+        min_pixels=56 * 56,
+        max_pixels=max_side * max_side,
+        patch_size=_PATCH,
+        merge_size=2,
+        temporal_patch_size=1,
+    )
+    processor = PaddleOCRVLProcessor(
+        image_processor=image_processor, tokenizer=tok, chat_template=TEMPLATES_OF(family)
+    )
+    return config, PaddleOCRVLForConditionalGeneration, processor
+
+
+VARIANT_OF.update(paddleocr_vl="qwen2_vl")
+
+
 def TEMPLATES_OF(family: str) -> str | None:  # noqa: N802 - filled in by ``register``
     raise RuntimeError("mmx_fast.testing_more.register() was not called")
 
@@ -393,6 +545,9 @@ BUILDERS = {
     "llava_next_video": build_llava_next_video,
     "glm4v": build_glm4v,
     "aya_vision": build_aya_vision,
+    "qwen_style": build_qwen_style,
+    "vipllava": build_vipllava,
+    "paddleocr_vl": build_paddleocr_vl,
 }
 
 

@@ -1,5 +1,6 @@
 """Issue 25, more model families on tiny real-architecture models: Idefics3, LLaVA-NeXT-Video, GLM-4.1V /
-GLM-4.5V / GLM-4.6V, Qwen3.5 / Qwen3.5-MoE, Aya Vision.
+GLM-4.5V / GLM-4.6V, Qwen3.5 / Qwen3.5-MoE, Aya Vision, LLaVA-OneVision-1.5, EXAONE 4.5, ViP-LLaVA, PaddleOCR-VL;
+and the model types refused with their reason (no spatial grid of visual tokens, or cross-attention only).
 
 Per type: the adapter and registry line; the grid on two images of different aspect ratios; the visual-token
 count check (one token short is an error naming the model type); ``explain_fast`` == ``reference.explain`` on
@@ -21,7 +22,9 @@ from mmx_fast.adapters import get_adapter, model_type_info
 from mmx_fast.adapters.aya_vision import AyaVisionAdapter
 from mmx_fast.adapters.glm4v import Glm4vAdapter
 from mmx_fast.adapters.idefics3 import Idefics3Adapter
+from mmx_fast.adapters.llava import VipLlavaAdapter
 from mmx_fast.adapters.llava_next import LlavaNextVideoAdapter
+from mmx_fast.adapters.qwen2_vl import PaddleOCRVLAdapter, QwenStyleAdapter
 from mmx_fast.adapters.qwen3_vl import Qwen3VLAdapter
 from mmx_fast.reference import explain
 from mmx_fast.testing import FAMILIES, tiny_model
@@ -35,16 +38,29 @@ ADAPTER = {
     "qwen3_5": Qwen3VLAdapter,
     "qwen3_5_moe": Qwen3VLAdapter,
     "aya_vision": AyaVisionAdapter,
+    "llava_onevision1_5": QwenStyleAdapter,
+    "exaone4_5": QwenStyleAdapter,
+    "vipllava": VipLlavaAdapter,
+    "paddleocr_vl": PaddleOCRVLAdapter,
 }
 NEW = list(ADAPTER)
-DYNAMIC = ["glm4v", "glm4v_moe", "glm46v", "qwen3_5", "qwen3_5_moe"]
+DYNAMIC = [
+    "glm4v",
+    "glm4v_moe",
+    "glm46v",
+    "qwen3_5",
+    "qwen3_5_moe",
+    "llava_onevision1_5",
+    "exaone4_5",
+]
 # (grid of photo(131, 97), grid of photo(60, 110)): dynamic resolution follows the aspect ratio (Qwen's smart
 # resize, 28 px per token); the tiled types: the stitched tiles of their layout.
 GRIDS = {
-    **{n: ((3, 5), (4, 2)) for n in DYNAMIC},
+    **{n: ((3, 5), (4, 2)) for n in [*DYNAMIC, "paddleocr_vl"]},
     "idefics3": ((4, 4), (4, 4)),
     "aya_vision": ((4, 4), (4, 2)),
     "llava_next_video": ((6, 8), (8, 4)),
+    "vipllava": ((8, 8), (8, 8)),  # CLIP 112 px, centre crop, patch 14
 }
 IMAGES = ((131, 97, 0), (60, 110, 1))
 _CACHE: dict[str, tuple] = {}
@@ -188,6 +204,49 @@ def test_dynamic_resolution_bright_block_lands_on_its_cells(name, monkeypatch):
     torch.testing.assert_close(dark, torch.full_like(dark, float(dark[0])), atol=1e-5, rtol=0)
 
 
+def test_paddleocr_vl_bright_block_lands_on_its_cells(monkeypatch):
+    """PaddleOCR-VL's patches are row-major over the whole patch grid and its projector merges 2x2 blocks itself
+    (the model's own reshape, kept): the vision encoder is replaced by "each patch = its mean pixel", the
+    projector's layers by "the mean of the merged block into hidden dim 0". The 140x84 image's white top-left
+    56x28 block lights cells (0, 0) and (0, 1) of the 3x5 grid, nothing else."""
+    model, processor = tiny_model("paddleocr_vl", seed=0)
+    inner = model.model
+    width = model.config.vision_config.hidden_size
+    hidden = model.config.text_config.hidden_size
+
+    def vision(pixel_values=None, grid_thw=None, **kw):
+        per_patch = pixel_values.float().reshape(pixel_values.shape[1], -1).mean(-1)
+        return BaseModelOutputWithPooling(last_hidden_state=per_patch[:, None].expand(-1, width).contiguous())
+
+    def first(x):
+        out = torch.zeros(*x.shape[:-1], 4 * width)
+        out[..., 0] = x.mean(-1)
+        return out
+
+    def second(x):
+        out = torch.zeros(*x.shape[:-1], hidden)
+        out[..., 0] = x[..., 0]
+        return out
+
+    proj = inner.projector
+    monkeypatch.setattr(inner.visual, "forward", vision)
+    for name, fn in (
+        ("pre_norm", lambda x: x),
+        ("linear_1", first),
+        ("act", lambda x: x),
+        ("linear_2", second),
+    ):
+        monkeypatch.setattr(getattr(proj, name), "forward", fn)
+    _identity_decoder(monkeypatch, model)
+    img = Image.new("RGB", (140, 84))
+    img.paste((255, 255, 255), (0, 0, 56, 28))
+    m = _read_dim0(model, processor, img)
+    assert m.shape == (3, 5)
+    bright, dark = m[0, :2], torch.cat([m[0, 2:], m[1:].reshape(-1)])
+    assert bright.min() > dark.max() + 1.0
+    torch.testing.assert_close(dark, torch.full_like(dark, float(dark[0])), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("name", ["idefics3", "aya_vision"])
 def test_tile_lands_on_its_box(name, monkeypatch):
     """112x112 -> 2x2 tiles of 56 px (order (0,0), (0,1), (1,0), (1,1)) + the global tile; a tile's 4x4 patches
@@ -246,8 +305,58 @@ def test_llava_next_video_images_unpad_as_llava_next(monkeypatch):
         return 5.0 if (t == 2 and r == 0) else 0.0
 
     m = _canonical(
-        model, processor, Image.new("RGB", (112, 28)), plant, cls_token=True, newline=9.0, monkeypatch=monkeypatch
+        model,
+        processor,
+        Image.new("RGB", (112, 28)),
+        plant,
+        cls_token=True,
+        newline=9.0,
+        monkeypatch=monkeypatch,
     )
     expect = torch.zeros(2, 8)
     expect[0, 4] = 0.5
     torch.testing.assert_close(m, expect, atol=1e-6, rtol=0)
+
+
+def test_vipllava_patch_lands_on_its_cell(monkeypatch):
+    """ViP-LLaVA's 112x112 input: 8x8 CLIP patches (CLS dropped by the model), two vision layers concatenated by
+    its projector (replaced by their mean into hidden dim 0): a plant on patch (2, 5) lights exactly cell (2, 5)."""
+    model, processor = tiny_model("vipllava", seed=0)
+    m = _canonical(
+        model,
+        processor,
+        Image.new("RGB", (112, 112)),
+        lambda t, r, c: 1.0 if (r, c) == (2, 5) else 0.0,
+        cls_token=True,
+        monkeypatch=monkeypatch,
+    )
+    expect = torch.zeros(8, 8)
+    expect[2, 5] = 1.0
+    torch.testing.assert_close(m, expect, atol=1e-6, rtol=0)
+
+
+REFUSED_TYPES = {
+    "idefics": "cross-attention",
+    "idefics2": "perceiver resampler",
+    "blip-2": "Q-Former",
+    "instructblip": "Q-Former",
+    "kosmos-2": "latent queries",
+    "florence2": "encoder-decoder",
+    "t5gemma2": "encoder-decoder",
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED_TYPES))
+def test_types_without_a_grid_are_refused_with_the_reason(name):
+    from types import SimpleNamespace
+
+    import transformers
+
+    from mmx_fast.adapters import REFUSED
+
+    assert name in transformers.models.auto.modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    assert REFUSED_TYPES[name] in REFUSED[name]
+    with pytest.raises(
+        ValueError, match=rf"model type '{name}' cannot be explained: .*{REFUSED_TYPES[name]}"
+    ):
+        get_adapter(SimpleNamespace(config=SimpleNamespace(model_type=name)), None)
