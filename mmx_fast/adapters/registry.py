@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Adapter
 from .aya_vision import AyaVisionAdapter
+from .base import Adapter
 from .gemma3 import Gemma3Adapter
 from .glm4v import Glm4vAdapter
 from .idefics3 import Idefics3Adapter
