@@ -337,11 +337,11 @@ def test_registry_is_the_one_family_list():
     from mmx_fast import cli, testing
 
     # issue 15 families (tests/test_families.py), then the tiled ones (tests/test_tiled.py)
-    families = ["qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "gemma3", "paligemma"]  # + issue 25's Qwen3.5
+    families = ["qwen3_vl", "qwen3_vl_moe", "gemma3", "paligemma"]
     tiled = ["llava_next", "llava_onevision", "smolvlm"]
     # issue 25 (tests/test_families_25.py)
     more = ["idefics3", "llava_next_video", "glm4v", "glm4v_moe", "glm46v", "aya_vision", "llava_onevision1_5"]
-    more += ["exaone4_5", "vipllava", "paddleocr_vl"]
+    more += ["exaone4_5", "vipllava", "paddleocr_vl", "qwen3_5", "qwen3_5_moe"]
     every = FAMILIES + families + tiled + more
     assert supported_model_types() == list(MODEL_TYPES) == list(cli.SUPPORTED_FAMILIES) == every
     assert tiny_model_types() == tuple(every)

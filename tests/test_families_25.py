@@ -25,7 +25,7 @@ from mmx_fast.adapters.idefics3 import Idefics3Adapter
 from mmx_fast.adapters.llava import VipLlavaAdapter
 from mmx_fast.adapters.llava_next import LlavaNextVideoAdapter
 from mmx_fast.adapters.qwen2_vl import PaddleOCRVLAdapter, QwenStyleAdapter
-from mmx_fast.adapters.qwen3_vl import Qwen3VLAdapter
+from mmx_fast.adapters.qwen3_vl import Qwen35Adapter
 from mmx_fast.reference import explain
 from mmx_fast.testing import FAMILIES, tiny_model
 
@@ -35,8 +35,8 @@ ADAPTER = {
     "glm4v": Glm4vAdapter,
     "glm4v_moe": Glm4vAdapter,
     "glm46v": Glm4vAdapter,
-    "qwen3_5": Qwen3VLAdapter,
-    "qwen3_5_moe": Qwen3VLAdapter,
+    "qwen3_5": Qwen35Adapter,
+    "qwen3_5_moe": Qwen35Adapter,
     "aya_vision": AyaVisionAdapter,
     "llava_onevision1_5": QwenStyleAdapter,
     "exaone4_5": QwenStyleAdapter,
@@ -360,3 +360,12 @@ def test_types_without_a_grid_are_refused_with_the_reason(name):
         ValueError, match=rf"model type '{name}' cannot be explained: .*{REFUSED_TYPES[name]}"
     ):
         get_adapter(SimpleNamespace(config=SimpleNamespace(model_type=name)), None)
+
+
+@pytest.mark.parametrize("name", ["qwen3_5", "glm4v", "exaone4_5", "paddleocr_vl"])
+def test_new_dynamic_types_refuse_video_with_the_reason(name):
+    """Their video layouts are not explained (not tested here): a video is refused naming the types that do."""
+    _, model, processor, _ = _family(name)
+    frames = [photo(56, 56, k) for k in range(2)]
+    with pytest.raises(ValueError, match=rf"model type '{name}' does not take video; video is explained for: qwen2_vl"):
+        explain_fast(model, processor, frames, PROMPT, answer=ANSWER)

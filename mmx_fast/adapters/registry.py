@@ -18,7 +18,7 @@ from .llava import LlavaAdapter, VipLlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter, LlavaOnevisionAdapter
 from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import PaddleOCRVLAdapter, Qwen2VLAdapter, QwenStyleAdapter
-from .qwen3_vl import Qwen3VLAdapter
+from .qwen3_vl import Qwen3VLAdapter, Qwen35Adapter
 from .smolvlm import SmolVLMAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (
@@ -38,6 +38,7 @@ ADAPTERS: tuple[type[Adapter], ...] = (
     QwenStyleAdapter,
     VipLlavaAdapter,
     PaddleOCRVLAdapter,
+    Qwen35Adapter,
 )
 
 # Model types that cannot be explained by the logit lens, with the reason (refused by name, never "unsupported").
