@@ -181,7 +181,10 @@ def _triton_ready() -> bool:
         return False
     kernels = kernels_loader.triton_kernels()
     if not kernels.available:  # a broken or missing kernels package must not break the torch path
-        _warn_once("kernels-import", f"mmx_fast.kernels failed to import ({kernels.import_error}); using the torch backend")
+        _warn_once(
+            "kernels-import",
+            f"mmx_fast.kernels failed to import ({kernels.import_error}); using the torch backend",
+        )
     return kernels.available
 
 
