@@ -88,7 +88,7 @@ class PromptInputs:
 
 class Adapter:
     """Base class. A family sets ``family``, ``model_types``, ``geometry`` (and where needed
-    ``processor_kwargs``, ``tiny_builder``); ``config_types`` and ``processor_classes`` follow from
+    ``processor_kwargs``); ``config_types`` and ``processor_classes`` follow from
     ``model_types``."""
 
     # --- a family's data ----------------------------------------------------------------------------
@@ -120,8 +120,6 @@ class Adapter:
     # real tokens and the batch within ``bucket_tokens`` padded tokens (which also bounds its activations).
     bucket_waste: ClassVar[float] = 0.1
     bucket_tokens: ClassVar[int] = 8192
-    # The builder of this family's tiny random-weight test model in ``mmx_fast.testing`` (None: no tiny model).
-    tiny_builder: ClassVar[str | None] = None
     # Derived from ``model_types``: the accepted config types and processor class names (anywhere in the MRO).
     config_types: ClassVar[tuple[str, ...]] = ()
     processor_classes: ClassVar[tuple[str, ...]] = ()
