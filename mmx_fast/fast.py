@@ -32,7 +32,6 @@ from . import ops
 from .adapters.base import Adapter
 from .config import ExplainConfig
 from .explanation import Explanation
-from .ops import tam as tam_ops
 from .pipeline import (
     Answer,
     Attribution,
@@ -328,7 +327,7 @@ def tam_attribute(
     T = len(answer.ids)
     # TAM's lm_head calls: per round on generation's states, one call on a teacher-forced forward's
     groups = tam_logit_groups(h1.shape[0], text.prompt_len, T, answer.states is not None)
-    argmax_s = tam_ops.tam_argmax(h1, w_u, text.span[0], groups)
+    argmax_s = ops.tam_argmax(h1, w_u, text.span[0], groups, backend=backend)
     keep = config.keep_scale_maps
     maps = by_id = None
     tiled = base.views is not None  # TAM's image scores: the scale-1.0 views combined (docs/design.md §1.2)
@@ -341,7 +340,7 @@ def tam_attribute(
         maps = stacked(maps, base)  # video: [M * t, Hc, Wc] -> [M, t * Hc, Wc] (see pipeline.stacked)
         if config.scales != (1.0,) or tiled:
             by_id = {int(c): maps[k].reshape(-1).float().cpu() for k, c in enumerate(ids.tolist())}
-    refined = tam_ops.tam_mitigation_fast(
+    refined = ops.tam_mitigation(
         adapter.tokenizer,
         text,
         h1,
@@ -354,6 +353,7 @@ def tam_attribute(
         config.tam_fit,
         image_maps=by_id,
         frames=base.frames,
+        backend=backend,
     )
     return Attribution(
         maps=unstacked(refined, base),
@@ -403,15 +403,6 @@ def arc_fused(
         ctx = torch.cat([ctx, base_map], 0)
     filt = config.filter if apply_filter is None else apply_filter
     return ops.refine(a_t, ctx, w, apply_filter=filt, backend=backend)
-
-
-def base_vocab_id_chunked(z: torch.Tensor, w_u: torch.Tensor, chunk: int = 16384) -> int:
-    """k0 = argmin_k [W_U sum_i z_i]_k as one float32 GEMV, upcasting W_U a chunk of rows at a time (a
-    bf16 model's W_U is never copied whole). Ties go to the smaller id, as ``torch.argmin``. (The product
-    computes k0 with the rankings, ``ops.rankings_topk_base``.)"""
-    from .ops.rankings import _base_exact
-
-    return _base_exact(z.float().sum(0), w_u, chunk)
 
 
 def explain_fast(

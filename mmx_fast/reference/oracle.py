@@ -36,9 +36,9 @@ from ..pipeline import (
     text_side,
     unstacked,
 )
-from .logit_lens import base_vocab_id, logit_lens_maps
+from .logit_lens import logit_lens_maps
 from .msea import msea_aggregate
-from .rankings import rbo, topk_ranking
+from .rankings import base_vocab_id, rbo, topk_ranking
 from .refine import arc_weights, normalize_max, rank_gaussian_filter, refine_one
 from .tam import tam_extra_classes, tam_logit_groups, tam_logits, tam_mitigation
 
