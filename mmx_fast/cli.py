@@ -103,8 +103,13 @@ def _scale(text: str) -> float:
 
 
 def build_parser() -> OneLineParser:
-    from . import METHODS, __version__
+    """The ``mmx-fast`` argument parser (explain, demo, eval, serve).
+
+    Long: one argparse declaration per option, read top to bottom as the command line's reference.
+    """
+    from . import METHODS
     from .config import MAX_NEW_TOKENS
+    from .version import __version__
 
     parser = OneLineParser(
         prog=PROG,
@@ -368,8 +373,8 @@ def _report_meta(*, source, image_path: Path, forced: bool, device: str, dtype: 
 
 
 def _explanation_json(exp, *, source, image_path: Path, forced: bool, device: str, dtype: str) -> dict:
-    from . import __version__
     from .io import overlay_name
+    from .version import __version__
 
     info = exp.to_dict()
     n = len(exp.answer_ids)

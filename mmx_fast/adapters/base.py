@@ -86,6 +86,11 @@ class PromptInputs:
         return (m * self.frames, *self.grid)
 
 
+# The model types whose adapter explains video, named when another family refuses a video. Filled in by
+# ``adapters/registry.py``, which knows the families (this module must not import it: a cycle).
+VIDEO_MODEL_TYPES: list[str] = []
+
+
 class Adapter:
     """Base class. A family sets ``family``, ``model_types``, ``geometry`` (and where needed
     ``processor_kwargs``); ``config_types`` and ``processor_classes`` follow from
@@ -188,16 +193,14 @@ class Adapter:
 
     def prepare_video(self, video: Video, prompt: str, scale: float) -> PromptInputs:
         """Hook: chat prompt with a video (frames resized by ``scale``); only video families implement it."""
-        from .registry import video_model_types
-
         if isinstance(self.geometry, geo.Tiled):
             raise ValueError(
                 f"model type {self.model_type!r} lays an image out as tiles ({type(self.geometry).__name__}); "
-                f"video is not explained for tiled models, only for: {', '.join(video_model_types())}"
+                f"video is not explained for tiled models, only for: {', '.join(VIDEO_MODEL_TYPES)}"
             )
         raise ValueError(
             f"model type {self.model_type!r} does not take video; video is explained for: "
-            f"{', '.join(video_model_types())}"
+            f"{', '.join(VIDEO_MODEL_TYPES)}"
         )
 
     @property

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..tiny.families import DECLARATIONS
+from . import base
 from .base import Adapter
 from .gemma3 import Gemma3Adapter
 from .internvl import InternVLAdapter
@@ -63,6 +64,9 @@ MODEL_TYPES: dict[str, ModelType] = {
 def video_model_types() -> list[str]:
     """The model types whose adapter explains video (``Adapter.prepare_video``)."""
     return [name for name, m in MODEL_TYPES.items() if m.adapter.prepare_video is not Adapter.prepare_video]
+
+
+base.VIDEO_MODEL_TYPES[:] = video_model_types()
 
 
 def supported_model_types() -> list[str]:
