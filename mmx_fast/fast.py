@@ -9,17 +9,17 @@ Same inputs and result as ``mmx_fast.reference.explain`` and the same steps of `
   instruction, no answer, no lm_head), and scale 1.0 runs in full only when the answer was forced; the rows
   are grouped by length into right-padded batches (little padding, a bounded batch), keeping only the
   last-layer normed hidden states (never all layers, never full-vocab logits over visual tokens);
-- attribute: stage A, one gather-GEMM for every scale and every needed vocab id
-  (``ops.logit_lens``); MSEA onto the canonical grid; stage B, top-k rankings and the base id k0 in one
+- attribute: stage ``logit_lens``, one gather-GEMM for every scale and every needed vocab id
+  (``ops.logit_lens``); ``msea`` onto the canonical grid; ``rankings``, top-k rankings and the base id k0 in one
   pass over W_U (``ops.rankings_topk_base``: certified bfloat16 or float32, ``rankings_precision``) + RBO
-  for every (target, context) pair (``ops.rankings_rbo``); stage C, interference map,
+  for every (target, context) pair (``ops.rankings_rbo``); ``refine``, interference map,
   beta, ReLU, rank Gaussian filter and normalisation for all targets at once (``ops.refine``).
 
 Each stage dispatches to Triton on CUDA and to vectorised torch (or native C++) on CPU; see ``mmx_fast.ops``.
 The ``tam`` mitigation is TAM's sequential algorithm, which must equal TAM to the uint8 (docs/design.md
 §1.5): the fast path runs ``reference.tam.tam_maps`` on only what TAM reads (``mmx_fast.ops.tam``): the
 class columns at every position (a gather-GEMM shaped as TAM's ``lm_head`` calls), a certified streamed
-argmax at the first prompt position, and the vectorised filter; no stage A, MSEA or k0 for TAM itself.
+argmax at the first prompt position, and the vectorised filter; no logit_lens, MSEA or k0 for TAM itself.
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ def hidden_states(
 def attribute(
     adapter: Adapter, config: ExplainConfig, item: Item, answer: Answer, per_scale: list[ScaleStates]
 ) -> Attribution:
-    """Stage A (every scale, every needed id), MSEA, then the mitigation, on the fused stages of ``ops``."""
+    """Stage logit_lens (every scale, every needed id), msea, then the mitigation, through ``ops``."""
     backend = config.resolved_backend()
     w_u = adapter.lm_head_weight()
     dev = w_u.device
@@ -264,7 +264,7 @@ def attribute(
         return tam_attribute(adapter, config, item, answer, per_scale, text, h1, w_u, backend)
     z1 = h1[base.visual_positions.to(dev)]
     ranks = None
-    if config.mitigation == "arc":  # stage B's rankings and the base id k0 in one pass over W_U
+    if config.mitigation == "arc":  # the rankings and the base id k0 in one pass over W_U
         pred_prompt, pred_answer = text.predicting_positions()
         ranks, k0 = ops.rankings_topk_base(
             h1[pred_prompt + pred_answer], w_u, config.top_k, z1, backend, config.rankings_precision
@@ -287,7 +287,7 @@ def attribute(
         refined = ops.refine_filter(a_t, backend=backend) if filt else a_t
         refined = ops.refine_normalize(refined)
     else:
-        refined = arc_fused(ranks, a_t, prompt_maps, base_map, config, backend, apply_filter=filt)
+        refined = arc_refine(ranks, a_t, prompt_maps, base_map, config, backend, apply_filter=filt)
     if video and config.filter:
         refined = ops.refine_normalize(
             per_frame(refined, base, lambda x: ops.refine_filter(x, backend=backend))
@@ -322,7 +322,7 @@ def tam_attribute(
     backend: str,
 ) -> Attribution:
     """The ``tam`` mitigation (``mmx_fast.ops.tam``). TAM itself (single scale) reads only class columns
-    of the logits; stage A and MSEA run only for MSEA + TAM combinations or ``keep_scale_maps``."""
+    of the logits; logit_lens and msea run only for MSEA + TAM combinations or ``keep_scale_maps``."""
     base = item.base
     T = len(answer.ids)
     # TAM's lm_head calls: per round on generation's states, one call on a teacher-forced forward's
@@ -367,7 +367,7 @@ def tam_attribute(
 def logit_lens_flats(
     per_scale: list[ScaleStates], w_u: torch.Tensor, ids: torch.Tensor, backend: str
 ) -> list[torch.Tensor]:
-    """Stage A: every scale's visual tokens x every id, as [M, N_s] per scale."""
+    """Stage logit_lens: every scale's visual tokens x every id, as [M, N_s] per scale."""
     dev = w_u.device
     zs = [st.hidden.to(dev)[st.inputs.visual_positions.to(dev)] for st in per_scale]
     if ops.resolve_backend(backend, dev) == "triton":  # one launch over all scales
@@ -378,7 +378,7 @@ def logit_lens_flats(
     return list(flats)
 
 
-def arc_fused(
+def arc_refine(
     ranks: torch.Tensor,
     a_t: torch.Tensor,
     prompt_maps: torch.Tensor,
@@ -387,8 +387,8 @@ def arc_fused(
     backend: str,
     apply_filter: bool | None = None,
 ) -> torch.Tensor:
-    """ARC for all targets at once: stage B's RBO of each target vs its causal context (``ranks``: the
-    top-k rankings of the P prompt then T answer predicting positions), then stage C (interference, beta,
+    """ARC for all targets at once: RBO (stage rankings) of each target vs its causal context (``ranks``: the
+    top-k rankings of the P prompt then T answer predicting positions), then stage refine (interference, beta,
     ReLU, filter, normalisation). base_map: [1, Hc, Wc]."""
     T, P = a_t.shape[0], prompt_maps.shape[0]
     r = ops.rankings_rbo(ranks[P:], ranks, config.rbo_p, config.rbo_variant, backend=backend)  # [T, P + T]

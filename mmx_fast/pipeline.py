@@ -409,7 +409,7 @@ def text_side(base: PromptInputs, answer_ids: list[int]) -> TextSide:
 
 
 def map_ids(text: TextSide, k0: int, extra: list[int]) -> list[int]:
-    """The vocab ids stage A maps, in this order: the T answer ids (targets), the P prompt ids (ARC's
+    """The vocab ids stage logit_lens maps, in this order: the T answer ids (targets), the P prompt ids (ARC's
     context), k0 (the base map), then TAM's extra classes (``reference.tam.tam_extra_classes``)."""
     return text.answer_ids + text.prompt_ids + [k0] + extra
 

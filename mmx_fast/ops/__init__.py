@@ -346,7 +346,7 @@ AUTO_MIN_VOCAB_PER_CANDIDATE = 512
 def resolve_rankings_precision(
     precision: str = "auto", device=None, vocab: int | None = None, k: int = 50
 ) -> str:
-    """``"certified-bf16"`` or ``"float32"`` for stage B on ``device`` (top-``k`` over ``vocab`` ids).
+    """``"certified-bf16"`` or ``"float32"`` for the rankings' pass over W_U on ``device`` (top-``k`` over ``vocab`` ids).
 
     ``auto``: ``certified-bf16`` on a CPU with bfloat16 matmul hardware (AVX512-BF16 / AMX; measured
     faster there, benches/RESULTS.md) when the vocabulary has at least ``AUTO_MIN_VOCAB_PER_CANDIDATE``

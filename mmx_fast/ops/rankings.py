@@ -352,7 +352,7 @@ def rankings_certified_torch(
     exact: Callable | None = None,
     tile: int | None = None,
 ):
-    """Certified mixed-precision stage B (docs/design.md §1.3, §5): ``(ranks [R, k] int64, base_id)``,
+    """Certified mixed-precision rankings (docs/design.md §1.3, §5): ``(ranks [R, k] int64, base_id)``,
     both equal to the float32 reference's (:func:`rankings_topk_torch` / ``reference.rankings.base_vocab_id``).
 
     One pass over a bfloat16 W_U computes bfloat16 scores of every row of ``h`` (and of ``base``, the sum
