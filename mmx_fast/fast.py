@@ -272,12 +272,7 @@ def attribute(
     else:  # base id k0 alone: argmin of W_U @ sum_i z_i (never a V x N product)
         k0 = ops.rankings_topk_base(h1[:0], w_u, 1, z1, backend, config.rankings_precision)[1]
     ids = torch.tensor(map_ids(text, k0, []), dtype=torch.long, device=dev)
-
-    views, places, owned = msea_inputs(
-        per_scale, logit_lens_flats(per_scale, w_u, ids, backend), tuple(base.grid)
-    )
-    maps = ops.msea(views, places, tuple(base.grid), config.aggregate, backend=backend)
-    maps = stacked(maps, base)  # video: [M * t, Hc, Wc] -> [M, t * Hc, Wc] (see pipeline.stacked)
+    maps, placed = msea_maps(per_scale, w_u, ids, base, config.aggregate, backend)
     T, P = len(answer.ids), len(text.prompt_ids)
     a_t, prompt_maps, base_map = maps[:T], maps[T : T + P], maps[T + P : T + P + 1]
     video = base.temporal is not None
@@ -296,18 +291,32 @@ def attribute(
     return Attribution(
         maps=unstacked(refined, base),
         raw_maps=unstacked(a_t, base) if keep else None,
-        scale_maps={s: scale_map(views, places, o, base, T, backend) for s, o in zip(config.scales, owned)}
-        if keep
-        else None,
+        scale_maps=kept_scale_maps(placed, base, T, config.scales, backend) if keep else None,
     )
 
 
-def scale_map(views, places, owned: slice, base, T: int, backend: str) -> torch.Tensor:
-    """One scale's kept map [T, h, w]: its own grid (single view; video: [T, t, h, w]), or its views combined on
-    the canonical grid (tiled)."""
-    if base.views is None:
-        return scale_answer_maps(views[owned.start], base, T)
-    return ops.msea([v[:T] for v in views[owned]], places[owned], tuple(base.grid), "mean", backend=backend)
+def msea_maps(
+    per_scale: list[ScaleStates], w_u: torch.Tensor, ids: torch.Tensor, base, aggregate: str, backend: str
+):
+    """Stages logit_lens and msea: the maps of ``ids`` on the canonical grid, [M, Hc, Wc] (a video: [M, t * Hc,
+    Wc], its frames stacked, ``pipeline.stacked``), and the placed (scale, view) maps they combine
+    (``pipeline.msea_inputs``: maps, placements, the slice each scale owns)."""
+    placed = msea_inputs(per_scale, logit_lens_flats(per_scale, w_u, ids, backend), tuple(base.grid))
+    views, places, _ = placed
+    return stacked(ops.msea(views, places, tuple(base.grid), aggregate, backend=backend), base), placed
+
+
+def kept_scale_maps(placed, base, T: int, scales, backend: str) -> dict[float, torch.Tensor]:
+    """Every scale's kept answer maps [T, h, w]: its own grid (single view; video: [T, t, h, w]), or its views
+    combined on the canonical grid (tiled)."""
+    views, places, owned = placed
+    out = {}
+    for s, o in zip(scales, owned):
+        if base.views is None:
+            out[s] = scale_answer_maps(views[o.start], base, T)
+        else:
+            out[s] = ops.msea([v[:T] for v in views[o]], places[o], tuple(base.grid), "mean", backend=backend)
+    return out
 
 
 def tam_attribute(
@@ -327,17 +336,14 @@ def tam_attribute(
     T = len(answer.ids)
     # TAM's lm_head calls: per round on generation's states, one call on a teacher-forced forward's
     groups = tam_logit_groups(h1.shape[0], text.prompt_len, T, answer.states is not None)
-    argmax_s = ops.tam_argmax(h1, w_u, text.span[0], groups, backend=backend)
+    argmax_s = ops.tam_argmax(h1, w_u, text.span[0], groups)
     keep = config.keep_scale_maps
-    maps = by_id = None
+    maps = by_id = placed = None
     tiled = base.views is not None  # TAM's image scores: the scale-1.0 views combined (docs/design.md §1.2)
     if config.scales != (1.0,) or keep or tiled:
         extra = tam_extra_classes(adapter.tokenizer, text, argmax_s)
         ids = torch.tensor(text.answer_ids + extra, dtype=torch.long, device=w_u.device)
-        flats = logit_lens_flats(per_scale, w_u, ids, backend)
-        views, places, owned = msea_inputs(per_scale, flats, tuple(base.grid))
-        maps = ops.msea(views, places, tuple(base.grid), config.aggregate, backend=backend)
-        maps = stacked(maps, base)  # video: [M * t, Hc, Wc] -> [M, t * Hc, Wc] (see pipeline.stacked)
+        maps, placed = msea_maps(per_scale, w_u, ids, base, config.aggregate, backend)
         if config.scales != (1.0,) or tiled:
             by_id = {int(c): maps[k].reshape(-1).float().cpu() for k, c in enumerate(ids.tolist())}
     refined = ops.tam_mitigation(
@@ -353,14 +359,11 @@ def tam_attribute(
         config.tam_fit,
         image_maps=by_id,
         frames=base.frames,
-        backend=backend,
     )
     return Attribution(
         maps=unstacked(refined, base),
         raw_maps=unstacked(maps[:T], base) if keep else None,
-        scale_maps={s: scale_map(views, places, o, base, T, backend) for s, o in zip(config.scales, owned)}
-        if keep
-        else None,
+        scale_maps=kept_scale_maps(placed, base, T, config.scales, backend) if keep else None,
     )
 
 

@@ -504,15 +504,16 @@ def refine_normalize(x: torch.Tensor) -> torch.Tensor:
     return _run("refine_normalize", "torch", x.device, x)
 
 
-def tam_argmax(h1: torch.Tensor, w_u: torch.Tensor, pos: int, groups, backend: str = "auto") -> int:
+def tam_argmax(h1: torch.Tensor, w_u: torch.Tensor, pos: int, groups) -> int:
     """Stage ``tam`` (docs/design.md §1.5): the argmax (first index on ties) of the logits at ``pos`` as TAM's
     ``lm_head`` call over the group holding ``pos`` computes them, certified over a streamed top-k
-    (:func:`mmx_fast.ops.tam.tam_argmax`). h1: [L, d] last-layer states; groups: TAM's ``lm_head`` calls."""
+    (:func:`mmx_fast.ops.tam.tam_argmax`). h1: [L, d] last-layer states; groups: TAM's ``lm_head`` calls.
+    Torch only (TAM's sequential algorithm; no backend to choose)."""
     _check_matrix("h1", h1, "[L, d]")
     _check_matrix("w_u", w_u, "[V, d]")
     if not 0 <= int(pos) < h1.shape[0]:
         raise ValueError(f"tam_argmax needs 0 <= pos < {h1.shape[0]}; got pos={pos!r}")
-    return _run("tam_argmax", backend, w_u.device, h1, w_u, int(pos), groups)
+    return _run("tam_argmax", "torch", w_u.device, h1, w_u, int(pos), groups)
 
 
 def tam_mitigation(
@@ -528,11 +529,10 @@ def tam_mitigation(
     fit: str,
     image_maps=None,
     frames: int = 1,
-    backend: str = "auto",
 ) -> torch.Tensor:
     """Stage ``tam`` (docs/design.md §1.5): TAM's mitigation on the class columns only, float32 [T, H, W]
     (:func:`mmx_fast.ops.tam.tam_mitigation_fast`; image_maps: None for TAM's own image scores, {vocab id:
-    flat MSEA map} for MSEA + TAM)."""
+    flat MSEA map} for MSEA + TAM). Torch / numpy only (TAM's sequential algorithm; no backend to choose)."""
     _check_matrix("h1", h1, "[L, d]")
     _check_matrix("w_u", w_u, "[V, d]")
     args = (
@@ -549,4 +549,4 @@ def tam_mitigation(
         image_maps,
         frames,
     )
-    return _run("tam_mitigation", backend, w_u.device, *args)
+    return _run("tam_mitigation", "torch", w_u.device, *args)
