@@ -86,9 +86,12 @@ def resolve_model(spec: str) -> ModelSource:
     if not isinstance(spec, str) or not spec.strip():
         raise ModelLoadError(f"model {spec!r} is empty; pass a local model folder or tiny:qwen2_vl")
     if spec.startswith(TINY_PREFIX):
+        from .adapters.registry import tiny_model_types  # the model types with a tiny declaration
+
         family = spec[len(TINY_PREFIX) :]
-        if family not in families:
-            choices = ", ".join(TINY_PREFIX + f for f in families)
+        tiny = tiny_model_types()
+        if family not in tiny:
+            choices = ", ".join(TINY_PREFIX + f for f in tiny)
             raise ModelLoadError(
                 f"model {spec!r}: unsupported tiny model family {family!r}; choose one of {choices}"
             )

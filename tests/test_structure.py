@@ -1,5 +1,10 @@
-"""The shape of the tree: the import graph inside ``mmx_fast`` (read from the source with ``ast``, function-level
-imports included) and what it must not contain."""
+"""The shape of the tree (docs/design.md §2, §3), read from the source with ``ast``:
+
+- the import graph inside ``mmx_fast`` (function-level imports included, ``if TYPE_CHECKING:`` excluded) has no
+  cycle, and nothing in the package imports the test fixtures (``mmx_fast.testing``);
+- no function is over 100 lines without a ``Long:`` reason in its docstring;
+- every file docs/design.md names exists, and every ``design.md §N`` cited in the code exists.
+"""
 
 from __future__ import annotations
 
