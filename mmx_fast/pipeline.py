@@ -8,7 +8,9 @@ path runs the extra scales prefix-only, in length-bucketed batches, and reuses t
 computed) and in ``attribute`` (the
 paper's equations one token at a time vs the fused stages of ``mmx_fast.ops``). Everything else is here, once:
 the input checks, image loading, answer resolution, the forward plan, the text positions ARC and TAM read,
-and the one place an ``Explanation`` is built. This module imports neither path.
+the (scale, view) maps MSEA combines, a video's frame stacking, and the one place an ``Explanation`` is
+built. This module imports neither path; as both paths call its pieces, ``tests/test_glue.py`` checks them
+against brute-force restatements.
 """
 
 from __future__ import annotations

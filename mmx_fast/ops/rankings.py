@@ -1,5 +1,7 @@
-"""Stage ``rankings`` (docs/design.md §1.3), the ``torch`` backend: streaming top-k rankings and the RBO of
-every (target, context) pair, vectorised over all rows. Arguments are checked once in :mod:`mmx_fast.ops`.
+"""Stage ``rankings`` (docs/design.md §1.3), the ``torch`` backend: streaming top-k rankings, the RBO of every
+(target, context) pair vectorised over all rows, the base id k0 (``rankings_base_torch``), and the certified
+bfloat16 pass that computes the rankings and k0 together (``rankings_certified_torch``, §5.1). Arguments are
+checked once in :mod:`mmx_fast.ops`.
 
 Numerics: the logits are computed tile by tile over the vocabulary with the same float32 matmul as the
 reference, and ties are broken by an exact integer key, so the rankings equal the reference's. RBO sums
