@@ -15,11 +15,11 @@ from transformers import PretrainedConfig, ProcessorMixin
 
 # name -> where mmx_fast relies on it
 PROCESSOR_HOOKS = {
-    "check_argument_for_proper_class": "loading.accept_missing_video_processor overrides it (no video processor)",
-    "get_attributes": "loading.accept_missing_video_processor overrides it while saving",
-    "save_pretrained": "loading.accept_missing_video_processor wraps it",
-    "get_processor_dict": "loading.processor_without_video reads the saved processor settings",
-    "from_dict": "loading.processor_without_video builds the processor",
+    "check_argument_for_proper_class": "processors.accept_missing_video_processor overrides it (no video processor)",
+    "get_attributes": "processors.accept_missing_video_processor overrides it while saving",
+    "save_pretrained": "processors.accept_missing_video_processor wraps it",
+    "get_processor_dict": "processors.processor_without_video reads the saved processor settings",
+    "from_dict": "processors.processor_without_video builds the processor",
 }
 
 

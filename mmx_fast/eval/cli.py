@@ -129,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace):
-    from .run import EvalOptions
+    from .options import EvalOptions
 
     return EvalOptions(
         model=args.model,
