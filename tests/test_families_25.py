@@ -367,5 +367,7 @@ def test_new_dynamic_types_refuse_video_with_the_reason(name):
     """Their video layouts are not explained (not tested here): a video is refused naming the types that do."""
     _, model, processor, _ = _family(name)
     frames = [photo(56, 56, k) for k in range(2)]
-    with pytest.raises(ValueError, match=rf"model type '{name}' does not take video; video is explained for: qwen2_vl"):
+    with pytest.raises(
+        ValueError, match=rf"model type '{name}' does not take video; video is explained for: qwen2_vl"
+    ):
         explain_fast(model, processor, frames, PROMPT, answer=ANSWER)

@@ -26,4 +26,3 @@ class AyaVisionAdapter(Adapter):
     model_types = {"aya_vision": "AyaVisionProcessor"}
     geometry = AyaTiles()
     processor_kwargs = {"crop_to_patches": True}
-    tiny_builder = "aya_vision"

@@ -17,5 +17,4 @@ from .qwen2_vl import Qwen2VLAdapter
 class Glm4vAdapter(Qwen2VLAdapter):
     family = "glm4v"
     model_types = {"glm4v": "Glm4vProcessor", "glm4v_moe": "Glm4vProcessor", "glm46v": "Glm46VProcessor"}
-    tiny_builder = "glm4v"
     prepare_video = Adapter.prepare_video  # GLM's video layout (a timestamp per frame) is not explained

@@ -12,4 +12,3 @@ from .smolvlm import SmolVLMAdapter
 class Idefics3Adapter(SmolVLMAdapter):
     family = "idefics3"
     model_types = {"idefics3": "Idefics3Processor"}
-    tiny_builder = "idefics3"

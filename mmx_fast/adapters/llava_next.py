@@ -22,14 +22,12 @@ class LlavaNextAdapter(Adapter):
     family = "llava_next"
     model_types = {"llava_next": "LlavaNextProcessor"}
     geometry = AnyResUnpad()
-    tiny_builder = "llava_next"
 
 
 class LlavaOnevisionAdapter(Adapter):
     family = "llava_onevision"
     model_types = {"llava_onevision": "LlavaOnevisionProcessor"}
     geometry = AnyResUnpad()
-    tiny_builder = "llava_onevision"
 
 
 class LlavaNextVideoAdapter(LlavaNextAdapter):
@@ -38,4 +36,3 @@ class LlavaNextVideoAdapter(LlavaNextAdapter):
 
     family = "llava_next_video"
     model_types = {"llava_next_video": "LlavaNextVideoProcessor"}
-    tiny_builder = "llava_next_video"

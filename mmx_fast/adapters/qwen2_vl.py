@@ -28,7 +28,6 @@ class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
     model_types = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}
     geometry = DynamicResolution()
-    tiny_builder = "qwen2_vl"
 
     def video_chat_text(self, prompt: str) -> str:
         return prompt_mod.chat_text(self.processor, self.tokenizer, prompt, media="video")
@@ -101,7 +100,6 @@ class QwenStyleAdapter(Qwen2VLAdapter):
 
     family = "qwen_style"
     model_types = {"llava_onevision1_5": "Exaone4_5_Processor", "exaone4_5": "Exaone4_5_Processor"}
-    tiny_builder = "qwen_style"
     prepare_video = Adapter.prepare_video
 
 
@@ -112,5 +110,4 @@ class PaddleOCRVLAdapter(Qwen2VLAdapter):
 
     family = "paddleocr_vl"
     model_types = {"paddleocr_vl": "PaddleOCRVLProcessor"}
-    tiny_builder = "paddleocr_vl"
     prepare_video = Adapter.prepare_video
