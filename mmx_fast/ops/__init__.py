@@ -44,9 +44,11 @@ from .logit_lens import logit_lens_torch
 from .msea import msea_torch
 from .rankings import (
     CERTIFY_STATS,
+    _pad_rows,
     candidate_count,
     rankings_certified_torch,
     rankings_rbo_torch,
+    rankings_scored_torch,
     rankings_topk_torch,
 )
 from .refine import refine_filter_torch, refine_normalize_torch, refine_torch
@@ -481,6 +483,7 @@ def rankings_topk_base(
     z: torch.Tensor,
     backend: str = "auto",
     precision: str = "auto",
+    scores: tuple | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Stage ``rankings`` and the base id in one pass over W_U: ``(rankings_topk(h, w_u, k), k0)`` with
     ``k0 = argmin_j [W_U sum_i z_i]_j`` (ties to the smaller id), equal to
@@ -488,20 +491,47 @@ def rankings_topk_base(
 
     ``certified-bf16`` folds the base row into the bfloat16 candidate pass (its argmin certified like the
     rankings); ``float32`` runs the exact top-k and one float32 GEMV. Fallbacks are counted in
-    :data:`CERTIFY_STATS`."""
+    :data:`CERTIFY_STATS`.
+
+    ``scores``: ``(start, values, ids, logits_dtype)`` when rows ``start:start + n`` of ``h`` were already
+    scored over the whole vocabulary by the model's lm_head during generation (``values`` / ``ids``: each
+    row's best logits, descending, [n, keep]; ``adapters.generation.StepScores``). Those rows are ranked
+    from these scores, certified against the float32 reference (:func:`.rankings.rankings_scored_torch`),
+    and the pass over W_U runs only for the other rows (and those it could not certify): no vocabulary row
+    is scored twice (docs/design.md §1.3). The rankings are the same with or without ``scores``."""
     _check_topk_args(h, w_u, k)
     _check_matrix("z", z, "[N, d]")
     if z.shape[1] != w_u.shape[1]:
         raise ValueError(f"z [N, d] and w_u [V, d] must share d; got {tuple(z.shape)} and {tuple(w_u.shape)}")
     _check_same_device(z=z, w_u=w_u)
     s = z.to(torch.float32).sum(0)  # as reference.base_vocab_id
+    r = h.shape[0]
+    rest = None  # rows the pass over W_U must rank (None: all)
+    ranks = None
+    if scores is not None and r and w_u.device.type == "cpu":
+        start, values, ids, logits_dtype = scores
+        rows = torch.arange(start, start + values.shape[0], device=h.device)
+        got, ok = rankings_scored_torch(h, w_u, k, rows, values, ids, logits_dtype)
+        ranks = torch.empty((r, k), dtype=torch.int64, device=h.device)
+        ranks[rows[ok]] = got[ok]
+        done = torch.zeros(r, dtype=torch.bool, device=h.device)
+        done[rows[ok]] = True
+        rest = (~done).nonzero().flatten()
+    # the pass runs on at least min(R, 16) rows (fillers discarded): the GEMMs then sum in the reference's
+    # order (rankings._pad_rows), so every row's ranking is the one a pass over all R rows gives
+    sel = None if rest is None else (_pad_rows(rest, r) if rest.numel() else rest)
+    hp = h if sel is None else h[sel]
     if resolve_rankings_precision(precision, w_u.device, w_u.shape[0], k) == "certified-bf16":
-        ranks, k0 = DISPATCH["rankings_certified"]["torch"](h, w_u, k, s, _exact_topk(backend, w_u.device))
-        return ranks, int(k0)
-    from .rankings import _base_exact
+        got, k0 = DISPATCH["rankings_certified"]["torch"](hp, w_u, k, s, _exact_topk(backend, w_u.device))
+    else:
+        from .rankings import _base_exact
 
-    ranks = _run("rankings_topk", backend, w_u.device, h, w_u, k, empty=h.shape[0] == 0)
-    return ranks, _base_exact(s, w_u)
+        got = _run("rankings_topk", backend, w_u.device, hp, w_u, k, empty=hp.shape[0] == 0)
+        k0 = _base_exact(s, w_u)
+    if rest is None:
+        return got, int(k0)
+    ranks[rest] = got[: rest.numel()]
+    return ranks, int(k0)
 
 
 def rankings_rbo(

@@ -165,7 +165,8 @@ _MIN_VOCAB_PER_CANDIDATE = 4
 # Counters of the certified pass since import (or the last reset_certify_stats()): calls, ranking rows,
 # rows that fell back to the exact float32 pass, base-id searches and their fallbacks, rows that ran exact
 # because the vocabulary was too small for the bf16 pass (or the probe failed), rows that needed the second
-# candidate tier (certified there or fallen back).
+# candidate tier (certified there or fallen back), rows ranked from generation's scores and the ones of
+# those that could not be certified there (they join the pass over W_U).
 CERTIFY_STATS: dict[str, int] = {
     "calls": 0,
     "rows": 0,
@@ -174,6 +175,8 @@ CERTIFY_STATS: dict[str, int] = {
     "base_fallbacks": 0,
     "exact_rows": 0,
     "tier2_rows": 0,
+    "score_rows": 0,
+    "score_fallback_rows": 0,
 }
 
 
@@ -260,8 +263,10 @@ def _accumulates_in_float32(d: int, device: torch.device) -> bool:
             x[:, 0] = 1
             w = torch.ones((64, d), dtype=torch.bfloat16, device=device)
             got = (x @ w.T).float()
+            # lm_head's call shape too ([B, 1, d] through F.linear), whose logits stage B may rank from
+            got_linear = torch.nn.functional.linear(x[:, None], w)[:, 0].float()
             want = torch.tensor(1 + (d - 1) * 2.0**-9).to(torch.bfloat16).float()
-            _ACCUMULATION_PROBE[key] = bool((got == want).all())
+            _ACCUMULATION_PROBE[key] = bool((got == want).all()) and bool((got_linear == want).all())
     return _ACCUMULATION_PROBE[key]
 
 
@@ -493,3 +498,94 @@ def _base_exact(s: torch.Tensor, w_u: torch.Tensor, chunk: int = 16384) -> int:
         if best_val is None or val < best_val or (val != val and best_val == best_val):
             best_val, best_id = val, start + i
     return best_id
+
+
+# --------------------------------------------------------------------------------------------------
+# Rankings from generation's scores (docs/design.md §1.3, "scores from generation")
+# --------------------------------------------------------------------------------------------------
+
+
+def score_keep(k: int, v: int) -> int:
+    """Logits kept per generated position for top-``k`` rankings: both candidate tiers plus the one after."""
+    return min(v, _TIER2 * candidate_count(k, v) + 1)
+
+
+def score_bound_terms(x: torch.Tensor, logits_dtype: torch.dtype, cache: _Unembedding) -> torch.Tensor | None:
+    """Per row of ``x`` (the states lm_head read, [n, d] in the model's dtype): ``(A, c)`` as float64 [n, 2]
+    with |f_j - g_j| <= A + c |g_j| for every id j, f_j the reference's float32 score fl32(x . w_j) and g_j
+    the logit lm_head computed during generation (docs/design.md §5). Both are sums of the same d products
+    (exact in float32 for bfloat16 operands), each within gamma_d ||x|| ||w_j|| of the exact dot product
+    whatever the summation order; a bfloat16 lm_head then rounds its float32 sum once (c). None when the
+    bound's assumptions cannot be vouched for: float32 matmuls allowed to run in lower precision
+    (``torch.set_float32_matmul_precision``), a bfloat16 GEMM that does not accumulate in float32 (the
+    probe), any other logits dtype."""
+    d = x.shape[1]
+    if logits_dtype == torch.float32:
+        if x.dtype != torch.float32 or torch.get_float32_matmul_precision() != "highest":
+            return None
+        c = 0.0
+    elif logits_dtype == torch.bfloat16:
+        if x.dtype != torch.bfloat16 or not _accumulates_in_float32(d, x.device):
+            return None
+        c = _U_BF16 / (1 - _U_BF16)
+    else:
+        return None
+    g32 = d * _U_F32 / (1 - d * _U_F32)
+    nx = x.to(torch.float64).norm(dim=1)
+    nw = cache.max_n1 + cache.max_n2  # >= max_j ||w_j|| (the triangle inequality through bf16(w_j))
+    tiny = 2.0**-120 * (2 * d + d**0.5 * (2 * nx + 2 * nw))  # flush-to-zero / underflow, generously
+    a = 2 * g32 * nx * nw + tiny
+    return torch.stack([a, torch.full_like(a, c)], 1)
+
+
+def rankings_scored_torch(
+    h: torch.Tensor,
+    w_u: torch.Tensor,
+    k: int,
+    rows: torch.Tensor,
+    values: torch.Tensor,
+    ids: torch.Tensor,
+    logits_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` rankings of the rows ``rows`` of ``h`` from the logits generation already computed for them
+    (``values`` / ``ids``: each row's best logits, descending, [n, keep]): ``(ranks [n, k], ok [n] bool)``.
+
+    The certified pass's second half with generation's logits as the candidate scores: the best
+    candidate_count(k) ids (then _TIER2 times as many) are re-scored with the reference's float32 GEMM, and a
+    row is certified when its k-th float32 score strictly exceeds the upper bound of every id not kept
+    (:func:`score_bound_terms` applied to the next kept logit). Certified rows equal the float32 reference's
+    rankings; the others (``ok`` False, their ``ranks`` undefined) must run the pass over W_U."""
+    n, v = rows.numel(), w_u.shape[0]
+    ok_all = torch.zeros(n, dtype=torch.bool, device=h.device)
+    ranks = torch.empty((n, k), dtype=torch.int64, device=h.device)
+    CERTIFY_STATS["score_rows"] += n
+    keep = values.shape[1]
+    terms = None if not n else score_bound_terms(h[rows], logits_dtype, _unembedding(w_u))
+    if terms is None or h.device.type != "cpu" or keep < min(v, k):
+        CERTIFY_STATS["score_fallback_rows"] += n
+        return ranks, ok_all
+    m = candidate_count(k, v)
+    tiers = [keep] if keep >= v else sorted({t for t in (m, min(_TIER2 * m, keep - 1)) if k <= t < keep})
+    h32 = h.detach().to(torch.float32)
+    usable = torch.isfinite(values).all(1) & torch.isfinite(h32[rows]).all(1)
+    a, c = terms[:, 0], terms[:, 1]
+    todo = torch.arange(n, device=h.device)
+    for mt in tiers:
+        if not todo.numel():
+            break
+        sel = _pad_rows(rows[todo], h.shape[0])  # the re-scoring GEMM needs >= min(R, _GROUP_MIN) rows
+        cand = ids[todo, :mt]
+        cand = torch.cat([cand, cand[:1].expand(sel.numel() - todo.numel(), mt)])  # fillers: any ids
+        keys, kth = _rescore_topk(h32[sel], w_u, cand, k)
+        keys, kth = keys[: todo.numel()], kth[: todo.numel()]
+        ok = usable[todo] & torch.isfinite(kth)
+        if mt < v:  # ids beyond the mt candidates: bound them by the (mt + 1)-th logit
+            b = values[todo, mt].to(torch.float64)
+            ub = b + c[todo] * b.abs() + a[todo]
+            ub = ub + ub.abs() * 2.0**-40 + 2.0**-1000  # float64 evaluation error of ub, rounded up
+            ok &= ub < kth
+        ranks[todo[ok]] = _key_to_id(keys[ok])
+        ok_all[todo[ok]] = True
+        todo = todo[~ok]
+    CERTIFY_STATS["score_fallback_rows"] += int(todo.numel())
+    return ranks, ok_all
