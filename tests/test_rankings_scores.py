@@ -179,3 +179,32 @@ def test_scores_refused_when_float32_matmuls_may_run_in_lower_precision():
     assert not bool(ok.any())
     _, ok = torch_rankings.rankings_scored_torch(h, w, 5, torch.arange(6), values, ids, torch.float32)
     assert bool(ok.all())
+
+
+def test_k0_folded_into_the_float32_pass_equals_the_reference():
+    """float32 precision: k0 rides along the exact pass as the row -s (one pass over W_U, no separate GEMV)
+    and equals ``reference.base_vocab_id``; a crowd of ids tied at the minimum falls back to the GEMV
+    (still the reference's k0, ties to the smaller id), as do fewer than 4 ranking rows."""
+    from mmx_fast.reference.logit_lens import base_vocab_id
+
+    g = torch.Generator().manual_seed(7)
+    v, d = 5000, 64
+    w = torch.randn(v, d, generator=g)
+    h = torch.randn(9, d, generator=g)
+    z = torch.randn(5, d, generator=g)
+    before = dict(torch_rankings.CERTIFY_STATS)
+    ranks, k0 = ops.rankings_topk_base(h, w, 10, z, "torch", "float32")
+    delta = _stats_delta(before)
+    assert torch.equal(ranks, topk_ranking(h, w, 10)) and k0 == base_vocab_id(z, w)
+    assert delta["base_calls"] == 1 and delta["base_fallbacks"] == 0
+    # 40 ids tied (within float32 rounding) at the minimum: more than the k = 10 candidates -> GEMV fallback
+    s = z.sum(0)
+    crowd = torch.randperm(v, generator=g)[:40]
+    w[crowd] = -s / s.norm() * 10 + 1e-7 * torch.randn(40, d, generator=g)
+    before = dict(torch_rankings.CERTIFY_STATS)
+    ranks, k0 = ops.rankings_topk_base(h, w, 10, z, "torch", "float32")
+    assert _stats_delta(before)["base_fallbacks"] == 1
+    assert torch.equal(ranks, topk_ranking(h, w, 10)) and k0 == base_vocab_id(z, w)
+    before = dict(torch_rankings.CERTIFY_STATS)
+    ranks, k0 = ops.rankings_topk_base(h[:2], w, 10, z, "torch", "float32")
+    assert _stats_delta(before)["base_fallbacks"] == 1 and k0 == base_vocab_id(z, w)

@@ -49,6 +49,7 @@ from .rankings import (
     rankings_certified_torch,
     rankings_rbo_torch,
     rankings_scored_torch,
+    rankings_topk_base_folded,
     rankings_topk_torch,
 )
 from .refine import refine_filter_torch, refine_normalize_torch, refine_torch
@@ -523,6 +524,8 @@ def rankings_topk_base(
     hp = h if sel is None else h[sel]
     if resolve_rankings_precision(precision, w_u.device, w_u.shape[0], k) == "certified-bf16":
         got, k0 = DISPATCH["rankings_certified"]["torch"](hp, w_u, k, s, _exact_topk(backend, w_u.device))
+    elif w_u.device.type == "cpu":  # the exact pass with k0's row riding along: one pass over W_U
+        got, k0 = rankings_topk_base_folded(hp, w_u, k, s, _exact_topk(backend, w_u.device))
     else:
         from .rankings import _base_exact
 

@@ -589,3 +589,69 @@ def rankings_scored_torch(
         todo = todo[~ok]
     CERTIFY_STATS["score_fallback_rows"] += int(todo.numel())
     return ranks, ok_all
+
+
+# --------------------------------------------------------------------------------------------------
+# The base id k0 folded into the exact float32 pass (docs/design.md §1.3, "k0 in the one pass")
+# --------------------------------------------------------------------------------------------------
+
+_NORM_CACHE: dict[int, tuple] = {}
+
+
+def _max_row_norm(w_u: torch.Tensor, chunk: int = 8192) -> float:
+    """max_j ||w_j|| of W_U in float32, rounded up (a sum of d squares and a root: factor 1 + d 2^-22),
+    cached per tensor (and its version counter, as :func:`_unembedding`); inf when W_U is not finite."""
+    import weakref
+
+    key = (w_u.data_ptr(), tuple(w_u.shape), w_u.dtype, str(w_u.device), w_u._version)
+    hit = _NORM_CACHE.get(id(w_u))
+    if hit is not None and hit[0]() is w_u and hit[1] == key:
+        return hit[2]
+    v, d = w_u.shape
+    n = 0.0
+    for s in range(0, v, chunk):
+        part = w_u[s : s + chunk].detach().to(torch.float32)
+        if part.numel():
+            n = max(n, float(torch.linalg.vector_norm(part, dim=1).max()))
+    n = n * (1 + d * 2.0**-22) if math.isfinite(n) else math.inf
+    _NORM_CACHE.clear()
+    _NORM_CACHE[id(w_u)] = (weakref.ref(w_u), key, n)
+    return n
+
+
+# the folded pass needs the ranking GEMM to have at least this many rows before the base row joins it (GEMMs
+# of >= 4 rows sum in the full GEMM's order, see _GROUP_MIN), so the rows' rankings are unchanged
+_FOLD_MIN_ROWS = 4
+
+
+def rankings_topk_base_folded(
+    h: torch.Tensor, w_u: torch.Tensor, k: int, s: torch.Tensor, exact: Callable
+) -> tuple[torch.Tensor, int]:
+    """``(exact(h, w_u, k), k0)`` from ONE exact float32 pass over W_U (the float32 twin of the certified
+    pass's base row): the row ``-s`` rides along with ``h``, so the pass also yields the ``k`` ids with the
+    smallest float32 scores ``w_j . s``. Those candidates are re-scored with the reference's GEMV (as
+    :func:`_base_exact`), and the smallest is k0 when it is strictly below every non-candidate's lower bound:
+    the GEMM's and the GEMV's scores of an id differ by at most E = 2 gamma_d ||s|| max_j ||w_j||, so every
+    non-candidate scores >= max over candidates - 2E. Otherwise (near-ties, non-finite values, fewer than
+    ``_FOLD_MIN_ROWS`` rows) k0 comes from the separate GEMV pass (counted in ``base_fallbacks``)."""
+    r = h.shape[0]
+    s32 = s.detach().to(torch.float32).reshape(-1)
+    CERTIFY_STATS["base_calls"] += 1
+    if r < _FOLD_MIN_ROWS or torch.get_float32_matmul_precision() != "highest":
+        CERTIFY_STATS["base_fallbacks"] += 1
+        return exact(h, w_u, k), _base_exact(s32, w_u)
+    ranks = exact(torch.cat([h.detach().to(torch.float32), -s32[None]]), w_u, k)
+    cand = torch.sort(ranks[r]).values  # ascending ids: argmin's first minimum is the smallest id
+    vals = w_u.index_select(0, cand).to(torch.float32) @ s32  # the reference's GEMV, on candidates
+    d = w_u.shape[1]
+    g32 = d * _U_F32 / (1 - d * _U_F32)
+    ns = float(s32.to(torch.float64).norm())
+    e = 2 * g32 * ns * _max_row_norm(w_u) + 2.0**-120 * (2 * d + d**0.5 * 2 * ns)
+    j = int(torch.argmin(vals))
+    best, worst = float(vals[j]), float(vals.max())
+    lb = worst - 2 * e
+    lb = lb - abs(lb) * 2.0**-40 - 2.0**-1000  # float64 evaluation error, rounded down
+    if math.isfinite(best) and math.isfinite(lb) and bool(torch.isfinite(vals).all()) and best < lb:
+        return ranks[:r], int(cand[j])
+    CERTIFY_STATS["base_fallbacks"] += 1
+    return ranks[:r], _base_exact(s32, w_u)
