@@ -76,6 +76,7 @@ __all__ = [
     "BuildResult",
     "source_files",
     "rankings_topk",
+    "rankings_candidates",
     "rankings_rbo",
     "refine",
     "refine_filter",
@@ -87,7 +88,7 @@ _NAME = "mmx_fast_ops"
 _SOURCES = ("mmx_fast_ops.cpp",)
 _CFLAGS = ("-O3", "-fopenmp")
 _LDFLAGS = ("-fopenmp",)
-_OPS = ("rankings_topk", "rankings_rbo", "refine", "refine_filter")
+_OPS = ("rankings_topk", "rankings_candidates", "rankings_rbo", "refine", "refine_filter")
 
 _lock = threading.RLock()
 _loaded_path: str | None = None
@@ -461,6 +462,23 @@ def _rankings_topk_cuda(h, w_u, k, tile=0):
     return _kernel("rankings").rankings_topk(h, w_u, k)
 
 
+def rankings_candidates(h: torch.Tensor, w_u: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``h``, the ``keep`` largest float32 scores ``h . w_j`` (descending, ties to the smaller id)
+    and their ids: (float32 [R, keep], int64 [R, keep]). The scores come from the op's own AVX2/FMA dot
+    products (another summation order than the reference's GEMM, within gamma_d |h| |w_j| of it): candidates
+    for ``ops.rankings``' certified pass, never rankings by themselves (docs/design.md §5)."""
+    return _ops().rankings_candidates(h, w_u, int(keep))
+
+
+def _rankings_candidates_fake(h, w_u, keep):
+    r = h.shape[0]
+    return h.new_empty((r, keep), dtype=torch.float32), h.new_empty((r, keep), dtype=torch.int64)
+
+
+def _rankings_candidates_cuda(h, w_u, keep):
+    return torch.topk(h.float() @ w_u.float().T, int(keep), dim=1)
+
+
 def rankings_rbo(a: torch.Tensor, b: torch.Tensor, p: float = 0.9, variant: str = "ext") -> torch.Tensor:
     """RBO of every (target, context) pair of rankings: a [T, k], b [C, k] -> float32 [T, C], equal to
     ``reference.rankings.rbo(a[:, None], b[None], p, variant)``."""
@@ -519,6 +537,7 @@ def _refine_filter_cuda(x):
 # op name -> (fake, CUDA implementation), registered by load()
 _PYTHON_IMPLS = {
     "rankings_topk": (_rankings_topk_fake, _rankings_topk_cuda),
+    "rankings_candidates": (_rankings_candidates_fake, _rankings_candidates_cuda),
     "rankings_rbo": (_rankings_rbo_fake, _rankings_rbo_cuda),
     "refine": (_refine_fake, _refine_cuda),
     "refine_filter": (_refine_filter_fake, _refine_filter_cuda),

@@ -208,3 +208,54 @@ def test_k0_folded_into_the_float32_pass_equals_the_reference():
     before = dict(torch_rankings.CERTIFY_STATS)
     ranks, k0 = ops.rankings_topk_base(h[:2], w, 10, z, "torch", "float32")
     assert _stats_delta(before)["base_fallbacks"] == 1 and k0 == base_vocab_id(z, w)
+
+
+def test_native_candidates_are_the_best_scores_of_their_own_dot_products():
+    """``native.rankings_candidates``: per row the ``keep`` best scores, descending, each within the float32
+    bound of the exact dot product, ties toward the smaller id; float32 and bfloat16 W_U."""
+    from mmx_fast import native
+
+    assert native.available(), native.build_error()
+    g = torch.Generator().manual_seed(8)
+    for r, v, d, wdt in (
+        (7, 1000, 37, torch.float32),
+        (5, 3000, 1536, torch.float32),
+        (4, 900, 40, torch.bfloat16),
+    ):
+        h, w = torch.randn(r, d, generator=g), torch.randn(v, d, generator=g).to(wdt)
+        vals, ids = native.rankings_candidates(h, w, 60)
+        exact = h.double() @ w.double().T
+        bound = 2 * d * 2.0**-24 * h.double().norm(dim=1, keepdim=True) * w.double().norm(dim=1).max()
+        assert bool(((vals.double() - exact.gather(1, ids)).abs() <= bound).all())
+        assert bool((vals[:, 1:] <= vals[:, :-1]).all())
+        # nothing left out scores above the last kept one by more than the bound
+        left = exact.scatter(1, ids, float("-inf"))
+        assert bool((left.max(1).values <= vals[:, -1].double() + bound[:, 0]).all())
+    # exact ties: equal rows of W_U -> the smaller ids first
+    w = torch.randn(1, 16, generator=g).repeat(300, 1)
+    vals, ids = native.rankings_candidates(torch.randn(2, 16, generator=g), w, 10)
+    assert ids.tolist() == [list(range(10))] * 2
+
+
+@pytest.mark.parametrize("wdt", [torch.float32, torch.bfloat16], ids=str)
+def test_native_float32_candidate_pass_equals_reference_with_ties_and_fallbacks(wdt):
+    """Stage B on the native backend, float32 precision: the candidate pass + certification gives the
+    reference's rankings and k0 (ties toward the smaller id), and a row whose cut sits in a crowd of near-ties
+    falls back to the exact pass (counted), still equal."""
+    from mmx_fast.reference.logit_lens import base_vocab_id
+
+    g = torch.Generator().manual_seed(9)
+    v, d, k = 8000, 48, 10
+    w = torch.randn(v, d, generator=g)
+    h = torch.randn(20, d, generator=g)
+    crowd = torch.randperm(v, generator=g)[:200]
+    w[crowd] = h[4] / h[4].norm() * 8 + 1e-7 * torch.randn(200, d, generator=g)  # row 4: near-ties at the cut
+    w[7] = w[5]  # exact ties between two ids
+    w, h = w.to(wdt), h.to(wdt)
+    z = torch.randn(6, d, generator=g).to(wdt)
+    before = dict(torch_rankings.CERTIFY_STATS)
+    ranks, k0 = ops.rankings_topk_base(h, w, k, z, "native", "float32")
+    delta = _stats_delta(before)
+    assert torch.equal(ranks, topk_ranking(h, w, k)) and k0 == base_vocab_id(z, w)
+    assert delta["candidate_rows"] == 20 and delta["candidate_fallback_rows"] >= 1
+    assert delta["candidate_fallback_rows"] < 20 and delta["base_fallbacks"] == 0

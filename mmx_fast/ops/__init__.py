@@ -46,10 +46,10 @@ from .rankings import (
     CERTIFY_STATS,
     _pad_rows,
     candidate_count,
+    rankings_certified_f32,
     rankings_certified_torch,
     rankings_rbo_torch,
     rankings_scored_torch,
-    rankings_topk_base_folded,
     rankings_topk_torch,
 )
 from .refine import refine_filter_torch, refine_normalize_torch, refine_torch
@@ -184,7 +184,10 @@ def _triton_ready() -> bool:
         return False
     kernels = kernels_loader.triton_kernels()
     if not kernels.available:  # a broken or missing kernels package must not break the torch path
-        _warn_once("kernels-import", f"mmx_fast.kernels failed to import ({kernels.import_error}); using the torch backend")
+        _warn_once(
+            "kernels-import",
+            f"mmx_fast.kernels failed to import ({kernels.import_error}); using the torch backend",
+        )
     return kernels.available
 
 
@@ -450,6 +453,16 @@ def _check_topk_args(h, w_u, k) -> None:
         )
 
 
+def _native_candidates(backend: str, device) -> Callable | None:
+    """The native float32 candidate pass (``native.rankings_candidates``) when ``backend`` resolves to the
+    native kernels on this CPU; None otherwise (the torch backend keeps the exact pass with k0 folded in)."""
+    if resolve_backend(backend, device) != "native":
+        return None
+    from .. import native
+
+    return native.rankings_candidates
+
+
 def _exact_topk(backend: str, device) -> Callable:
     """The exact float32 top-k of the resolved backend (torch when it has none)."""
     impls = DISPATCH["rankings_topk"]
@@ -522,8 +535,9 @@ def rankings_topk_base(
     hp = h if sel is None else h[sel]
     if resolve_rankings_precision(precision, w_u.device, w_u.shape[0], k) == "certified-bf16":
         got, k0 = DISPATCH["rankings_certified"]["torch"](hp, w_u, k, s, _exact_topk(backend, w_u.device))
-    elif w_u.device.type == "cpu":  # the exact pass with k0's row riding along: one pass over W_U
-        got, k0 = rankings_topk_base_folded(hp, w_u, k, s, _exact_topk(backend, w_u.device))
+    elif w_u.device.type == "cpu":  # one float32 pass over W_U with k0's row riding along
+        exact = _exact_topk(backend, w_u.device)
+        got, k0 = rankings_certified_f32(hp, w_u, k, s, exact, _native_candidates(backend, w_u.device))
     else:
         from .rankings import _base_exact
 

@@ -166,7 +166,8 @@ _MIN_VOCAB_PER_CANDIDATE = 4
 # rows that fell back to the exact float32 pass, base-id searches and their fallbacks, rows that ran exact
 # because the vocabulary was too small for the bf16 pass (or the probe failed), rows that needed the second
 # candidate tier (certified there or fallen back), rows ranked from generation's scores and the ones of
-# those that could not be certified there (they join the pass over W_U).
+# those that could not be certified there (they join the pass over W_U), rows ranked from the native
+# float32 candidate pass and the ones of those re-run exactly.
 CERTIFY_STATS: dict[str, int] = {
     "calls": 0,
     "rows": 0,
@@ -177,6 +178,8 @@ CERTIFY_STATS: dict[str, int] = {
     "tier2_rows": 0,
     "score_rows": 0,
     "score_fallback_rows": 0,
+    "candidate_rows": 0,
+    "candidate_fallback_rows": 0,
 }
 
 
@@ -510,7 +513,7 @@ def score_keep(k: int, v: int) -> int:
     return min(v, _TIER2 * candidate_count(k, v) + 1)
 
 
-def score_bound_terms(x: torch.Tensor, logits_dtype: torch.dtype, cache: _Unembedding) -> torch.Tensor | None:
+def score_bound_terms(x: torch.Tensor, logits_dtype: torch.dtype, nw: float) -> torch.Tensor | None:
     """Per row of ``x`` (the states lm_head read, [n, d] in the model's dtype): ``(A, c)`` as float64 [n, 2]
     with |f_j - g_j| <= A + c |g_j| for every id j, f_j the reference's float32 score fl32(x . w_j) and g_j
     the logit lm_head computed during generation (docs/design.md §5). Both are sums of the same d products
@@ -518,7 +521,7 @@ def score_bound_terms(x: torch.Tensor, logits_dtype: torch.dtype, cache: _Unembe
     whatever the summation order; a bfloat16 lm_head then rounds its float32 sum once (c). None when the
     bound's assumptions cannot be vouched for: float32 matmuls allowed to run in lower precision
     (``torch.set_float32_matmul_precision``), a bfloat16 GEMM that does not accumulate in float32 (the
-    probe), any other logits dtype."""
+    probe), any other logits dtype. ``nw``: max_j ||w_j|| rounded up (:func:`_max_row_norm`)."""
     d = x.shape[1]
     if logits_dtype == torch.float32:
         if x.dtype != torch.float32 or torch.get_float32_matmul_precision() != "highest":
@@ -532,7 +535,8 @@ def score_bound_terms(x: torch.Tensor, logits_dtype: torch.dtype, cache: _Unembe
         return None
     g32 = d * _U_F32 / (1 - d * _U_F32)
     nx = x.to(torch.float64).norm(dim=1)
-    nw = cache.max_n1 + cache.max_n2  # >= max_j ||w_j|| (the triangle inequality through bf16(w_j))
+    if not math.isfinite(nw):
+        return None
     tiny = 2.0**-120 * (2 * d + d**0.5 * (2 * nx + 2 * nw))  # flush-to-zero / underflow, generously
     a = 2 * g32 * nx * nw + tiny
     return torch.stack([a, torch.full_like(a, c)], 1)
@@ -546,6 +550,7 @@ def rankings_scored_torch(
     values: torch.Tensor,
     ids: torch.Tensor,
     logits_dtype: torch.dtype,
+    counter: str = "score",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` rankings of the rows ``rows`` of ``h`` from the logits generation already computed for them
     (``values`` / ``ids``: each row's best logits, descending, [n, keep]): ``(ranks [n, k], ok [n] bool)``.
@@ -558,11 +563,11 @@ def rankings_scored_torch(
     n, v = rows.numel(), w_u.shape[0]
     ok_all = torch.zeros(n, dtype=torch.bool, device=h.device)
     ranks = torch.empty((n, k), dtype=torch.int64, device=h.device)
-    CERTIFY_STATS["score_rows"] += n
+    CERTIFY_STATS[f"{counter}_rows"] += n
     keep = values.shape[1]
-    terms = None if not n else score_bound_terms(h[rows], logits_dtype, _unembedding(w_u))
+    terms = None if not n else score_bound_terms(h[rows], logits_dtype, _max_row_norm(w_u))
     if terms is None or h.device.type != "cpu" or keep < min(v, k):
-        CERTIFY_STATS["score_fallback_rows"] += n
+        CERTIFY_STATS[f"{counter}_fallback_rows"] += n
         return ranks, ok_all
     m = candidate_count(k, v)
     tiers = [keep] if keep >= v else sorted({t for t in (m, min(_TIER2 * m, keep - 1)) if k <= t < keep})
@@ -587,7 +592,7 @@ def rankings_scored_torch(
         ranks[todo[ok]] = _key_to_id(keys[ok])
         ok_all[todo[ok]] = True
         todo = todo[~ok]
-    CERTIFY_STATS["score_fallback_rows"] += int(todo.numel())
+    CERTIFY_STATS[f"{counter}_fallback_rows"] += int(todo.numel())
     return ranks, ok_all
 
 
@@ -655,3 +660,45 @@ def rankings_topk_base_folded(
         return ranks[:r], int(cand[j])
     CERTIFY_STATS["base_fallbacks"] += 1
     return ranks[:r], _base_exact(s32, w_u)
+
+
+def rankings_certified_f32(
+    h: torch.Tensor, w_u: torch.Tensor, k: int, s: torch.Tensor, exact: Callable, candidates: Callable | None
+) -> tuple[torch.Tensor, int]:
+    """``(exact(h, w_u, k), k0)`` from one float32 candidate pass (docs/design.md §1.3, §5): ``candidates``
+    (the native op ``rankings_candidates``: our own AVX2 dot products, no [R, V] buffer) scores every row of
+    ``h`` and the base row ``-s`` over W_U in another summation order than the reference's GEMM; each row's
+    best candidate_count(k) ids are re-scored with the reference's GEMM and certified with the float32 bound
+    (:func:`rankings_scored_torch`), k0 as in :func:`rankings_topk_base_folded`. Rows it cannot certify run
+    ``exact``. Without ``candidates`` (or for a small vocabulary): :func:`rankings_topk_base_folded`."""
+    r, v = h.shape[0], w_u.shape[0]
+    m = candidate_count(k, v)
+    if candidates is None or r == 0 or v < _MIN_VOCAB_PER_CANDIDATE * (m + 1):
+        return rankings_topk_base_folded(h, w_u, k, s, exact)
+    keep = m + 1
+    h32 = h.detach().to(torch.float32)
+    s32 = s.detach().to(torch.float32).reshape(-1)
+    vals, ids = candidates(torch.cat([h32, -s32[None]]), w_u, keep)
+    ranks, ok = rankings_scored_torch(
+        h32, w_u, k, torch.arange(r, device=h.device), vals[:r], ids[:r], torch.float32, "candidate"
+    )
+    rest = (~ok).nonzero().flatten()
+    if rest.numel():
+        ranks[rest] = _exact_rows(exact, h, w_u, k, rest)
+    # k0: the base row's candidates are the ids with the smallest scores w_j . s (row -s, largest first)
+    CERTIFY_STATS["base_calls"] += 1
+    cand = torch.sort(ids[r, :m]).values  # ascending ids: argmin's first minimum is the smallest id
+    fv = w_u.index_select(0, cand).to(torch.float32) @ s32  # the reference's GEMV, on candidates
+    d = w_u.shape[1]
+    g32 = d * _U_F32 / (1 - d * _U_F32)
+    ns = float(s32.to(torch.float64).norm())
+    e = 2 * g32 * ns * _max_row_norm(w_u) + 2.0**-120 * (2 * d + d**0.5 * 2 * ns)
+    j = int(torch.argmin(fv))
+    best = float(fv[j])
+    lb = -float(vals[r, m]) - e  # every non-candidate's reference score is >= this
+    lb = lb - abs(lb) * 2.0**-40 - 2.0**-1000
+    finite = bool(torch.isfinite(fv).all()) and bool(torch.isfinite(vals[r]).all())
+    if finite and math.isfinite(lb) and best < lb and torch.get_float32_matmul_precision() == "highest":
+        return ranks, int(cand[j])
+    CERTIFY_STATS["base_fallbacks"] += 1
+    return ranks, _base_exact(s32, w_u)
