@@ -137,7 +137,7 @@ def servers(model_dir):
     main = Server(model_dir, "--max-batch", "8", "--max-wait-ms", "150", *limits)
     guarded = Server(
         model_dir, "--api-key-file", str(key_file), "--max-batch", "2", "--max-wait-ms", "1000",
-        "--max-queue", "2", key=KEY,
+        "--max-queue", "2", "--drain-grace-s", "0", key=KEY,
     )  # fmt: skip
     try:
         main.wait_ready()
