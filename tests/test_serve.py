@@ -143,7 +143,7 @@ def servers(model_dir):
     )
     guarded = Server(
         model_dir, "--api-key-file", str(key_file), "--max-batch", "2", "--max-wait-ms", "1000",
-        "--max-queue", "2", "--drain-grace-s", "0", key=KEY,
+        "--max-queue", "2", "--drain-grace-s", "0", "--access-log", "text", key=KEY,
     )  # fmt: skip
     try:
         main.wait_ready()
@@ -397,6 +397,23 @@ def test_refuses_public_bind_without_auth(model_dir, capsys):
     assert "max_aspect_ratio" in capsys.readouterr().err
 
 
+def test_operations_options_are_checked_before_serving(model_dir, capsys, tmp_path):
+    from mmx_fast.cli import main as cli
+
+    base = ["serve", "--model", str(model_dir)]
+    assert cli([*base, "--result-store", "s3://bucket"]) == 2
+    assert "--result-store 's3://bucket' is not allowed" in capsys.readouterr().err
+    assert cli([*base, "--result-store", "redis://127.0.0.1:1/0"]) == 2  # nothing listens on port 1
+    assert "cannot be reached" in capsys.readouterr().err
+    assert cli([*base, "--max-inflight-bytes", "1000", "--max-body-bytes", "2000"]) == 2
+    assert "max_inflight_bytes=1000" in capsys.readouterr().err
+    assert cli([*base, "--drain-grace-s", "-1"]) == 2
+    assert "drain_grace_s" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert cli([*base, "--result-store", f"dir:{tmp_path / 'file'}"]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------------
 # guarded server: auth, queueing, backpressure, cancellation, deadlines, drain
 def test_auth(guarded, local):
@@ -481,6 +498,16 @@ def test_deadline_gives_504_and_drops_queued_work(guarded):
     r = httpx.post(guarded.url + "/v1/explain", json=body, headers=guarded.headers())
     assert r.status_code == 504 and r.json()["error"]["kind"] == "timeout"
     assert _depth(guarded) == 0
+
+
+def test_text_access_log_line(guarded):
+    r = httpx.get(guarded.url + "/v1/limits", headers={"X-Request-ID": "text-log-1"})
+    assert r.status_code == 401 and r.json()["error"]["request_id"] == "text-log-1"
+    time.sleep(0.3)
+    line = next(x for x in guarded.output().splitlines() if "request_id=text-log-1" in x)
+    assert re.match(
+        r'^127\.0\.0\.1:\d+ "GET /v1/limits" 401 [0-9.]+ms in=0 out=\d+ error=unauthorized ', line
+    ), line
 
 
 def test_sigterm_drains_every_queued_request_and_exits_0(guarded):

@@ -42,6 +42,36 @@ def add_serve_parser(sub) -> None:
         default=64,
         help="kept results (--result-store memory)",
     )
+    _add_operations_arguments(sv)
+    sv.add_argument("--api-key-file", metavar="FILE", help="bearer tokens, one per line; enables auth")
+    sv.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a non-loopback --host without --api-key-file (a proxy in front authenticates)",
+    )
+    sv.add_argument("--allow-image-urls", action="store_true", help="let requests name http(s) image URLs")
+    sv.add_argument("--ray", action="store_true", help="run as a Ray Serve application (needs mmx-fast[ray])")
+    sv.add_argument("--replicas", type=_positive_int("--replicas"), default=1, help="Ray Serve replicas")
+    sv.add_argument(
+        "--num-cpus-per-replica", type=float, default=1.0, metavar="N", help="Ray: CPUs per replica"
+    )
+    sv.add_argument(
+        "--num-gpus-per-replica", type=float, default=0.0, metavar="N", help="Ray: GPUs per replica"
+    )
+
+    for f in dataclasses.fields(Limits):
+        sv.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=type(f.default),
+            default=f.default,
+            metavar="N",
+            help=f"per-request limit (default {f.default})",
+        )
+    sv.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+
+
+def _add_operations_arguments(sv) -> None:
+    """Result store, admission, access log and drain (README "Serving")."""
     sv.add_argument(
         "--result-store",
         default="memory",
@@ -81,31 +111,6 @@ def add_serve_parser(sub) -> None:
         help="after SIGTERM, /readyz answers 503 this long while requests are served, then the listener "
         "closes (default 5)",
     )
-    sv.add_argument("--api-key-file", metavar="FILE", help="bearer tokens, one per line; enables auth")
-    sv.add_argument(
-        "--insecure-no-auth",
-        action="store_true",
-        help="allow a non-loopback --host without --api-key-file (a proxy in front authenticates)",
-    )
-    sv.add_argument("--allow-image-urls", action="store_true", help="let requests name http(s) image URLs")
-    sv.add_argument("--ray", action="store_true", help="run as a Ray Serve application (needs mmx-fast[ray])")
-    sv.add_argument("--replicas", type=_positive_int("--replicas"), default=1, help="Ray Serve replicas")
-    sv.add_argument(
-        "--num-cpus-per-replica", type=float, default=1.0, metavar="N", help="Ray: CPUs per replica"
-    )
-    sv.add_argument(
-        "--num-gpus-per-replica", type=float, default=0.0, metavar="N", help="Ray: GPUs per replica"
-    )
-
-    for f in dataclasses.fields(Limits):
-        sv.add_argument(
-            "--" + f.name.replace("_", "-"),
-            type=type(f.default),
-            default=f.default,
-            metavar="N",
-            help=f"per-request limit (default {f.default})",
-        )
-    sv.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
