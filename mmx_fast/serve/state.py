@@ -120,14 +120,9 @@ def _native_status() -> dict[str, Any]:
 
 
 class StateHolder:
-    """Where the app finds its ServeState (set once the model is loaded), whether the process is draining
-    (SIGTERM received: /readyz answers 503 while requests are still served) and how many connections the
-    server holds (set by ``serve.run``; None under Ray Serve)."""
+    """Where the app finds its ServeState (set once the model is loaded) and whether the process is draining
+    (SIGTERM received: /readyz answers 503 while requests are still served; set by ``serve.run``)."""
 
     def __init__(self, state: ServeState | None = None) -> None:
         self.state = state
         self.draining = False
-        self.connections = None  # () -> int
-
-    def set_state(self, state: ServeState) -> None:
-        self.state = state

@@ -165,7 +165,8 @@ class RedisStore:
         return self._r.get(self._key(rid, part))
 
     def describe(self) -> str:
-        return self.url.split("@")[-1]  # never a password in logs or /readyz
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{rest.split('@')[-1]}"  # never a password in logs or /readyz
 
 
 def open_store(spec: str, *, ttl_s: float, max_bytes: int, keep_max: int) -> ResultStore:
