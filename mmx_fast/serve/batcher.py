@@ -83,6 +83,7 @@ class Batcher:
         max_wait_ms: float = 10.0,
         max_queue: int = 64,
         metrics=None,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError(
@@ -94,6 +95,7 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.metrics = metrics
+        self.on_idle = on_idle  # called on the worker thread when a batch ends with nothing queued
         self._queue: collections.deque[WorkItem] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -181,6 +183,8 @@ class Batcher:
                 return
             if batch:
                 self._run(batch)
+                if not self._queue and self.on_idle is not None:
+                    self.on_idle()
 
     def _run(self, batch: list[WorkItem]) -> None:
         t0 = time.perf_counter()
@@ -205,12 +209,11 @@ class Batcher:
             else:  # isolate the culprit(s): one by one, so batch-mates still get their answers
                 if m is not None:
                     m.batch_reruns.inc()
-                log.warning(
-                    "batch of %d raised %s: %s; re-running its requests one by one (request_ids=%s)",
+                log.warning(  # the log line's request_id field lists the batch's requests
+                    "batch of %d raised %s: %s; re-running its requests one by one",
                     len(batch),
                     type(batch_error).__name__,
                     batch_error,
-                    ",".join(it.request_id for it in batch),
                     extra={"request_id": ",".join(it.request_id for it in batch)},
                 )
                 results = []

@@ -75,22 +75,28 @@ def content_length(request: Request) -> int | None:
     return n
 
 
-async def read_body(request: Request, limit: int, ticket) -> bytes:
+async def read_body(request: Request, limit: int, ticket) -> bytes | bytearray:
     """The body, at most ``limit`` bytes; a chunked body grows the request's admission ``ticket`` as it
-    streams in (503 once the bytes in flight would exceed the server's bound)."""
+    streams in (503 once the bytes in flight would exceed the server's bound). A declared body is read into
+    one buffer of its size (no list of chunks joined into a second copy)."""
     declared = content_length(request)
-    chunks, size = [], 0
+    buf, size = bytearray(declared or 0), 0
     try:
         async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
+            n = len(chunk)
+            if size + n > limit:
                 raise too_large("body", f"more than {limit} bytes (the limit)")
-            if declared is None or size > declared:
-                ticket.grow(len(chunk))
-            chunks.append(chunk)
+            if declared is not None and size + n <= declared:
+                buf[size : size + n] = chunk
+            else:  # chunked (or more than declared, which the HTTP server refuses first)
+                ticket.grow(n)
+                buf[size:] = chunk
+            size += n
     except ClientDisconnect:
         raise ApiError(499, "cancelled", "the client went away while sending the body") from None
-    return b"".join(chunks)
+    if size < len(buf):
+        del buf[size:]
+    return buf
 
 
 def json_depth(value: Any) -> int:
@@ -146,7 +152,7 @@ def parse_json_body(body: bytes, model: type[BaseModel]):
 
 async def parse_form(request: Request, body: bytes, limits: Limits) -> tuple[ExplainRequest, bytes | None]:
     """A multipart/form-data body -> the request and the uploaded image's bytes."""
-    request._body = body  # starlette's form parser reads the cached body
+    request._body = bytes(body)  # starlette's form parser reads the cached body
     try:
         form = await request.form(
             max_files=1, max_fields=len(FORM_FIELDS) + 1, max_part_size=limits.max_body_bytes

@@ -20,10 +20,11 @@ def machine_memory_bytes() -> int:
 
 
 def default_max_inflight_bytes() -> int:
-    """Request bodies held at once: 1/96 of physical memory, between 32 MiB and 256 MiB. A body costs about 3x
-    its size while it is parsed and decoded (text, bytes, pixels) in one of the ``max_parsing`` slots, so this
-    keeps a flood of large bodies within a few hundred MB (docs/design.md §6)."""
-    return int(min(256 << 20, max(32 << 20, machine_memory_bytes() // 96)))
+    """Request bytes held at once: 1/192 of physical memory, between 32 MiB and 128 MiB. A body costs about 3x
+    its size while it is parsed and decoded (text, bytes, pixels) in one of the ``max_parsing`` slots, and a
+    decoded image is copied again at each MSEA scale in its batch, so this keeps a flood of large bodies
+    within a few hundred MB (docs/design.md §6; benches/bench_serve.py --scenario flood)."""
+    return int(min(128 << 20, max(32 << 20, machine_memory_bytes() // 192)))
 
 
 def default_max_parsing() -> int:

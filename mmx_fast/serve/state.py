@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import ctypes
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,7 @@ class ServeState:
             max_wait_ms=settings.max_wait_ms,
             max_queue=settings.max_queue,
             metrics=self.metrics,
+            on_idle=_return_free_memory,
         )
         self.ready = True
 
@@ -86,6 +88,22 @@ class ServeState:
         self.ready = False
         self.batcher.stop()
         self.admission.close()
+
+
+def _return_free_memory() -> None:
+    """Give freed heap pages back to the OS when the queue runs empty (glibc keeps them otherwise: after a
+    burst of large images the process would stay at its peak RSS). A no-op where there is no glibc."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def _build_info(info: dict, model) -> dict[str, str]:
