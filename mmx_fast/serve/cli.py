@@ -91,7 +91,7 @@ def _add_operations_arguments(sv) -> None:
         default=0,
         metavar="N",
         help="request bytes held at once (bodies, then decoded images); beyond it 503 before the body is read "
-        "(default: 1/96 of memory, 32-256 MiB)",
+        "(default: 1/192 of memory, 32-128 MiB)",
     )
     sv.add_argument(
         "--max-parsing",
