@@ -676,6 +676,19 @@ def test_exif_orientation_is_applied_as_in_the_library(main, local, tmp_path):
         torch.testing.assert_close(_maps(r.json()), exp.maps, atol=1e-5, rtol=0)
 
 
+def test_overlay_encoding_stops_at_the_deadline(local):
+    from mmx_fast.serve.encode import overlays
+    from mmx_fast.serve.limits import ApiError
+
+    img = _image(64, 48, 51)
+    exp = local(_default_cfg()).explain(img, PROMPT, "A red car.")
+    pngs = overlays(exp, time.perf_counter() + 60, 60.0)
+    assert len(pngs) == len(exp) and Image.open(io.BytesIO(base64.b64decode(pngs[0]))).size == img.size
+    with pytest.raises(ApiError) as e:
+        overlays(exp, time.perf_counter() - 0.001, 2.0)  # the deadline has passed: nothing more is encoded
+    assert (e.value.status, e.value.field) == (504, "overlays") and "0 of" in e.value.message
+
+
 # ---------------------------------------------------------------------------------------------------
 # request ids, access log, metrics, OpenAI-format requests (main server)
 def _access_lines(server: Server) -> list[dict]:
