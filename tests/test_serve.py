@@ -993,6 +993,13 @@ def test_chunked_body_is_refused_while_streaming(ops):
 
         r = httpx.post(ops.url + "/v1/explain", content=gen(), headers={"content-type": "application/json"})
         assert r.status_code == 503 and r.json()["error"]["kind"] == "overloaded", r.text
+        # a client that asks before uploading (Expect: 100-continue, as curl does) gets the 503 instead of
+        # "100 Continue", without sending a byte of its body
+        with socket.create_connection(("127.0.0.1", ops.port), timeout=30) as ask:
+            ask.sendall(b"POST /v1/explain HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 4000000\r\nExpect: 100-continue\r\n\r\n")  # fmt: skip
+            head = ask.recv(65536)
+        assert head.startswith(b"HTTP/1.1 503 ") and b"retry-after: " in head.lower(), head[:200]
         assert (
             int(r.headers["retry-after"]) >= 1
             and "max_inflight_bytes=8000000" in r.json()["error"]["message"]
