@@ -1,5 +1,7 @@
-"""Stage ``rankings`` (docs/design.md §1.3), the ``torch`` backend: streaming top-k rankings and the RBO of
-every (target, context) pair, vectorised over all rows. Arguments are checked once in :mod:`mmx_fast.ops`.
+"""Stage ``rankings`` (docs/design.md §1.3), the ``torch`` backend: streaming top-k rankings, the RBO of every
+(target, context) pair vectorised over all rows, the base id k0 (``rankings_base_torch``), and the certified
+bfloat16 pass that computes the rankings and k0 together (``rankings_certified_torch``, §5.1). Arguments are
+checked once in :mod:`mmx_fast.ops`.
 
 Numerics: the logits are computed tile by tile over the vocabulary with the same float32 matmul as the
 reference, and ties are broken by an exact integer key, so the rankings equal the reference's. RBO sums
@@ -360,8 +362,8 @@ def rankings_certified_torch(
     exact: Callable | None = None,
     tile: int | None = None,
 ):
-    """Certified mixed-precision stage B (docs/design.md §1.3, §5): ``(ranks [R, k] int64, base_id)``,
-    both equal to the float32 reference's (:func:`rankings_topk_torch` / ``reference.base_vocab_id``).
+    """Certified mixed-precision rankings (docs/design.md §1.3, §5): ``(ranks [R, k] int64, base_id)``,
+    both equal to the float32 reference's (:func:`rankings_topk_torch` / ``reference.rankings.base_vocab_id``).
 
     One pass over a bfloat16 W_U computes bfloat16 scores of every row of ``h`` (and of ``base``, the sum
     of the visual states, whose argmin is k0) and keeps the best ``candidate_count(k, V)`` ids per row (the
@@ -370,6 +372,9 @@ def rankings_certified_torch(
     on every non-candidate's float32 score (its bfloat16 score plus the rounding-error bound of
     :func:`_bound_terms`); otherwise that row runs the exact float32 pass ``exact`` (counted in
     :data:`CERTIFY_STATS`). ``base_id`` is None when ``base`` is None.
+
+    Long: one pass whose running state (candidates, bounds, fallback rows) every step shares; split, the
+    steps would pass a dozen tensors between them.
     """
     exact = exact or rankings_topk_torch
     r, v = h.shape[0], w_u.shape[0]
@@ -392,7 +397,7 @@ def rankings_certified_torch(
     if small:  # too few vocabulary rows for the bf16 pass to pay off: exact
         CERTIFY_STATS["exact_rows"] += r
         ranks = exact(h, w_u, k) if r else torch.empty((0, k), dtype=torch.int64, device=h.device)
-        return ranks, (_base_exact(base, w_u) if base is not None else None)
+        return ranks, (base_id_exact(base, w_u) if base is not None else None)
 
     cache = _unembedding(w_u)
     h32 = h.detach().to(torch.float32)
@@ -485,13 +490,14 @@ def rankings_certified_torch(
             base_id = int(cand0[j])
         if base_id is None:
             CERTIFY_STATS["base_fallbacks"] += 1
-            base_id = _base_exact(base, w_u)
+            base_id = base_id_exact(base, w_u)
     return ranks, base_id
 
 
-def _base_exact(s: torch.Tensor, w_u: torch.Tensor, chunk: int = 16384) -> int:
+def base_id_exact(s: torch.Tensor, w_u: torch.Tensor, chunk: int = 16384) -> int:
     """k0 = argmin_k [W_U s]_k by the reference's float32 GEMV, a chunk of W_U rows at a time (a bfloat16
-    W_U is never upcast whole). Ties go to the smaller id, as ``torch.argmin``."""
+    W_U is never upcast whole). Ties go to the smaller id, as ``torch.argmin``. s: the sum of the scale-1.0
+    visual states (``rankings_base_torch``); the certified pass calls it on rows it cannot certify."""
     s = s.detach().to(torch.float32).reshape(-1)
     best_val, best_id = None, 0
     for start in range(0, w_u.shape[0], chunk):
@@ -635,7 +641,7 @@ def rankings_topk_base_folded(
     """``(exact(h, w_u, k), k0)`` from ONE exact float32 pass over W_U (the float32 twin of the certified
     pass's base row): the row ``-s`` rides along with ``h``, so the pass also yields the ``k`` ids with the
     smallest float32 scores ``w_j . s``. Those candidates are re-scored with the reference's GEMV (as
-    :func:`_base_exact`), and the smallest is k0 when it is strictly below every non-candidate's lower bound:
+    :func:`base_id_exact`), and the smallest is k0 when it is strictly below every non-candidate's lower bound:
     the GEMM's and the GEMV's scores of an id differ by at most E = 2 gamma_d ||s|| max_j ||w_j||, so every
     non-candidate scores >= max over candidates - 2E. Otherwise (near-ties, non-finite values, fewer than
     ``_FOLD_MIN_ROWS`` rows) k0 comes from the separate GEMV pass (counted in ``base_fallbacks``)."""
@@ -644,7 +650,7 @@ def rankings_topk_base_folded(
     CERTIFY_STATS["base_calls"] += 1
     if r < _FOLD_MIN_ROWS or torch.get_float32_matmul_precision() != "highest":
         CERTIFY_STATS["base_fallbacks"] += 1
-        return exact(h, w_u, k), _base_exact(s32, w_u)
+        return exact(h, w_u, k), base_id_exact(s32, w_u)
     ranks = exact(torch.cat([h.detach().to(torch.float32), -s32[None]]), w_u, k)
     cand = torch.sort(ranks[r]).values  # ascending ids: argmin's first minimum is the smallest id
     vals = w_u.index_select(0, cand).to(torch.float32) @ s32  # the reference's GEMV, on candidates
@@ -659,7 +665,7 @@ def rankings_topk_base_folded(
     if math.isfinite(best) and math.isfinite(lb) and bool(torch.isfinite(vals).all()) and best < lb:
         return ranks[:r], int(cand[j])
     CERTIFY_STATS["base_fallbacks"] += 1
-    return ranks[:r], _base_exact(s32, w_u)
+    return ranks[:r], base_id_exact(s32, w_u)
 
 
 def rankings_certified_f32(
@@ -701,4 +707,11 @@ def rankings_certified_f32(
     if finite and math.isfinite(lb) and best < lb and torch.get_float32_matmul_precision() == "highest":
         return ranks, int(cand[j])
     CERTIFY_STATS["base_fallbacks"] += 1
-    return ranks, _base_exact(s32, w_u)
+    return ranks, base_id_exact(s32, w_u)
+
+
+def rankings_base_torch(z: torch.Tensor, w_u: torch.Tensor, chunk: int = 16384) -> int:
+    """The base id k0 of stage ``rankings`` (docs/design.md §1.3): ``argmin_k sum_i [W_U z_i]_k`` over the
+    scale-1.0 visual states z [N, d], as ``reference.rankings.base_vocab_id`` computes it (the float32 sum of
+    z, then one float32 GEMV, streamed over ``chunk`` rows of W_U). Ties go to the smaller id."""
+    return base_id_exact(z.detach().to(torch.float32).sum(0), w_u, chunk)
