@@ -185,7 +185,7 @@ def test_k0_folded_into_the_float32_pass_equals_the_reference():
     """float32 precision: k0 rides along the exact pass as the row -s (one pass over W_U, no separate GEMV)
     and equals ``reference.base_vocab_id``; a crowd of ids tied at the minimum falls back to the GEMV
     (still the reference's k0, ties to the smaller id), as do fewer than 4 ranking rows."""
-    from mmx_fast.reference.logit_lens import base_vocab_id
+    from mmx_fast.reference.rankings import base_vocab_id
 
     g = torch.Generator().manual_seed(7)
     v, d = 5000, 64
@@ -242,7 +242,7 @@ def test_native_float32_candidate_pass_equals_reference_with_ties_and_fallbacks(
     """Stage B on the native backend, float32 precision: the candidate pass + certification gives the
     reference's rankings and k0 (ties toward the smaller id), and a row whose cut sits in a crowd of near-ties
     falls back to the exact pass (counted), still equal."""
-    from mmx_fast.reference.logit_lens import base_vocab_id
+    from mmx_fast.reference.rankings import base_vocab_id
 
     g = torch.Generator().manual_seed(9)
     v, d, k = 8000, 48, 10
