@@ -238,3 +238,16 @@ def test_every_cited_design_section_exists():
     assert ("mmx_fast/ops/__init__.py", "2") in cited  # the finder sees citations
     missing = sorted({f"{f}: §{n}" for f, n in cited if n not in sections})
     assert missing == [], f"citations of docs/design.md sections that do not exist: {missing}"
+
+
+def test_every_subpackage_is_installed():
+    """pyproject.toml lists the packages an install ships (setuptools finds none by itself): every folder of
+    ``mmx_fast`` with an ``__init__.py`` is listed (a missing one imports from a source tree, not from a wheel)."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"]
+    )
+    found = {_module_name(p) for p in PACKAGE.rglob("__init__.py") if "kernels" not in p.parts}
+    assert {"mmx_fast", "mmx_fast.tiny", "mmx_fast.eval"} <= found
+    assert found - listed == set()
