@@ -129,15 +129,17 @@ def build_parser() -> OneLineParser:
         required=True,
         metavar="ID_OR_PATH",
         help="a local model folder (with config.json), a Hugging Face id already in the local cache, or "
-        "tiny:qwen2_vl / tiny:llava / tiny:internvl for a tiny random-weight test model; nothing is downloaded",
+        f"tiny:<model type> for a tiny random-weight test model ({', '.join(SUPPORTED_FAMILIES)}); nothing is "
+        "downloaded",
     )
     ex.add_argument(
         "--image",
         required=True,
         action="extend",
         nargs="+",
-        metavar="PATH",
-        help="an image file; repeat (or list several) to explain several images with the same prompt",
+        metavar="PATH_OR_URL",
+        help="an image file or URL (http(s):// or data:, with the library's limits: at most 32 MiB, 30 s); "
+        "repeat (or list several) to explain several images with the same prompt",
     )
     ex.add_argument("--prompt", required=True, metavar="TEXT", help="the question or instruction")
     ex.add_argument(
@@ -165,7 +167,9 @@ def build_parser() -> OneLineParser:
         help=f"generation budget when no --answer is given (default 32, at most {MAX_NEW_TOKENS})",
     )
     ex.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available"
+        "--device",
+        default="auto",
+        help="auto (cuda when available, else cpu), cpu, cuda, cuda:N (default: auto)",
     )
     ex.add_argument(
         "--dtype",
@@ -265,6 +269,7 @@ def _make_config(args: argparse.Namespace):
 
 
 def _image_error(text: str, path: Path, e: Exception) -> CliError:
+    text = _image_label(text)
     msg = str(e)
     for prefix in (f"image file {str(path)!r} ", f"image path {str(path)!r} "):
         if msg.startswith(prefix):
@@ -272,17 +277,53 @@ def _image_error(text: str, path: Path, e: Exception) -> CliError:
     return CliError(f"--image {text!r}: {msg}")
 
 
-def _check_images(paths: list[str], scales=(1.0,)) -> list[Path]:
+def _image_label(text: str) -> str:
+    """How an --image is shown in messages, reports and explanation.json: a data: URL by its head only."""
+    return (
+        f"{text[:40]}... ({len(text)} characters)" if text[:5].lower() == "data:" and len(text) > 60 else text
+    )
+
+
+def _fetch_image_url(text: str, folder: Path) -> Path:
+    """An ``http(s)://`` or ``data:`` --image fetched and decoded with the library's own limits
+    (``mmx_fast.images.load_image``: ``MAX_URL_BYTES``, ``URL_TIMEOUT_S``), then written losslessly as PNG
+    into its own sub-folder of ``folder`` (named after the URL's last path segment), so that from here on the
+    CLI treats it as a file. ``folder`` is a private temporary folder that run_explain removes."""
+    from urllib.parse import unquote, urlsplit
+
+    from PIL import Image
+
+    from .images import load_image
+
+    try:
+        image = load_image(text)
+    except (ValueError, TypeError, OSError, Image.DecompressionBombError) as e:
+        raise CliError(f"--image {_image_label(text)!r}: {e}") from None
+    name = "image"
+    if text[:5].lower() != "data:":
+        name = Path(unquote(urlsplit(text).path)).stem or urlsplit(text).hostname or "image"
+    sub = folder / str(len(list(folder.iterdir())))
+    sub.mkdir()
+    path = sub / f"{name[:100]}.png"
+    image.save(path, format="PNG")
+    return path
+
+
+def _check_images(paths: list[str], scales=(1.0,), url_folder: Path | None = None) -> list[Path]:
     """Every --image checked before the model loads: a readable regular file, every header within the bounds
     (``mmx_fast.images.check_size``) before any pixel is decoded, then each file decoded and converted to RGB
     once, one at a time, and dropped (truncated or corrupt data, NaN pixels show only there). Returns the
-    paths; nothing is kept in memory."""
+    paths; nothing is kept in memory. URLs (``http(s)://``, ``data:``) are fetched into ``url_folder`` first
+    (:func:`_fetch_image_url`)."""
     from PIL import Image
 
-    from .images import check_image_file, check_scaled_size
+    from .images import _is_url, check_image_file, check_scaled_size
 
     checked = []
     for text in paths:
+        if _is_url(text) and url_folder is not None:
+            checked.append(_fetch_image_url(text, url_folder))
+            continue
         path = Path(text).expanduser()
         if not os.path.lexists(path) or not path.exists():
             what = "a broken symbolic link" if os.path.lexists(path) else "no such file"
@@ -360,7 +401,7 @@ def _unique_stems(paths: list[Path]) -> list[str]:
 # model loading and writing one result folder atomically
 
 
-def _report_meta(*, source, image_path: Path, forced: bool, device: str, dtype: str) -> dict[str, str]:
+def _report_meta(*, source, image_path: Path | str, forced: bool, device: str, dtype: str) -> dict[str, str]:
     """The report's "Run" rows."""
     return {
         "model": display(source.spec),
@@ -372,7 +413,7 @@ def _report_meta(*, source, image_path: Path, forced: bool, device: str, dtype: 
     }
 
 
-def _explanation_json(exp, *, source, image_path: Path, forced: bool, device: str, dtype: str) -> dict:
+def _explanation_json(exp, *, source, image_path: Path | str, forced: bool, device: str, dtype: str) -> dict:
     from .io import overlay_name
     from .version import __version__
 
@@ -440,7 +481,31 @@ def run_explain(
     """Check every input, load the model once, explain each image and write its folder; returns the
     report paths. Raises ``CliError`` for bad input before anything is loaded or written. Images are decoded
     one at a time. A failure mid-run keeps the folders already written (``on_written`` is called with each
-    report's path as soon as its folder is in place) and raises."""
+    report's path as soon as its folder is in place) and raises. Image URLs are fetched into a private
+    temporary folder, removed at the end."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mmx-fast-images-") as url_folder:
+        return _run_explain(
+            model=model,
+            images=images,
+            prompt=prompt,
+            answer=answer,
+            config=config,
+            out=out,
+            device=device,
+            dtype=dtype,
+            quiet=quiet,
+            note=note,
+            on_written=on_written,
+            url_folder=Path(url_folder),
+        )
+
+
+def _run_explain(
+    *, model, images, prompt, answer, config, out, device, dtype, quiet, note, on_written, url_folder: Path
+) -> list[Path]:
+    """:func:`run_explain`'s body, with the temporary folder for image URLs."""
     from tqdm import tqdm
 
     prompt = _check_prompt(prompt)
@@ -450,7 +515,7 @@ def run_explain(
         _check_text("--answer", answer, MAX_PROMPT_CHARS)
         if not answer.strip():
             raise CliError("--answer is empty; omit it to explain the model's own answer")
-    paths = _check_images(images, getattr(config, "scales", (1.0,)))
+    paths = _check_images(images, getattr(config, "scales", (1.0,)), url_folder)
     out_dir = check_out_dir(out)
     source = resolve_model_option(model)
     device, dtype_name, torch_dtype = resolve_device_option(device, dtype, source)
@@ -479,11 +544,12 @@ def run_explain(
                 try:
                     exp = explainer.explain(image, prompt, answer)
                 except (ValueError, TypeError) as e:
-                    raise CliError(f"--image {text!r}: {e}") from None
+                    raise CliError(f"--image {_image_label(text)!r}: {e}") from None
                 del image
                 exp = dataclasses.replace(exp, timings={"load_model": t_load, **exp.timings})
                 bar.set_description(f"{stem}: writing")
-                run = {"source": source, "image_path": path, "forced": answer is not None, "device": device}
+                shown = path if path.parent.parent != url_folder else _image_label(text)
+                run = {"source": source, "image_path": shown, "forced": answer is not None, "device": device}
                 folder = write_result(
                     exp,
                     out_dir,
@@ -503,7 +569,9 @@ def run_explain(
                     raise CliError(f"{e}{kept}", code=e.code) from None
                 if _debug():
                     raise
-                raise CliError(f"--image {text!r}: {type(e).__name__}: {e}{kept}", code=1) from None
+                raise CliError(
+                    f"--image {_image_label(text)!r}: {type(e).__name__}: {e}{kept}", code=1
+                ) from None
             reports.append(folder / "report.html")
             if on_written is not None:
                 on_written(reports[-1])

@@ -418,8 +418,8 @@ def explain_fast(
     prepares the backends once, and ``explain_batch`` batches many images).
 
     Args:
-        model: a supported transformers vision-language model (Qwen2-VL, Qwen2.5-VL, LLaVA, InternVL), in
-            eval mode, on CPU or CUDA; e.g. from ``mmx_fast.load``. Its attention implementation is left as
+        model: a transformers vision-language model of a supported type
+            (``mmx_fast.adapters.supported_model_types()``, README "Models"), in eval mode, on CPU or CUDA; e.g. from ``mmx_fast.load``. Its attention implementation is left as
             it is (``Explainer(..., attn_implementation=...)`` opts in to changing it).
         processor: the model's processor.
         image: a PIL image, a path, an ``http(s)://`` or ``data:`` URL, a numpy array [H, W, 3] uint8, or a

@@ -4,9 +4,8 @@
     model, processor = mmx_fast.load("Qwen/Qwen2-VL-2B-Instruct", device="cuda")  # already in the HF cache
     model, processor = mmx_fast.load("tiny:llava")                                # tiny, RANDOM weights
 
-Nothing is ever downloaded (``local_files_only=True``). Supported families: those the adapters support
-(``mmx_fast.adapters.supported_model_types()``: qwen2_vl, qwen2_5_vl, llava, internvl, qwen3_vl,
-qwen3_vl_moe, gemma3, paligemma).
+Nothing is ever downloaded (``local_files_only=True``). Supported families: those the adapters support,
+``mmx_fast.adapters.supported_model_types()`` (README, "Models").
 
 - ``dtype="auto"`` follows the checkpoint's own dtype (``dtype`` / ``torch_dtype`` in its config.json): a
   bf16 checkpoint stays bf16, also on the CPU. A checkpoint that declares none loads as bfloat16 on a CUDA GPU
@@ -20,7 +19,7 @@ qwen3_vl_moe, gemma3, paligemma).
   request only.
 - Processors load without torchvision: transformers' ``AutoProcessor`` needs torchvision for the video
   processor of Qwen2-VL / InternVL; when it fails, the processor is built from its tokenizer and image
-  processor (public Auto classes, ``get_processor_dict`` and ``from_args_and_dict``) with no video processor
+  processor (public Auto classes, ``get_processor_dict`` and ``from_dict``) with no video processor
   (``mmx_fast/processors.py``: ``accept_missing_video_processor`` is the one place that relies on a
   transformers internal).
 
