@@ -283,7 +283,7 @@ class Explainer:
         _prepare_backends(configs, ad)
         clock = Stopwatch()
         items = load_inputs(ad, images, prompts, answers, configs)
-        answers = resolve_answers(ad, items, self.config.max_new_tokens, keep_states=True)
+        answers = resolve_answers(ad, items, self.config.max_new_tokens, True, _keep_scores(configs, ad))
         chosen = [None] * len(items)
         if targets is not None:  # only what the targets need: the answer up to the last one
             chosen = [resolve_targets(ad, a, t) for a, t in zip(answers, targets)]
@@ -319,6 +319,15 @@ def _image_rows(images: Any) -> Any:
             )
         return list(images.unbind(0))
     return images
+
+
+def _keep_scores(configs: list[ExplainConfig], adapter: Adapter) -> int:
+    """How many logits generation keeps per answer position: enough for the largest top-k of the ARC
+    configs' rankings (``ops.rankings.score_keep``); 0 (none kept) when no config ranks."""
+    from .ops.rankings import score_keep
+
+    v = adapter.lm_head_weight().shape[0]
+    return max((score_keep(c.top_k, v) for c in configs if c.mitigation == "arc"), default=0)
 
 
 def _progress(total: int, show: bool):
@@ -378,8 +387,10 @@ def attribute(
     only_targets = targets is not None and config.mitigation == "none"  # no context maps needed
     if config.mitigation == "arc":  # the rankings and the base id k0 in one pass over W_U
         pred_prompt, pred_answer = text.predicting_positions()
+        sc = answer.scores  # the answer rows' logits from generation: those rows are not scored again
+        scored = None if sc is None else (len(pred_prompt), sc.values.to(dev), sc.ids.to(dev), sc.dtype)
         ranks, k0 = ops.rankings_topk_base(
-            h1[pred_prompt + pred_answer], w_u, config.top_k, z1, backend, config.rankings_precision
+            h1[pred_prompt + pred_answer], w_u, config.top_k, z1, backend, config.rankings_precision, scored
         )
         id_list = map_ids(text, k0, [])
     elif only_targets:  # the targets' ids alone: no context, no base map
