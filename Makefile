@@ -17,7 +17,7 @@ CPU_TORCH_INDEX := https://download.pytorch.org/whl/cpu
 GPU ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 TORCH_INDEX ?= $(if $(filter 1,$(GPU)),,$(CPU_TORCH_INDEX))
 
-.PHONY: venv test test-serve test-ray lint demo bench bench-quick gpu-check clean
+.PHONY: venv test test-serve test-ray lint demo train-grounded eval-grounded bench bench-quick gpu-check clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
@@ -56,8 +56,20 @@ lint: venv
 	$(VPY) -m ruff check .
 	$(VPY) -m ruff format --check .
 
+# the trained grounded model on a few scenes, then the random-weight model on the photo (clearly labelled)
 demo: venv
 	$(VPY) -m mmx_fast demo --out demo_out
+	$(VPY) -m mmx_fast demo --family qwen2_vl --out demo_out/random-weights
+
+# Retrain the shipped grounded model from scratch (docs/design.md §7): one CPU thread, seeded, ~45 min here.
+# Writes GROUNDED_OUT (a new folder); copy it over mmx_fast/grounded/weights to ship it. CI never runs this.
+GROUNDED_OUT ?= grounded_out
+train-grounded: venv
+	$(VPY) -m mmx_fast.grounded.train --out $(GROUNDED_OUT)
+
+# accuracy + localisation table of the shipped grounded model; writes its section of benches/RESULTS.md
+eval-grounded: venv
+	$(VPY) -m mmx_fast.grounded.evaluate --write-results
 
 bench: venv
 	$(VPY) benches/report.py
