@@ -3,7 +3,7 @@
     model, processor = mmx_fast.load("path/to/Qwen2-VL-2B-Instruct")             # a local folder
     model, processor = mmx_fast.load("Qwen/Qwen2-VL-2B-Instruct", device="cuda")  # already in the HF cache
     model, processor = mmx_fast.load("tiny:llava")                                # tiny, RANDOM weights
-    model, processor = mmx_fast.load("grounded")       # the tiny Qwen2-VL trained in the repo (design §7)
+    model, processor = mmx_fast.load("grounded")       # the tiny Qwen2-VL trained in the repo (design §8)
 
 Nothing is ever downloaded (``local_files_only=True``). Supported families: those the adapters support
 (``mmx_fast.adapters.supported_model_types()``: qwen2_vl, qwen2_5_vl, llava, internvl, qwen3_vl,

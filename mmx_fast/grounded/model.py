@@ -1,5 +1,5 @@
 """The grounded model's tokenizer, processor and config: a real ``Qwen2VLForConditionalGeneration`` built from
-a small config, trained in the repo on :mod:`mmx_fast.grounded.scenes` (docs/design.md §7).
+a small config, trained in the repo on :mod:`mmx_fast.grounded.scenes` (docs/design.md §8).
 
 - Tokenizer: byte-level BPE (as Qwen's) trained offline on every question and answer the scene generator can
   write, so each answer word ("red", "circle") is one token; Qwen2-VL's special tokens and chat template.
@@ -157,6 +157,7 @@ def save_model(model, processor, folder: str | Path, *, dtype=torch.bfloat16, me
         copy.deepcopy(model).to(dtype).save_pretrained(folder, safe_serialization=True)
     processor.tokenizer.save_pretrained(folder)
     processor.image_processor.save_pretrained(folder)
+    processor.to_json_file(str(folder / "processor_config.json"))
     (folder / "chat_template.jinja").write_text(processor.chat_template, encoding="utf-8")
     if meta is not None:
         (folder / "train_meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")

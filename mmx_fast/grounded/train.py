@@ -1,4 +1,4 @@
-"""Train the grounded model from scratch: ``python -m mmx_fast.grounded.train --out DIR`` (docs/design.md §7).
+"""Train the grounded model from scratch: ``python -m mmx_fast.grounded.train --out DIR`` (docs/design.md §8).
 
 The ordinary causal-LM loss on the answer token and the end-of-turn token only: nothing on the prompt, nothing
 on visual positions, nothing that looks at any attribution method. Fresh scenes every step from a seeded
@@ -20,6 +20,20 @@ import torch
 
 from .model import answer_token_id, save_model, untrained_model
 from .scenes import held_out_scenes, make_scene
+
+
+def linear_patch_embed(model) -> None:
+    """Training speed only: run the vision tower's patch embedding (a Conv3d whose kernel equals its stride,
+    i.e. a linear map of each flattened patch) as ``F.linear`` on the same weight: the same function, but its
+    backward is several times faster on the CPU than the convolution's."""
+    embed = model.model.visual.patch_embed
+    weight = embed.proj.weight
+
+    def forward(hidden_states: torch.Tensor) -> torch.Tensor:
+        flat = hidden_states.reshape(-1, weight[0].numel()).to(weight.dtype)
+        return torch.nn.functional.linear(flat, weight.reshape(weight.shape[0], -1))
+
+    embed.forward = forward
 
 
 def chat_text(processor, prompt: str, answer: str | None = None) -> str:
@@ -75,7 +89,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m mmx_fast.grounded.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="folder for the trained model (created; must not exist)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100)
@@ -91,8 +105,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     model, processor = untrained_model(seed=a.seed)
-    for w in ("red", "circle"):
+    for w in ("red", "striped"):
         answer_token_id(processor.tokenizer, w)
+    linear_patch_embed(model)
     model.train()
     n_params = sum(t.numel() for t in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.98), weight_decay=0.01)
