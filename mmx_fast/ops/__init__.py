@@ -176,15 +176,13 @@ def _as_device(device) -> torch.device:
 
 
 def _triton_ready() -> bool:
-    """True when triton is installed and the kernels package imports with ``HAS_TRITON``."""
+    """True when triton is installed and every kernel module of ``mmx_fast.kernels`` imports."""
     if not kernels_loader.triton_installed():
         return False
-    try:
-        pkg = kernels_loader.kernels_package()
-    except Exception as err:  # a broken or missing kernels package must not break the torch path
-        _warn_once("kernels-import", f"mmx_fast.kernels failed to import ({err!r}); using the torch backend")
-        return False
-    return bool(getattr(pkg, "HAS_TRITON", True))
+    kernels = kernels_loader.triton_kernels()
+    if not kernels.available:  # a broken or missing kernels package must not break the torch path
+        _warn_once("kernels-import", f"mmx_fast.kernels failed to import ({kernels.import_error}); using the torch backend")
+    return kernels.available
 
 
 def resolve_backend(backend: str = "auto", device=None) -> str:
