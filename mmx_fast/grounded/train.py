@@ -42,24 +42,46 @@ def chat_text(processor, prompt: str, answer: str | None = None) -> str:
     return text if answer is None else text + answer + "<|im_end|>"
 
 
+def dialogue_text(processor, questions) -> str:
+    """One conversation about one image: every question in turn, each followed by its one-word answer (the
+    first turn is exactly the single-question prompt the model is evaluated and explained on)."""
+    messages = []
+    for i, q in enumerate(questions):
+        content = [{"type": "text", "text": q.prompt}]
+        if i == 0:
+            content.insert(0, {"type": "image"})
+        messages.append({"role": "user", "content": content})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": q.answer}]})
+    return processor.apply_chat_template(messages, tokenize=False).rstrip("\n")
+
+
 def make_batch(processor, rng: np.random.Generator, batch: int):
+    """``batch`` fresh scenes; each a conversation asking one question per object (colour or pattern, drawn at
+    random), objects in a random order: several answers per image make the model find the object each
+    question picks, and one question per object keeps every answer unreadable from the earlier turns."""
     images, texts = [], []
     for _ in range(batch):
         scene = make_scene(rng)
-        q = scene.questions[int(rng.integers(len(scene.questions)))]
+        order = rng.permutation(len(scene.objects))
+        picks = [scene.questions[2 * int(i) + int(rng.integers(2))] for i in order]
         images.append(scene.image)
-        texts.append(chat_text(processor, q.prompt, q.answer))
+        texts.append(dialogue_text(processor, picks))
     return collate(processor, images, texts)
 
 
 def collate(processor, images, texts):
+    """Processor outputs plus ``labels``: the token after every ``<|im_start|>assistant\n`` (the one-word
+    answer) and the end-of-turn token after it; -100 everywhere else (prompt, image, template)."""
     enc = processor(images=images, text=texts, return_tensors="pt", padding=True)
-    ids, mask = enc["input_ids"], enc["attention_mask"]
+    ids = enc["input_ids"]
+    tok = processor.tokenizer
+    head = torch.tensor(tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
+    k = len(head)
+    starts = (ids.unfold(1, k, 1) == head).all(-1)  # [B, L - k + 1]: an assistant turn starts here
     labels = torch.full_like(ids, -100)
-    last = mask.sum(1) - 1  # right padding: the end-of-turn token; the answer token just before it
-    rows = torch.arange(ids.shape[0])
-    for off in (0, 1):
-        labels[rows, last - off] = ids[rows, last - off]
+    rows, cols = starts.nonzero(as_tuple=True)
+    for off in (k, k + 1):  # the answer token, then <|im_end|>
+        labels[rows, cols + off] = ids[rows, cols + off]
     enc["labels"] = labels
     return enc
 
