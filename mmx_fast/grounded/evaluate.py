@@ -267,8 +267,9 @@ def table(result: dict) -> str:
         lines += [
             "",
             f"Model: `mmx_fast.load(\"grounded\")`, {meta.get('params', '?')} parameters, trained with "
-            f"`make train-grounded` (seed {meta.get('seed')}, {meta.get('steps')} steps of {meta.get('batch')} "
-            f"scenes, {meta.get('threads')} CPU thread, {meta.get('wall_s', 0) / 60:.0f} min wall on the shared "
+            f"`make train-grounded` (seed {meta.get('seed')}, {meta.get('stopped_after', meta.get('steps'))} steps "
+            f"of a {meta.get('steps')}-step schedule, {meta.get('batch')} scenes per step, {meta.get('threads')} CPU "
+            f"thread, {meta.get('wall_s', 0) / 60:.0f} min wall on the shared "
             "2-core CI machine). Evaluation took "
             f"{r['wall_s']:.0f} s.",
         ]
