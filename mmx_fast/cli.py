@@ -557,7 +557,9 @@ def grounded_demo_scenes() -> tuple[Path, list[dict]]:
     try:
         index = json.loads((folder / "scenes.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise CliError(f"the demo scenes are missing from the installed package ({folder}: {e})", code=1) from None
+        raise CliError(
+            f"the demo scenes are missing from the installed package ({folder}: {e})", code=1
+        ) from None
     return folder, index
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 import io
 import json
-from importlib.resources import files
 import os
 import re
 import subprocess
 import sys
 import types
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np

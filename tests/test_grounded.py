@@ -18,7 +18,9 @@ from mmx_fast.grounded.train import chat_text, collate
 
 # Thresholds of the meaning test: measured on MEANING_SCENES with the shipped model (see the test), minus a margin.
 MEANING_SCENES = 16
-MEANING_SEED = 40_000  # a fixed held-out stream, disjoint from training (seeds < 10_000) and the table (10_000)
+MEANING_SEED = (
+    40_000  # a fixed held-out stream, disjoint from training (seeds < 10_000) and the table (10_000)
+)
 
 
 def test_scenes_are_seeded_and_masks_match_the_drawn_objects():
@@ -31,7 +33,9 @@ def test_scenes_are_seeded_and_masks_match_the_drawn_objects():
     assert not (a.masks.sum(0) > 1).any()  # objects never overlap
     for i, o in enumerate(a.objects):
         inside = img[a.masks[i]]
-        bright = inside[inside.sum(1) >= inside.sum(1).mean()].mean(0)  # the colour; stripes / dots are darker
+        bright = inside[inside.sum(1) >= inside.sum(1).mean()].mean(
+            0
+        )  # the colour; stripes / dots are darker
         assert np.abs(bright - np.array(COLOURS[o.colour])).max() < 25, (o, bright)
         dark_share = (inside.sum(1) < 0.6 * inside.sum(1).max()).mean()
         assert (dark_share < 0.05) == (o.pattern == "plain"), (o, dark_share)

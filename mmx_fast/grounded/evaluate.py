@@ -35,7 +35,9 @@ import torch
 from .scenes import Scene, held_out_scenes
 
 EVAL_SEED = 10_000  # held-out scenes (training draws from its own seed's stream)
-RESULTS_BEGIN = "<!-- grounded-results:begin (written by python -m mmx_fast.grounded.evaluate --write-results) -->"
+RESULTS_BEGIN = (
+    "<!-- grounded-results:begin (written by python -m mmx_fast.grounded.evaluate --write-results) -->"
+)
 RESULTS_END = "<!-- grounded-results:end -->"
 DEFAULT_METHODS = ("msea-arc", "tam", "logit-lens")
 
@@ -117,7 +119,6 @@ def localisation(model, processor, scenes: list[Scene], methods=DEFAULT_METHODS,
     (``mmx_fast.reference.baselines.BASELINES``) through ``baseline_maps``."""
     from ..config import ExplainConfig
     from ..fast import Explainer
-
     from ..reference.baselines import BASELINES, baseline_maps
 
     rows = named_tokens(scenes)
@@ -144,14 +145,14 @@ def localisation(model, processor, scenes: list[Scene], methods=DEFAULT_METHODS,
             for r, per_method in zip(chunk, res):
                 for m, exp in zip(model_methods, per_method):
                     if len(exp.answer_ids) != 1:
-                        raise RuntimeError(f"answer {r[3]!r} was forced as {exp.answer_tokens}; expected one token")
+                        raise RuntimeError(
+                            f"answer {r[3]!r} was forced as {exp.answer_tokens}; expected one token"
+                        )
                     s = score_map(exp.maps[0].float().numpy(), scenes[r[0]].masks, r[4])
                     out[m].append(TokenScore(r[0], *s))
     if "uniform" in methods:
         grid = _grid(scenes[0])
-        out["uniform"] = [
-            TokenScore(r[0], *score_map(np.ones(grid), scenes[r[0]].masks, r[4])) for r in rows
-        ]
+        out["uniform"] = [TokenScore(r[0], *score_map(np.ones(grid), scenes[r[0]].masks, r[4])) for r in rows]
     return out
 
 
@@ -266,7 +267,7 @@ def table(result: dict) -> str:
     if meta:
         lines += [
             "",
-            f"Model: `mmx_fast.load(\"grounded\")`, {meta.get('params', '?')} parameters, trained with "
+            f'Model: `mmx_fast.load("grounded")`, {meta.get("params", "?")} parameters, trained with '
             f"`make train-grounded` (seed {meta.get('seed')}, {meta.get('stopped_after', meta.get('steps'))} steps "
             f"of a {meta.get('steps')}-step schedule, {meta.get('batch')} scenes per step, {meta.get('threads')} CPU "
             f"thread, {meta.get('wall_s', 0) / 60:.0f} min wall on the shared "
@@ -292,9 +293,15 @@ def write_results(body: str, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mmx_fast.grounded.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="grounded", help="model to evaluate (default: the shipped grounded model)")
-    p.add_argument("--scenes", type=int, default=60, help="scenes for localisation (5 named tokens each on average)")
+    p = argparse.ArgumentParser(
+        prog="python -m mmx_fast.grounded.evaluate", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--model", default="grounded", help="model to evaluate (default: the shipped grounded model)"
+    )
+    p.add_argument(
+        "--scenes", type=int, default=60, help="scenes for localisation (5 named tokens each on average)"
+    )
     p.add_argument("--accuracy-scenes", type=int, default=200)
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
     p.add_argument("--no-untrained", action="store_true")
@@ -316,7 +323,9 @@ def main(argv=None) -> int:
     bad = [b for b in baselines if b not in BASELINES]
     if bad:
         p.error(f"--baselines {bad} not allowed; expected some of {', '.join(BASELINES)}")
-    result = evaluate(a.scenes, a.accuracy_scenes, a.methods, a.model, not a.no_untrained, baselines=baselines)
+    result = evaluate(
+        a.scenes, a.accuracy_scenes, a.methods, a.model, not a.no_untrained, baselines=baselines
+    )
     body = table(result)
     print(body)
     if a.write_results:

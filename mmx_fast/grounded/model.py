@@ -66,7 +66,8 @@ def grounded_processor(tok=None):
     tok = tok if tok is not None else grounded_tokenizer()
     side = IMAGE_SIZE
     improc = Qwen2VLImageProcessorPil(
-        min_pixels=56 * 56,  # as small as the real Qwen2-VL allows: MSEA scales 0.5 / 0.75 give 2x2 / 3x3 grids
+        min_pixels=56
+        * 56,  # as small as the real Qwen2-VL allows: MSEA scales 0.5 / 0.75 give 2x2 / 3x3 grids
         max_pixels=side * side,
         patch_size=PATCH,
         merge_size=MERGE,
@@ -143,7 +144,9 @@ def answer_token_id(tok, word: str) -> int:
     return rest[0]
 
 
-def save_model(model, processor, folder: str | Path, *, dtype=torch.bfloat16, meta: dict[str, Any] | None = None):
+def save_model(
+    model, processor, folder: str | Path, *, dtype=torch.bfloat16, meta: dict[str, Any] | None = None
+):
     """Write a folder ``mmx_fast.load`` reads: config + safetensors (``dtype``), tokenizer, image processor,
     chat template (the processor's parts, saved one by one: a processor without a video processor cannot
     ``save_pretrained`` as a whole here), and ``train_meta.json``."""

@@ -199,6 +199,11 @@ def write_demo_scenes(folder) -> None:
         scene.image.save(folder / name)
         o = scene.objects[q.named]
         index.append(
-            {"image": name, "prompt": q.prompt, "answer": q.answer, "names": f"the {o.pattern} {o.colour} {o.shape}"}
+            {
+                "image": name,
+                "prompt": q.prompt,
+                "answer": q.answer,
+                "names": f"the {o.pattern} {o.colour} {o.shape}",
+            }
         )
     (folder / "scenes.json").write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")

@@ -89,7 +89,9 @@ def baseline_maps(model, processor, image, prompt: str, answer, method: str) -> 
                 m = rollout[row, vis]
             elif method == "grad-rollout":
                 grads = torch.autograd.grad(y, out.attentions, retain_graph=True)
-                m = _grad_rollout([a[0].float() for a in out.attentions], [g[0].float() for g in grads])[row, vis]
+                m = _grad_rollout([a[0].float() for a in out.attentions], [g[0].float() for g in grads])[
+                    row, vis
+                ]
             else:
                 act = out.hidden_states[0]
                 (g,) = torch.autograd.grad(y, act, retain_graph=True)
