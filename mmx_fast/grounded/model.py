@@ -157,7 +157,7 @@ def save_model(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with quiet_transformers():
-        copy.deepcopy(model).to(dtype).save_pretrained(folder, safe_serialization=True)
+        copy.deepcopy(model).to(device="cpu", dtype=dtype).save_pretrained(folder, safe_serialization=True)
     processor.tokenizer.save_pretrained(folder)
     processor.image_processor.save_pretrained(folder)
     processor.to_json_file(str(folder / "processor_config.json"))

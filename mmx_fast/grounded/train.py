@@ -97,7 +97,7 @@ def accuracy(model, processor, scenes) -> float:
             texts.append(chat_text(processor, q.prompt, q.answer))
     hits = []
     for i in range(0, len(texts), 64):
-        enc = collate(processor, images[i : i + 64], texts[i : i + 64])
+        enc = collate(processor, images[i : i + 64], texts[i : i + 64]).to(model.device)
         labels = enc.pop("labels")
         logits = model(**enc).logits
         pred = logits[:, :-1].argmax(-1)
@@ -123,6 +123,7 @@ def main(argv=None) -> int:
         "is such an early stop, see docs/design.md §8",
     )
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu (default, the documented wall time), cuda, cuda:N")
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-scenes", type=int, default=60)
@@ -134,6 +135,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     model, processor = untrained_model(seed=a.seed)
+    model.to(a.device)
     for w in ("red", "striped"):
         answer_token_id(processor.tokenizer, w)
     linear_patch_embed(model)
@@ -162,7 +164,7 @@ def main(argv=None) -> int:
     for step in range(last):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        batch = make_batch(processor, rng, a.batch)
+        batch = make_batch(processor, rng, a.batch).to(a.device)
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -186,6 +188,7 @@ def main(argv=None) -> int:
         "batch": a.batch,
         "lr": a.lr,
         "threads": a.threads,
+        "device": a.device,
         "params": n_params,
         "wall_s": round(wall, 1),
         "monitor_accuracy": acc,
