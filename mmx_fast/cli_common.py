@@ -97,6 +97,11 @@ def resolve_device_option(device: str, dtype: str, source):
     return device, str(torch_dtype).removeprefix("torch."), torch_dtype
 
 
+class ModelOptionError(CliError, ValueError):
+    """A ``--model`` that cannot be used: a ``CliError`` for the command lines and a ``ValueError`` for
+    ``mmx_fast.eval.run.run_eval``'s Python callers."""
+
+
 def resolve_model_option(spec: str):
     """``mmx_fast.loading.resolve_model``, its errors phrased for the ``--model`` option."""
     from .loading import ModelLoadError, resolve_model
@@ -104,15 +109,16 @@ def resolve_model_option(spec: str):
     try:
         return resolve_model(spec)
     except ModelLoadError as e:
-        raise CliError(f"--{e}") from None
+        raise ModelOptionError(f"--{e}") from None
 
 
 def load_model_option(source, device: str, torch_dtype):
-    """(model, processor) in eval mode on ``device``, through ``mmx_fast.load``; errors as ``CliError``."""
+    """(model, processor) in eval mode on ``device``, through ``mmx_fast.load``, quietly: the one model-loading
+    wrapper of the command lines (explain, demo, eval, serve); errors as ``ModelOptionError``."""
     from .loading import ModelLoadError, load, quiet_transformers
 
     try:
         with quiet_transformers():
             return load(source, device=device, dtype=torch_dtype)
     except ModelLoadError as e:
-        raise CliError(f"--{e}") from None
+        raise ModelOptionError(f"--{e}") from None

@@ -1,4 +1,4 @@
-"""The grounded model trained in the repo (docs/design.md §8): its scenes, its files, and what its maps mean.
+"""The grounded model trained in the repo (docs/design.md §9): its scenes, its files, and what its maps mean.
 
 The meaning test (``test_default_method_points_at_the_named_object``) runs the shipped model on a fixed
 held-out set: a change that keeps fast == reference but breaks what the maps mean (a transposed grid, a wrong

@@ -30,11 +30,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from mmx_fast.constants import CANCELLATION_FLOOR  # noqa: E402
+from mmx_fast.kernels_loader import triton_kernels  # noqa: E402
 from mmx_fast.reference.logit_lens import logit_lens_maps  # noqa: E402
 from mmx_fast.reference.rankings import rbo, rbo_weights, topk_ranking  # noqa: E402
-
-
-from mmx_fast.kernels_loader import triton_kernels  # noqa: E402
 
 K = triton_kernels()
 CUDA = torch.cuda.is_available()

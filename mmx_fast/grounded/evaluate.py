@@ -1,5 +1,5 @@
 """Does a map point at the object its token names? Accuracy and localisation of the grounded model
-(docs/design.md §8).
+(docs/design.md §9).
 
     python -m mmx_fast.grounded.evaluate                   # the table for the shipped model, printed
     python -m mmx_fast.grounded.evaluate --write-results   # ... and written to benches/RESULTS.md's section

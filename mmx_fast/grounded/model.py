@@ -1,5 +1,5 @@
 """The grounded model's tokenizer, processor and config: a real ``Qwen2VLForConditionalGeneration`` built from
-a small config, trained in the repo on :mod:`mmx_fast.grounded.scenes` (docs/design.md §8).
+a small config, trained in the repo on :mod:`mmx_fast.grounded.scenes` (docs/design.md §9).
 
 - Tokenizer: byte-level BPE (as Qwen's) trained offline on every question and answer the scene generator can
   write, so each answer word ("red", "circle") is one token; Qwen2-VL's special tokens and chat template.
@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from ..loading import accept_missing_video_processor
-from ..testing import _SPECIALS, _TEMPLATES, set_greedy_generation
+from ..tiny import set_greedy_generation
+from ..tiny.families import QWEN_TEMPLATE, QWEN_TOKENS
 from .scenes import IMAGE_SIZE, vocabulary_lines
 
 PATCH = 14
@@ -44,17 +45,17 @@ def grounded_tokenizer():
     )
     lines = vocabulary_lines() + ["user\n", "assistant\n", "system\n"]
     tok.train_from_iterator(lines * 4, trainer=trainer)
-    spec = _SPECIALS["qwen2_vl"]
-    tok.add_special_tokens(list(spec["tokens"]))
+    spec = QWEN_TOKENS
+    tok.add_special_tokens(list(spec.special))
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        extra_special_tokens=dict(spec["extra"]),
-        chat_template=_TEMPLATES["qwen2_vl"],
+        extra_special_tokens=dict(spec.extra),
+        chat_template=QWEN_TEMPLATE,
         padding_side="right",
         clean_up_tokenization_spaces=False,
         model_max_length=4096,
-        **spec["named"],
+        **dict(spec.named),
     )
     fast.add_bos_token = False
     return fast
@@ -74,7 +75,7 @@ def grounded_processor(tok=None):
         temporal_patch_size=2,
     )
     return accept_missing_video_processor(Qwen2VLProcessor)(
-        image_processor=improc, tokenizer=tok, video_processor=None, chat_template=_TEMPLATES["qwen2_vl"]
+        image_processor=improc, tokenizer=tok, video_processor=None, chat_template=QWEN_TEMPLATE
     )
 
 

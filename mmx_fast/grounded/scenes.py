@@ -1,5 +1,5 @@
 """Seeded grounded scenes: coloured, patterned shapes on a plain background, a mask per object, questions whose
-one-word answer must be read from the image, and which object each answer token names (docs/design.md §8).
+one-word answer must be read from the image, and which object each answer token names (docs/design.md §9).
 
     scene = make_scene(np.random.default_rng(0))
     scene.image            # PIL RGB, IMAGE_SIZE x IMAGE_SIZE
@@ -11,7 +11,7 @@ patterns (plain, striped, dotted), so each question has exactly one answer: "Wha
 object?" -> "red" (names the striped object), "What pattern is the blue object?" -> "dotted" (names the blue
 object). Why patterns, not shapes, are asked about: a pattern is visible in every 14 px patch of an object,
 while a shape is visible only along its outline; with shape questions a 1.2 M-parameter model trained for
-20 minutes stayed at chance (it named a colour present in the scene, ~37%), see docs/design.md §8. Colours, shapes, sizes and positions are drawn from ``rng``
+20 minutes stayed at chance (it named a colour present in the scene, ~37%), see docs/design.md §9. Colours, shapes, sizes and positions are drawn from ``rng``
 only: the same seed gives the same scenes on every machine.
 """
 

@@ -1,4 +1,4 @@
-"""Train the grounded model from scratch: ``python -m mmx_fast.grounded.train --out DIR`` (docs/design.md §8).
+"""Train the grounded model from scratch: ``python -m mmx_fast.grounded.train --out DIR`` (docs/design.md §9).
 
 The ordinary causal-LM loss on the answer token and the end-of-turn token only: nothing on the prompt, nothing
 on visual positions, nothing that looks at any attribution method. Fresh scenes every step from a seeded
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
         type=int,
         default=None,
         help="stop after this many steps (the learning-rate schedule still spans --steps); the shipped model "
-        "is such an early stop, see docs/design.md §8",
+        "is such an early stop, see docs/design.md §9",
     )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu (default, the documented wall time), cuda, cuda:N")

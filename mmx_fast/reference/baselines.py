@@ -1,5 +1,5 @@
 """The paper's baselines (its Table 1) that fit an autoregressive MLLM, on the reference path only
-(docs/design.md §8): no fast path, no ``ExplainConfig`` preset; used by the grounded localisation table.
+(docs/design.md §9): no fast path, no ``ExplainConfig`` preset; used by the grounded localisation table.
 
     maps = baseline_maps(model, processor, image, prompt, answer, method="grad-cam")   # [T, Hc, Wc] in [0, 1]
 
