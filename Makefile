@@ -62,7 +62,7 @@ demo: venv
 	$(VPY) -m mmx_fast demo --out demo_out
 	$(VPY) -m mmx_fast demo --family qwen2_vl --out demo_out/random-weights
 
-# Retrain the shipped grounded model from scratch (docs/design.md §8): one CPU thread, seeded, ~45 min here.
+# Retrain the shipped grounded model from scratch (docs/design.md §9): one CPU thread, seeded, ~45 min here.
 # Writes GROUNDED_OUT (a new folder); copy it over mmx_fast/grounded/weights to ship it. CI never runs this.
 GROUNDED_OUT ?= grounded_out
 train-grounded: venv

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..loading import accept_missing_video_processor
+from ..processors import accept_missing_video_processor
 from ..tiny import set_greedy_generation
 from ..tiny.families import QWEN_TEMPLATE, QWEN_TOKENS
 from .scenes import IMAGE_SIZE, vocabulary_lines
