@@ -29,7 +29,10 @@ DEFAULT_METHODS = ("msea-arc", "tam", "logit-lens")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the eval arguments to ``parser`` (the ``eval`` subparser of ``mmx-fast``, or a standalone one)."""
+    """Add the eval arguments to ``parser`` (the ``eval`` subparser of ``mmx-fast``, or a standalone one).
+
+    Long: one argparse declaration per option, read top to bottom as the command line's reference.
+    """
     from ..config import METHODS
 
     parser.description = (
