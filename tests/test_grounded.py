@@ -240,3 +240,15 @@ def test_eval_cli_runs_the_grounded_set(tmp_path):
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert missing.returncode == 2 and "--model is required" in missing.stderr
+
+
+def test_write_results_replaces_only_its_section(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# Results\n\n## Other\n\nkept\n")
+    E.write_results("table one", path)
+    E.write_results("table two", path)
+    text = path.read_text()
+    assert text.count(E.RESULTS_HEADING) == 1 and "table one" not in text and "table two" in text
+    assert text.startswith("# Results\n\n## Other\n\nkept\n") and text.index(E.RESULTS_BEGIN) > text.index(
+        "kept"
+    )

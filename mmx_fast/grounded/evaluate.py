@@ -39,6 +39,7 @@ RESULTS_BEGIN = (
     "<!-- grounded-results:begin (written by python -m mmx_fast.grounded.evaluate --write-results) -->"
 )
 RESULTS_END = "<!-- grounded-results:end -->"
+RESULTS_HEADING = "## Does it mean anything? The grounded model"
 DEFAULT_METHODS = ("msea-arc", "tam", "logit-lens")
 
 
@@ -278,17 +279,17 @@ def table(result: dict) -> str:
 
 
 def write_results(body: str, path: Path) -> None:
-    """Replace (or append) the delimited grounded section of ``path``, atomically."""
+    """Replace (or append) the delimited grounded section of ``path``, atomically. The markers sit under the
+    section's own heading, so ``benches/report.py`` keeps the section whole when it regenerates the file."""
     from ..io import atomic_write_bytes
 
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    section = f"{RESULTS_BEGIN}\n## Does it mean anything? The grounded model\n\n{body}\n{RESULTS_END}"
+    block = f"{RESULTS_BEGIN}\n{body}\n{RESULTS_END}"
     if RESULTS_BEGIN in text and RESULTS_END in text:
         head, rest = text.split(RESULTS_BEGIN, 1)
-        tail = rest.split(RESULTS_END, 1)[1]
-        text = head + section + tail
+        text = head + block + rest.split(RESULTS_END, 1)[1]
     else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
+        text = text.rstrip("\n") + f"\n\n{RESULTS_HEADING}\n\n{block}\n"
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
