@@ -4,7 +4,7 @@ The top-level ``kernels/`` folder of the repository ships as ``mmx_fast.kernels`
 pyproject.toml). It has no ``__init__.py`` on purpose: a folder without one is at most a namespace portion, and
 Python prefers any regular package of the same name wherever it sits on ``sys.path``. So with the repository
 root on ``sys.path`` (``python -m``, ``python -c``, pytest) our folder can never shadow Hugging Face's
-``kernels`` package, which transformers >= 5.25 imports (docs/design.md §9). What a package ``__init__`` would
+``kernels`` package, which transformers >= 5.25 imports (docs/design.md §8). What a package ``__init__`` would
 hold (which launchers exist, whether triton imports, interpreter or GPU) lives here instead.
 
 Used by the dispatch layer (:mod:`mmx_fast.ops`) and by the CUDA registrations of the native custom ops

@@ -1,4 +1,4 @@
-"""The repository's top-level folders never shadow installed packages (docs/design.md §9).
+"""The repository's top-level folders never shadow installed packages (docs/design.md §8).
 
 transformers >= 5.25 imports Hugging Face's ``kernels`` package. Our top-level ``kernels/`` folder (the Triton
 kernels, shipped as ``mmx_fast.kernels``) once was a regular package, so with the repository root first on
