@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import types
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -294,7 +295,7 @@ def test_bad_input_in_a_subprocess_and_existing_out_stays_empty(tmp_path, photo_
 
 
 def test_demo_runs_offline_and_prints_the_report_path(tmp_path):
-    r = _run("demo", "--out", "demo-out", "--quiet", cwd=tmp_path)
+    r = _run("demo", "--family", "qwen2_vl", "--out", "demo-out", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     path = Path(r.stdout.strip().splitlines()[-1])
     assert (
@@ -308,6 +309,25 @@ def test_demo_runs_offline_and_prints_the_report_path(tmp_path):
     assert "".join(info["answer_tokens"]) == DEMO_ANSWER
     assert info["model"]["random_weights"] is True
     assert len(list(path.parent.glob("token_*.png"))) == len(info["tokens"]) > 5
+
+
+def test_demo_explains_the_trained_model_on_the_shipped_scenes(tmp_path):
+    """`mmx-fast demo` (no --family): the grounded model explains each shipped scene's right answer (forced); its
+    reports say which object the answer names, that the model does not yet meet its gate, and carry no
+    random-weights warning."""
+    r = _run("demo", "--out", "demo-out", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    paths = [Path(line) for line in r.stdout.strip().splitlines()]
+    index = json.loads(files("mmx_fast").joinpath("grounded", "demo", "scenes.json").read_text())
+    assert [p.parent.name for p in paths] == [e["image"].removesuffix(".png") for e in index]
+    answers = []
+    for path, entry in zip(paths, index):
+        html = path.read_text()
+        assert "RANDOM weights" not in html and entry["names"] in html and "NOT YET MEANINGFUL" in html
+        info = json.loads((path.parent / "explanation.json").read_text())
+        assert info["model"]["random_weights"] is False
+        answers.append("".join(info["answer_tokens"]).strip())
+    assert answers == [e["answer"] for e in index]
 
 
 def test_demo_photo_ships_with_the_package():
