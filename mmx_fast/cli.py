@@ -171,6 +171,18 @@ def build_parser() -> OneLineParser:
     )
     ex.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     ex.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    ex.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the Python code a model folder names in an auto_map (its own .py files); off by default: "
+        "such a folder is refused",
+    )
+    ex.add_argument(
+        "--allow-missing-weights",
+        action="store_true",
+        help="load a checkpoint that lacks some of the model's tensors (they stay random); off by default: "
+        "refused, naming them",
+    )
     ex.set_defaults(func=cmd_explain)
 
     demo = sub.add_parser(
@@ -431,6 +443,8 @@ def run_explain(
     quiet: bool = False,
     note: str | None = None,
     on_written=None,
+    trust_remote_code: bool = False,
+    allow_missing_weights: bool = False,
 ) -> list[Path]:
     """Check every input, load the model once, explain each image and write its folder; returns the
     report paths. Raises ``CliError`` for bad input before anything is loaded or written. Images are decoded
@@ -461,7 +475,13 @@ def run_explain(
     reports = []
     try:
         t0 = time.perf_counter()
-        net, processor = load_model_option(source, device, torch_dtype)
+        net, processor = load_model_option(
+            source,
+            device,
+            torch_dtype,
+            trust_remote_code=trust_remote_code,
+            allow_missing_weights=allow_missing_weights,
+        )
         try:
             explainer = Explainer(net, processor, config)
         except (ValueError, TypeError) as e:
@@ -511,9 +531,15 @@ def run_explain(
 
 def _print_path(path: Path) -> None:
     """A result's absolute path on stdout, as the file system's own bytes (usable even when not UTF-8)."""
-    sys.stdout.flush()
-    sys.stdout.buffer.write(os.fsencode(path.resolve()) + b"\n")
-    sys.stdout.buffer.flush()
+    out = sys.stdout
+    out.flush()
+    buffer = getattr(out, "buffer", None)  # a text-only stream (contextlib.redirect_stdout, a notebook) has none
+    if buffer is not None:
+        buffer.write(os.fsencode(path.resolve()) + b"\n")
+        buffer.flush()
+    else:
+        out.write(os.fsdecode(os.fsencode(path.resolve())) + "\n")  # undecodable bytes as surrogate escapes
+        out.flush()
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -529,6 +555,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         quiet=args.quiet,
         on_written=_print_path,
+        trust_remote_code=args.trust_remote_code,
+        allow_missing_weights=args.allow_missing_weights,
     )
     return 0 if reports else 1
 
