@@ -38,8 +38,11 @@ MEM_BOUND = 300 * 2**20  # bytes above idle any memory attack may cost (issue 21
 
 
 def _env(**extra) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(REPO), PYTHONSAFEPATH="1")
+    # the installed package (editable), not the repository root on sys.path: its kernels/ folder would shadow
+    # Hugging Face's kernels package (ENV.md)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONSAFEPATH="1")
     env.pop("MMX_FAST_DEBUG", None)
+    env.pop("PYTHONPATH", None)
     env.update(extra)
     return env
 
@@ -103,10 +106,14 @@ def _save_tiny(family: str, folder: Path):
 EVIL = """
 import pathlib
 pathlib.Path({marker!r}).write_text("ran")
-from transformers import CLIPImageProcessorPil as _Base
+from transformers import CLIPImageProcessorPil, LlavaProcessor
 
 
-class EvilImageProcessor(_Base):
+class EvilImageProcessor(CLIPImageProcessorPil):
+    pass
+
+
+class EvilProcessor(LlavaProcessor):
     pass
 """
 
@@ -126,13 +133,15 @@ def _evil_copy(src: Path, dst: Path, json_name: str) -> Path:
     (dst / "evil.py").write_text(EVIL.format(marker=str(marker)))
     cfg_path = dst / json_name
     cfg = json.loads(cfg_path.read_text())
-    key = "AutoModelForImageTextToText" if json_name == "config.json" else "AutoImageProcessor"
-    cfg["auto_map"] = {key: "evil.EvilImageProcessor"}
+    if json_name == "config.json":
+        cfg["auto_map"] = {"AutoModelForImageTextToText": "evil.EvilModel"}
+    else:
+        cfg["auto_map"] = {"AutoProcessor": "evil.EvilProcessor", "AutoImageProcessor": "evil.EvilImageProcessor"}
     cfg_path.write_text(json.dumps(cfg))
     return marker
 
 
-@pytest.mark.parametrize("json_name", ["preprocessor_config.json", "config.json"])
+@pytest.mark.parametrize("json_name", ["preprocessor_config.json", "processor_config.json", "config.json"])
 def test_item1_model_folder_code_is_refused_and_never_run(tiny_llava_folder, tmp_path, json_name):
     import mmx_fast
 
@@ -153,7 +162,7 @@ def test_item1_model_folder_code_is_refused_and_never_run(tiny_llava_folder, tmp
 
 def test_item1_trust_remote_code_is_the_explicit_opt_in(tiny_llava_folder, tmp_path):
     folder = tmp_path / "evil-model"
-    marker = _evil_copy(tiny_llava_folder, folder, "preprocessor_config.json")
+    marker = _evil_copy(tiny_llava_folder, folder, "processor_config.json")  # AutoProcessor reads it here
     env = _env(HF_HOME=str(tmp_path / "hf-home"))  # transformers copies the code into its modules cache
     r = _cli("explain", "--model", str(folder), "--image", str(PHOTO), "--prompt", PROMPT, "--answer", "A.",
              "--out", str(tmp_path / "out"), "-q", "--trust-remote-code", env=env)  # fmt: skip
@@ -488,7 +497,7 @@ def test_item6_cli_explains_the_upright_image(tmp_path, capsys):
                "A cat.", "--out", str(out), "-q"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     info = json.loads((out / "sideways" / "explanation.json").read_text())
-    assert list(info["image_size"]) == [48, 96]
+    assert (info["image"]["width"], info["image"]["height"]) == (48, 96)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -502,7 +511,7 @@ def holey_folder(tiny_llava_folder, tmp_path_factory) -> tuple[Path, list[str]]:
     folder = tmp_path_factory.mktemp("models") / "holey"
     shutil.copytree(tiny_llava_folder, folder)
     weights = load_file(str(folder / "model.safetensors"))
-    dropped = sorted(k for k in weights if ".layers.1." in k and "language_model" in k)[:12]
+    dropped = sorted(k for k in weights if ".layers." in k and "language_model" in k)[:12]
     assert len(dropped) == 12
     save_file({k: v for k, v in weights.items() if k not in dropped}, str(folder / "model.safetensors"),
               metadata={"format": "pt"})  # fmt: skip
