@@ -612,8 +612,25 @@ def test_item8_a_hand_edited_marker_cannot_make_save_delete_other_files(tmp_path
 
 # ---------------------------------------------------------------------------------------------------
 # 10. tam maps do not depend on what else shares the batch
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "internvl"])
-def test_item10_tam_batches_equal_single_runs_to_the_uint8(family):
+def _batch_shaped_rounding(model):
+    """Make the decoder round like a kernel whose blocking depends on the batch's shape (as BLAS / cuBLAS may
+    choose by M): for a batch of B rows each state gets (B - 1) 1e-3 times its neighbouring feature added;
+    nothing for one row. TAM's maps are 8-bit by construction, so a rounding-sized change flips a cell only
+    now and then (2-5 of 2,048 in the issue); 1e-3 flips some cells on every run (a uniform scale would not:
+    the maps are normalised).
+    The machine where issue 21 was found did this by itself (2-5 uint8 cells of 2,048 on tiny LLaVA); this
+    CPU happens to round batched rows alike, so the hook makes the test independent of the machine."""
+    from mmx_fast.adapters.generation import decoder_of
+
+    def hook(_module, _args, output):
+        hs = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        hs.add_((hs.shape[0] - 1) * 1e-3 * hs.roll(1, dims=-1))
+
+    return decoder_of(model).register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_item10_tam_batches_equal_single_runs_bitwise(family):
     from mmx_fast import ExplainConfig
     from mmx_fast.fast import Explainer
     from mmx_fast.testing import tiny_model
@@ -622,17 +639,20 @@ def test_item10_tam_batches_equal_single_runs_to_the_uint8(family):
     rng = np.random.default_rng(0)
     a = Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8))
     b = Image.fromarray(rng.integers(0, 255, (150, 90, 3), dtype=np.uint8))
-    ex = Explainer(model, processor, ExplainConfig(method="tam", max_new_tokens=6))
-    prompts = [PROMPT, "Describe the colours in this image in detail."]
-    for answers in (None, ["A cat on a mat.", "Red."]):
-        batch = ex.explain_batch([a, b], prompts, answers)
-        for k, im in enumerate((a, b)):
-            one = ex.explain(im, prompts[k], None if answers is None else answers[k])
-            assert batch[k].answer_ids == one.answer_ids
-            for i in range(len(one)):
-                np.testing.assert_array_equal(
-                    np.asarray(batch[k].heatmap(i)), np.asarray(one.heatmap(i)), err_msg=f"{family} {k} {i}"
-                )
+    handle = _batch_shaped_rounding(model)
+    try:
+        for cfg in (ExplainConfig(method="tam", max_new_tokens=6), ExplainConfig(method="tam", scales=(0.5, 1.0))):
+            ex = Explainer(model, processor, cfg)
+            for answers in (None, ["A cat on a mat.", "A cat on the mat."]):
+                batch = ex.explain_batch([a, b], [PROMPT, PROMPT], answers)
+                for k, im in enumerate((a, b)):
+                    one = ex.explain(im, PROMPT, None if answers is None else answers[k])
+                    assert batch[k].answer_ids == one.answer_ids
+                    assert torch.equal(batch[k].maps, one.maps), (family, cfg.scales, k)
+                    for i in range(len(one)):
+                        np.testing.assert_array_equal(np.asarray(batch[k].heatmap(i)), np.asarray(one.heatmap(i)))
+    finally:
+        handle.remove()
 
 
 # ---------------------------------------------------------------------------------------------------
