@@ -152,8 +152,8 @@ def _data_url_bytes(url: str, max_bytes: int) -> bytes:
     most = 2 * (4 * (max_bytes // 3 + 1)) + 64 if b64 else 3 * max_bytes
     if encoded > most:
         raise ValueError(
-            f"{what} has {encoded} characters of data, more than any image of at most {max_bytes} bytes "
-            f"(max_bytes) needs ({most}); nothing was decoded"
+            f"{what} has {encoded} characters of data, more than an image within the limit of {max_bytes} bytes "
+            f"(max_bytes) can take ({most}); nothing was decoded"
         )
     out = bytearray()
     carry = ""
@@ -283,7 +283,8 @@ def fetch_url(
     budget = max(0.0, end - time.monotonic())
     dl = _Deadline(end)
     opener = urllib.request.OpenerDirector()
-    for handler in _deadline_handlers(dl) + [urllib.request.HTTPErrorProcessor(), urllib.request.HTTPDefaultErrorHandler()]:
+    extra = [urllib.request.ProxyHandler(), urllib.request.HTTPErrorProcessor(), urllib.request.HTTPDefaultErrorHandler()]
+    for handler in _deadline_handlers(dl) + extra:  # what build_opener would add, sockets through ``dl``
         opener.add_handler(handler)
     request = urllib.request.Request(url, headers={"User-Agent": "mmx-fast", "Accept": "image/*"})
     dl.timer.start()

@@ -30,12 +30,16 @@ from PIL import Image
 #: Frame rates a ``Video`` may declare: Qwen2.5-VL's temporal positions grow as 1 / fps (a tiny rate would
 #: overflow them; fps 0 divides by zero).
 MIN_FPS, MAX_FPS = 0.01, 1000.0
+#: Most pixels of all a video's frames together (256 frames of 1920 x 2034; 3 GB as RGB).
+MAX_VIDEO_PIXELS = 1_000_000_000
 MAX_FRAMES = 256  # bound on a request (docs: bound every request-sized resource before expensive work)
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg")
 DEFAULT_FILE_FRAMES = 16  # frames sampled evenly from a video file
 #: Most frames x pixels a video file may make us decode (each is decoded and dropped unless sampled), e.g.
 #: 4,340 frames of 1280x720 (2.4 min at 30 fps); checked from the container before any frame is decoded.
 MAX_DECODED_PIXELS = 4_000_000_000
+#: Most frames a video file may have (each decode has a fixed cost, however small the frame): 55 min at 30 fps.
+MAX_DECODED_FRAMES = 100_000
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class Video:
                 )
         w, h = frames[0].size
         check_size(w, h, what="video frame 0")
+        check_video_pixels(w * h * len(frames), f"a video of {len(frames)} frames of {w}x{h}")
         for i, f in enumerate(frames):
             if f.size != (w, h):
                 raise ValueError(
@@ -115,17 +120,54 @@ def load_video(x: Any, fps: float | None = None) -> Video:
         )
     if not 1 <= len(x) <= MAX_FRAMES:
         raise ValueError(f"a video of {len(x)} frames is not allowed; expected 1 to {MAX_FRAMES} frames")
-    frames = []
-    for i, f in enumerate(x):
+    total = 0
+    for i, f in enumerate(x):  # sizes from headers / shapes first: nothing decoded yet
         if isinstance(f, (list, tuple)):
             raise TypeError(
                 f"frame {i} is a {type(f).__name__}; expected an image (nested videos are not allowed)"
             )
         try:
+            w, h = _frame_size(f)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"frame {i}: {e}") from None
+        total += w * h
+        check_video_pixels(total, f"a video of {len(x)} frames (frames 0..{i})")
+    frames = []
+    for i, f in enumerate(x):
+        try:
             frames.append(load_image(f))
         except (TypeError, ValueError) as e:
             raise type(e)(f"frame {i}: {e}") from None
     return Video(tuple(frames), 2.0 if fps is None else fps)
+
+
+def check_video_pixels(total: int, what: str) -> None:
+    """Refuse frames whose pixels add up to more than ``MAX_VIDEO_PIXELS`` (each frame alone may be within
+    ``images.MAX_PIXELS``; 256 of them would not be)."""
+    if total > MAX_VIDEO_PIXELS:
+        raise ValueError(
+            f"{what} has more than {MAX_VIDEO_PIXELS} pixels in all, above the limit "
+            "(mmx_fast.video.MAX_VIDEO_PIXELS); use fewer or smaller frames"
+        )
+
+
+def _frame_size(f: Any) -> tuple[int, int]:
+    """(width, height) of a frame as given, without decoding it: a PIL image's size, an array's or tensor's
+    shape, an image file's header. Anything else is left to ``load_image`` (counted as 0 here)."""
+    from .images import _is_url, check_image_file
+
+    if isinstance(f, Image.Image):
+        return f.size
+    if isinstance(f, (str, os.PathLike)) and not (isinstance(f, str) and _is_url(f)):
+        return check_image_file(f)
+    shape = getattr(f, "shape", None)
+    if isinstance(shape, tuple) or isinstance(shape, torch.Size):
+        dims = [int(d) for d in shape]
+        if len(dims) == 3 and dims[0] in (1, 3, 4) and isinstance(f, torch.Tensor):
+            return dims[2], dims[1]
+        if len(dims) >= 2:
+            return dims[1], dims[0]
+    return 0, 0
 
 
 def qwen_video_inputs(
@@ -210,15 +252,17 @@ def read_video_file(path: str | os.PathLike, max_frames: int = DEFAULT_FILE_FRAM
             for packet in container.demux(stream):  # counting packets decodes nothing
                 if packet.size:
                     count += 1
-                    if count * width * height > MAX_DECODED_PIXELS:
+                    if count > MAX_DECODED_FRAMES or count * width * height > MAX_DECODED_PIXELS:
                         raise ValueError(
                             f"{name} has more than {count - 1} frames of {width}x{height}: decoding them would "
-                            f"exceed the limit of {MAX_DECODED_PIXELS} pixels (mmx_fast.video.MAX_DECODED_PIXELS); "
-                            "cut the clip, or pass sampled frames as a list of images"
+                            f"exceed the limit of {MAX_DECODED_PIXELS} pixels (mmx_fast.video.MAX_DECODED_PIXELS) "
+                            f"or {MAX_DECODED_FRAMES} frames (MAX_DECODED_FRAMES); cut the clip, or pass sampled "
+                            "frames as a list of images"
                         )
             if count == 0:
                 raise ValueError(f"{name}: no video frames could be decoded")
             wanted = np.linspace(0, count - 1, num=min(max_frames, count)).round().astype(int).tolist()
+            check_video_pixels(len(wanted) * width * height, f"{name}'s {len(wanted)} sampled frames of {width}x{height}")
             keep = set(wanted)
             container.seek(0, stream=stream)
             frames: dict[int, Image.Image] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import os
 import re
@@ -754,3 +755,44 @@ def test_item20_cli_as_a_subprocess(tmp_path):
     assert r.returncode == 0, r.stderr.decode()
     report = tmp_path / "o" / "grace_hopper" / "report.html"
     assert r.stdout == os.fsencode(report.resolve()) + b"\n" and report.is_file()
+
+
+# ---------------------------------------------------------------------------------------------------
+# found while looking for the next kind (issue 21's closing note)
+def test_next_the_number_of_msea_scales_is_bounded():
+    from mmx_fast import ExplainConfig
+    from mmx_fast.config import MAX_SCALES
+
+    scales = [1.0] + [1.0 + k / 100_000 for k in range(1, 100_000)]  # 100,000 distinct scales: a forward each
+    with pytest.raises(ValueError, match=f"ExplainConfig.scales of 100000 scales .* at most {MAX_SCALES}") as e:
+        ExplainConfig(scales=scales)
+    assert len(str(e.value)) < 200
+    assert len(ExplainConfig(scales=[1.0 + k / 8 for k in range(MAX_SCALES)]).scales) == MAX_SCALES
+    with pytest.raises(ValueError, match=f"of more than {MAX_SCALES} scales"):
+        ExplainConfig(scales=itertools.count(1))  # endless: never listed whole
+
+
+def test_next_video_files_with_too_many_frames_are_refused_before_decoding(tmp_path, monkeypatch):
+    from mmx_fast import video
+
+    path = _write_mp4(tmp_path / "many.mp4", 12, 32, 32)
+    monkeypatch.setattr(video, "MAX_DECODED_FRAMES", 10)
+    with pytest.raises(ValueError, match=r"more than 10 frames of 32x32.*10 frames \(MAX_DECODED_FRAMES\)"):
+        video.read_video_file(path)
+
+
+def test_next_a_video_of_many_large_frames_is_refused_from_the_headers(tmp_path, monkeypatch):
+    from mmx_fast import video
+
+    frame = tmp_path / "big.png"
+    Image.new("RGB", (4000, 3000)).save(frame)  # 12 MP, within MAX_PIXELS; 100 of them: 1.2 G pixels
+    decoded = []
+    real = images.decode_image
+    monkeypatch.setattr(images, "decode_image", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    with pytest.raises(ValueError, match=r"a video of 100 frames \(frames 0\.\.83\) has more than 1000000000 pixels"):
+        video.load_video([frame] * 100)
+    assert decoded == []
+    small = Image.new("RGB", (8, 8))
+    with pytest.raises(ValueError, match="MAX_VIDEO_PIXELS"):
+        video.Video((Image.new("RGB", (10000, 10000)),) * 11)
+    assert len(video.load_video([small, np.zeros((8, 8, 3), np.uint8), torch.zeros(3, 8, 8)])) == 3
