@@ -1,51 +1,52 @@
-# One-command set-up: every target below creates .venv on first use.
+# One-command set-up: every target below creates .venv on first use, installing the locked set.
 PY      ?= python3
 VENV    ?= .venv
 VPY     := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-# Which torch build: TORCH_INDEX is the package index torch comes from. By default PyTorch's own CPU wheel
-# index, so that nothing pulls a multi-GB CUDA build, unless an NVIDIA GPU is visible (nvidia-smi) or GPU=1:
-# then TORCH_INDEX is empty, i.e. the default index (PyPI's torch is a CUDA build on Linux x86_64).
-# Override either way: `make test TORCH_INDEX=` (CUDA build from PyPI), `make test GPU=1`, `make test GPU=0`,
-# or another index, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cu128.
-# If TORCH_INDEX cannot be reached (an offline CI machine), a local torch==$(TORCH_VERSION)+cpu wheel that pip
-# finds through its own configuration (find-links) is used instead; with neither, the install fails rather
-# than fall back to a CUDA build.
-CPU_TORCH_INDEX := https://download.pytorch.org/whl/cpu
-GPU ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
-TORCH_INDEX ?= $(if $(filter 1,$(GPU)),,$(CPU_TORCH_INDEX))
+# What gets installed: the locked set, requirements/cpu.lock (a constraints file written by `make lock`, i.e. uv),
+# whose torch is PyTorch's CPU build, torch==$(TORCH_VERSION)+cpu: nothing pulls a multi-GB CUDA build. pip takes
+# that wheel from wherever its own configuration looks (on this project's machines a local wheel folder); on
+# another machine point pip at PyTorch's CPU wheels yourself (PIP_FIND_LINKS or PIP_EXTRA_INDEX_URL).
+# `make test LOCK=` installs the newest versions inside pyproject's ranges instead and keeps any torch>=2.6
+# already in .venv (e.g. a CUDA build you installed there first).
+LOCK ?= requirements/cpu.lock
+PIP_LOCK := $(if $(strip $(LOCK)),-c $(LOCK),)
+# the extras the lock covers (every extra but flash-attn, an sdist that needs a CUDA torch to build)
+LOCK_EXTRAS ?= dev ray
+# where `make lock` finds torch==$(TORCH_VERSION)+cpu: a folder or an index URL of yours
+TORCH_WHEELS ?= /opt/wheels
 
-.PHONY: venv test test-serve test-ray lint demo bench bench-quick gpu-check clean
+.PHONY: venv lock test test-serve test-ray lint demo bench bench-quick gpu-check clean
 
-$(VENV)/.installed: pyproject.toml setup.py
+$(VENV)/.installed: pyproject.toml setup.py $(LOCK)
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
-	@# torch first, pinned, from TORCH_INDEX (see above and README, "Install")
-	@if [ -z "$(TORCH_INDEX)" ]; then \
-	  echo "torch==$(TORCH_VERSION) from the default index (TORCH_INDEX is empty: a CUDA build on Linux x86_64)"; \
-	  $(VPY) -m pip install --quiet "torch==$(TORCH_VERSION)"; \
-	elif $(VPY) -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1].rstrip('/') + '/torch/', timeout=20)" "$(TORCH_INDEX)" 2>/dev/null; then \
-	  echo "torch==$(TORCH_VERSION) from $(TORCH_INDEX)"; \
-	  $(VPY) -m pip install --quiet "torch==$(TORCH_VERSION)" --index-url "$(TORCH_INDEX)"; \
-	else \
-	  echo "$(TORCH_INDEX) is unreachable: installing a local torch==$(TORCH_VERSION)+cpu wheel (pip's find-links)"; \
-	  $(VPY) -m pip install --quiet "torch==$(TORCH_VERSION)+cpu" || { \
-	    echo "error: no torch==$(TORCH_VERSION)+cpu: $(TORCH_INDEX) is unreachable and no local wheel was found; set TORCH_INDEX (empty for PyPI's CUDA build)" >&2; exit 1; }; \
-	fi
-	# the package and its dev extra; the torch above satisfies torch>=2.6 and is kept
-	$(VPY) -m pip install --quiet -e ".[dev]"
+ifneq ($(strip $(LOCK)),)
+	@# torch first and alone: a CPU build that pip cannot reach fails here, saying so, instead of pulling CUDA
+	@$(VPY) -m pip install --quiet $(PIP_LOCK) torch || { echo "error: pip cannot reach torch==$(TORCH_VERSION)+cpu \
+	(pinned in $(LOCK)); point PIP_FIND_LINKS or PIP_EXTRA_INDEX_URL at PyTorch's CPU wheels, or run with LOCK= \
+	to keep a torch of your own in $(VENV) (README, Install)" >&2; exit 1; }
+endif
+	$(VPY) -m pip install --quiet $(PIP_LOCK) -e ".[dev]"
 	touch $@
 
 venv: $(VENV)/.installed
+
+# regenerate the lock: the newest versions inside pyproject's ranges, resolved by uv against the default index
+# (plus TORCH_WHEELS for the CPU torch); commit it once `make test` passes on it
+lock:
+	uv pip compile pyproject.toml requirements/torch-cpu.in $(addprefix --extra ,$(LOCK_EXTRAS)) \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS) --upgrade \
+	  --custom-compile-command "make lock" -o requirements/cpu.lock
 
 test: venv
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 # Ray Serve scale-out test: installs the ray extra (a ~80 MB wheel, ~20 s here), then ~1 min on 2 cores
 test-ray: venv
-	$(VPY) -m pip install --quiet -e ".[serve,ray]"
+	$(VPY) -m pip install --quiet $(PIP_LOCK) -e ".[serve,ray]"
 	MMX_FAST_RAY_TESTS=1 $(VPY) -m pytest -q $(PYTEST_ARGS) tests/test_serve_ray.py
 
 # every serving test: the HTTP server (also part of `make test`) and Ray Serve

@@ -1,4 +1,4 @@
-"""Native C++ kernels (mmx_fast.native) vs the vectorised torch path (the ``torch`` entries of mmx_fast.ops.DISPATCH), side by side.
+"""Native C++ kernels (mmx_fast.native) vs the vectorised torch path (the ``torch`` entries of mmx_fast.ops.OPS), side by side.
 
     python benches/bench_native.py [--reps N] [--threads N] [--quick]
 

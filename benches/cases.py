@@ -231,9 +231,9 @@ def stage_callables(
     """Inputs of ``case`` built once on ``device``; one zero-argument callable per provider. Callables
     synchronise CUDA before returning, so wall-clock timers measure the work."""
     from mmx_fast import ops
-    from mmx_fast.reference.logit_lens import base_vocab_id, logit_lens_maps
+    from mmx_fast.reference.logit_lens import logit_lens_maps
     from mmx_fast.reference.msea import msea_aggregate as ref_msea
-    from mmx_fast.reference.rankings import rbo, topk_ranking
+    from mmx_fast.reference.rankings import base_vocab_id, rbo, topk_ranking
     from mmx_fast.reference.refine import rank_gaussian_filter as ref_filter
     from mmx_fast.reference.refine import refine_one
 

@@ -78,12 +78,11 @@ def build_model(spec: ModelSpec, device: str):
     """(model, processor) for ``spec`` on ``device`` (cached: one model per process)."""
     dtype = getattr(torch, spec.dtype)
     if spec.kind == "tiny":
-        from mmx_fast.testing import _SPECIALS, tiny_model
+        from mmx_fast.testing import tiny_model
 
         model, processor = tiny_model("qwen2_vl", seed=0, dtype=dtype, image_size=448)
-        tok = processor.tokenizer
         with torch.no_grad():  # never stop early: exact answer lengths (see models.py)
-            model.get_output_embeddings().weight[tok.convert_tokens_to_ids(_SPECIALS["qwen2_vl"]["eos"])] = 0
+            model.get_output_embeddings().weight[model.generation_config.eos_token_id] = 0
         return model.to(device), processor
     return qwen2vl_2b_like(
         text_layers=spec.layers, vision_depth=spec.vision_depth, dtype=dtype, device=device

@@ -147,10 +147,10 @@ def stage_rows(quick: bool, stages: tuple[str, ...] | None = None) -> list[dict]
             from mmx_fast import ops
 
             ops.resolve_backend("triton", "cuda")
-            from mmx_fast.kernels_loader import kernels_package
+            from mmx_fast.kernels_loader import triton_kernels
 
-            if not getattr(kernels_package(), "HAS_TRITON", False):
-                raise RuntimeError("mmx_fast.kernels has HAS_TRITON False")
+            if not triton_kernels().available:
+                raise RuntimeError(f"mmx_fast.kernels does not import: {triton_kernels().import_error}")
         except Exception as err:
             log(f"triton provider unavailable ({err!r}); timing reference and torch only")
             providers = ("reference", "torch")

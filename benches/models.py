@@ -61,10 +61,10 @@ def qwen2vl_2b_like(
     ``max_pixels`` (side**2); a 224x224 image gives 8x8 = 64 visual tokens, 640x480 gives 17x23 = 391."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    from mmx_fast.testing import _build_qwen, set_greedy_generation, tiny_tokenizer
+    from mmx_fast.testing import set_greedy_generation, tiny_processor
 
-    tok = tiny_tokenizer("qwen2_vl")
-    _, _, processor = _build_qwen("qwen2_vl", tok, max_image_side)
+    processor = tiny_processor("qwen2_vl", image_size=max_image_side)
+    tok = processor.tokenizer
     q = QWEN2VL_2B
     text = dict(
         vocab_size=q["vocab_size"],

@@ -116,12 +116,11 @@ TILED_CASE = E2ECase(112, QUICK_ANSWER_TOKENS)  # the tiny InternVL: 2x2 tiles +
 
 @pytest.fixture(scope="module")
 def tiled_model(device):
-    from mmx_fast.testing import _SPECIALS, tiny_model
+    from mmx_fast.testing import tiny_model
 
     model, processor = tiny_model("internvl_tiled", seed=0)
-    tok = processor.tokenizer
     with torch.no_grad():  # never stop early: exact answer lengths
-        model.get_output_embeddings().weight[tok.convert_tokens_to_ids(_SPECIALS["internvl"]["eos"])] = 0
+        model.get_output_embeddings().weight[model.generation_config.eos_token_id] = 0
     return model.to(device), processor, e2e_callables(model.to(device), processor, TILED_CASE)
 
 
@@ -152,13 +151,10 @@ VIDEO_CASE = E2ECase(112, QUICK_ANSWER_TOKENS)
 VIDEO_FRAMES = 4
 
 
-def _never_stop(model, processor, family: str):
+def _never_stop(model):
     """Zero the EOS row of the output embedding: greedy answers of exactly the requested length."""
-    from mmx_fast.testing import _SPECIALS
-
-    tok = processor.tokenizer
     with torch.no_grad():
-        model.get_output_embeddings().weight[tok.convert_tokens_to_ids(_SPECIALS[family]["eos"])] = 0
+        model.get_output_embeddings().weight[model.generation_config.eos_token_id] = 0
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +162,7 @@ def fixed_model(device):
     from mmx_fast.testing import tiny_model
 
     model, processor = tiny_model("llava", seed=0)
-    _never_stop(model, processor, "llava")
+    _never_stop(model)
     model = model.to(device)
     return model, processor, e2e_callables(model, processor, FIXED_CASE)
 
@@ -176,7 +172,7 @@ def video_model(device):
     from mmx_fast.testing import tiny_model
 
     model, processor = tiny_model("qwen2_vl", seed=0)
-    _never_stop(model, processor, "qwen2_vl")
+    _never_stop(model)
     model = model.to(device)
     frames = [bench_image(*VIDEO_CASE.size, seed=i) for i in range(VIDEO_FRAMES)]
     return model, processor, e2e_callables(model, processor, VIDEO_CASE, frames=frames)

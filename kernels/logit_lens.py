@@ -1,4 +1,4 @@
-"""Stage ``logit_lens``: gathered logit-lens maps (paper Eq. 2 and 4; docs/design.md §1.1 and §2.3).
+"""Stage ``logit_lens``: gathered logit-lens maps (paper Eq. 2 and 4; docs/design.md §1.1 and §2).
 
 Computes, for visual-token hidden states ``z`` [N, d], the unembedding ``W_U`` [V, d] and vocabulary ids
 ``ids`` [M]::

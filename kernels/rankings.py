@@ -1,4 +1,4 @@
-"""Stage ``rankings``: next-token rankings and rank-biased overlap (paper Eq. 6-7; docs/design.md §1.3 and §2.5).
+"""Stage ``rankings``: next-token rankings and rank-biased overlap (paper Eq. 6-7; docs/design.md §1.3 and §2).
 
 Plain PyTorch version (the reference; the vectorised ``torch`` backend is ``mmx_fast/ops/rankings.py``)::
 

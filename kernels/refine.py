@@ -1,5 +1,5 @@
 """Stage ``refine``: ARC refinement of every target map at once (paper Eq. 8-9, TAM's filter; docs/design.md
-§1.3, §1.4, §2.6).
+§1.3, §1.4, §2).
 
 For targets t with maps ``a_t`` [T, H, W], context maps ``ctx`` [C, H, W] and weights ``w`` [T, C]::
 

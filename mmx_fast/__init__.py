@@ -9,8 +9,7 @@ model, processor = mmx_fast.load("path/to/model")  # offline; dtype follows the 
 
 from .config import METHODS, ExplainConfig
 from .explanation import Explanation
-
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def __getattr__(name):  # lazy: importing the package must not import transformers or triton

@@ -97,6 +97,11 @@ def resolve_device_option(device: str, dtype: str, source):
     return device, str(torch_dtype).removeprefix("torch."), torch_dtype
 
 
+class ModelOptionError(CliError, ValueError):
+    """A ``--model`` that cannot be used: a ``CliError`` for the command lines and a ``ValueError`` for
+    ``mmx_fast.eval.run.run_eval``'s Python callers."""
+
+
 def resolve_model_option(spec: str):
     """``mmx_fast.loading.resolve_model``, its errors phrased for the ``--model`` option."""
     from .loading import ModelLoadError, resolve_model
@@ -104,14 +109,15 @@ def resolve_model_option(spec: str):
     try:
         return resolve_model(spec)
     except ModelLoadError as e:
-        raise CliError(f"--{e}") from None
+        raise ModelOptionError(f"--{e}") from None
 
 
 def load_model_option(
     source, device: str, torch_dtype, *, trust_remote_code: bool = False, allow_missing_weights: bool = False
 ):
-    """(model, processor) in eval mode on ``device``, through ``mmx_fast.load``; errors as ``CliError``
-    (options named as the CLI spells them)."""
+    """(model, processor) in eval mode on ``device``, through ``mmx_fast.load``, quietly: the one model-loading
+    wrapper of the command lines (explain, demo, eval, serve); errors as ``ModelOptionError`` (options named
+    as the CLI spells them)."""
     from .loading import ModelLoadError, load, quiet_transformers
 
     try:
@@ -126,4 +132,4 @@ def load_model_option(
     except ModelLoadError as e:
         text = str(e).replace("trust_remote_code=True (CLI --trust-remote-code)", "--trust-remote-code")
         text = text.replace("allow_missing_weights=True (CLI --allow-missing-weights)", "--allow-missing-weights")
-        raise CliError(f"--{text}") from None
+        raise ModelOptionError(f"--{text}") from None

@@ -93,7 +93,7 @@ class ExplainConfig:
     backend: kernel backend for the fast path (``auto``, ``triton``, ``torch``, ``native``); the
         environment variable ``MMX_FAST_BACKEND`` overrides ``auto``.
     keep_scale_maps: also return the per-scale raw maps and the pre-mitigation maps.
-    rankings_precision: stage B's pass over W_U (the ARC rankings and the base id k0): ``certified-bf16``
+    rankings_precision: stage rankings' pass over W_U (the ARC rankings and the base id k0): ``certified-bf16``
         (a bfloat16 candidate pass proven equal to float32; rows it cannot prove re-run in float32),
         ``float32`` (the exact pass) or ``auto`` (certified on a CPU with bfloat16 matmul hardware,
         float32 elsewhere; ``mmx_fast.ops.resolve_rankings_precision``). The result is the same.

@@ -23,7 +23,7 @@ TAM_FITS = ("tam", "closed-form")
 # float64.
 CANCELLATION_FLOOR = 1e-5
 
-# Precision of stage B's pass over W_U (docs/design.md §1.3, §5): ``certified-bf16`` (a bfloat16 candidate pass,
+# Precision of stage rankings' pass over W_U (docs/design.md §1.3, §5): ``certified-bf16`` (a bfloat16 candidate pass,
 # proven equal to float32, uncertified rows re-run exactly), ``float32`` (the exact pass), ``auto`` (per device).
 RANKINGS_PRECISIONS = ("auto", "certified-bf16", "float32")
 

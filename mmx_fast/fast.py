@@ -9,17 +9,17 @@ Same inputs and result as ``mmx_fast.reference.explain`` and the same steps of `
   instruction, no answer, no lm_head), and scale 1.0 runs in full only when the answer was forced; the rows
   are grouped by length into right-padded batches (little padding, a bounded batch), keeping only the
   last-layer normed hidden states (never all layers, never full-vocab logits over visual tokens);
-- attribute: stage A, one gather-GEMM for every scale and every needed vocab id
-  (``ops.logit_lens``); MSEA onto the canonical grid; stage B, top-k rankings and the base id k0 in one
+- attribute: stage ``logit_lens``, one gather-GEMM for every scale and every needed vocab id
+  (``ops.logit_lens``); ``msea`` onto the canonical grid; ``rankings``, top-k rankings and the base id k0 in one
   pass over W_U (``ops.rankings_topk_base``: certified bfloat16 or float32, ``rankings_precision``) + RBO
-  for every (target, context) pair (``ops.rankings_rbo``); stage C, interference map,
+  for every (target, context) pair (``ops.rankings_rbo``); ``refine``, interference map,
   beta, ReLU, rank Gaussian filter and normalisation for all targets at once (``ops.refine``).
 
 Each stage dispatches to Triton on CUDA and to vectorised torch (or native C++) on CPU; see ``mmx_fast.ops``.
 The ``tam`` mitigation is TAM's sequential algorithm, which must equal TAM to the uint8 (docs/design.md
 §1.5): the fast path runs ``reference.tam.tam_maps`` on only what TAM reads (``mmx_fast.ops.tam``): the
 class columns at every position (a gather-GEMM shaped as TAM's ``lm_head`` calls), a certified streamed
-argmax at the first prompt position, and the vectorised filter; no stage A, MSEA or k0 for TAM itself.
+argmax at the first prompt position, and the vectorised filter; no logit_lens, MSEA or k0 for TAM itself.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from . import ops
 from .adapters.base import Adapter
 from .config import ExplainConfig
 from .explanation import Explanation
-from .ops import tam as tam_ops
 from .pipeline import (
     Answer,
     Attribution,
@@ -265,7 +264,7 @@ def hidden_states(
 def attribute(
     adapter: Adapter, config: ExplainConfig, item: Item, answer: Answer, per_scale: list[ScaleStates]
 ) -> Attribution:
-    """Stage A (every scale, every needed id), MSEA, then the mitigation, on the fused stages of ``ops``."""
+    """Stage logit_lens (every scale, every needed id), msea, then the mitigation, through ``ops``."""
     backend = config.resolved_backend()
     w_u = adapter.lm_head_weight()
     dev = w_u.device
@@ -276,7 +275,7 @@ def attribute(
         return tam_attribute(adapter, config, item, answer, per_scale, text, h1, w_u, backend)
     z1 = h1[base.visual_positions.to(dev)]
     ranks = None
-    if config.mitigation == "arc":  # stage B's rankings and the base id k0 in one pass over W_U
+    if config.mitigation == "arc":  # the rankings and the base id k0 in one pass over W_U
         pred_prompt, pred_answer = text.predicting_positions()
         ranks, k0 = ops.rankings_topk_base(
             h1[pred_prompt + pred_answer], w_u, config.top_k, z1, backend, config.rankings_precision
@@ -284,12 +283,7 @@ def attribute(
     else:  # base id k0 alone: argmin of W_U @ sum_i z_i (never a V x N product)
         k0 = ops.rankings_topk_base(h1[:0], w_u, 1, z1, backend, config.rankings_precision)[1]
     ids = torch.tensor(map_ids(text, k0, []), dtype=torch.long, device=dev)
-
-    views, places, owned = msea_inputs(
-        per_scale, logit_lens_flats(per_scale, w_u, ids, backend), tuple(base.grid)
-    )
-    maps = ops.msea(views, places, tuple(base.grid), config.aggregate, backend=backend)
-    maps = stacked(maps, base)  # video: [M * t, Hc, Wc] -> [M, t * Hc, Wc] (see pipeline.stacked)
+    maps, placed = msea_maps(per_scale, w_u, ids, base, config.aggregate, backend)
     T, P = len(answer.ids), len(text.prompt_ids)
     a_t, prompt_maps, base_map = maps[:T], maps[T : T + P], maps[T + P : T + P + 1]
     video = base.temporal is not None
@@ -299,7 +293,7 @@ def attribute(
         refined = ops.refine_filter(a_t, backend=backend) if filt else a_t
         refined = ops.refine_normalize(refined)
     else:
-        refined = arc_fused(ranks, a_t, prompt_maps, base_map, config, backend, apply_filter=filt)
+        refined = arc_refine(ranks, a_t, prompt_maps, base_map, config, backend, apply_filter=filt)
     if video and config.filter:
         refined = ops.refine_normalize(
             per_frame(refined, base, lambda x: ops.refine_filter(x, backend=backend))
@@ -308,18 +302,32 @@ def attribute(
     return Attribution(
         maps=unstacked(refined, base),
         raw_maps=unstacked(a_t, base) if keep else None,
-        scale_maps={s: scale_map(views, places, o, base, T, backend) for s, o in zip(config.scales, owned)}
-        if keep
-        else None,
+        scale_maps=kept_scale_maps(placed, base, T, config.scales, backend) if keep else None,
     )
 
 
-def scale_map(views, places, owned: slice, base, T: int, backend: str) -> torch.Tensor:
-    """One scale's kept map [T, h, w]: its own grid (single view; video: [T, t, h, w]), or its views combined on
-    the canonical grid (tiled)."""
-    if base.views is None:
-        return scale_answer_maps(views[owned.start], base, T)
-    return ops.msea([v[:T] for v in views[owned]], places[owned], tuple(base.grid), "mean", backend=backend)
+def msea_maps(
+    per_scale: list[ScaleStates], w_u: torch.Tensor, ids: torch.Tensor, base, aggregate: str, backend: str
+):
+    """Stages logit_lens and msea: the maps of ``ids`` on the canonical grid, [M, Hc, Wc] (a video: [M, t * Hc,
+    Wc], its frames stacked, ``pipeline.stacked``), and the placed (scale, view) maps they combine
+    (``pipeline.msea_inputs``: maps, placements, the slice each scale owns)."""
+    placed = msea_inputs(per_scale, logit_lens_flats(per_scale, w_u, ids, backend), tuple(base.grid))
+    views, places, _ = placed
+    return stacked(ops.msea(views, places, tuple(base.grid), aggregate, backend=backend), base), placed
+
+
+def kept_scale_maps(placed, base, T: int, scales, backend: str) -> dict[float, torch.Tensor]:
+    """Every scale's kept answer maps [T, h, w]: its own grid (single view; video: [T, t, h, w]), or its views
+    combined on the canonical grid (tiled)."""
+    views, places, owned = placed
+    out = {}
+    for s, o in zip(scales, owned):
+        if base.views is None:
+            out[s] = scale_answer_maps(views[o.start], base, T)
+        else:
+            out[s] = ops.msea([v[:T] for v in views[o]], places[o], tuple(base.grid), "mean", backend=backend)
+    return out
 
 
 def tam_attribute(
@@ -334,25 +342,22 @@ def tam_attribute(
     backend: str,
 ) -> Attribution:
     """The ``tam`` mitigation (``mmx_fast.ops.tam``). TAM itself (single scale) reads only class columns
-    of the logits; stage A and MSEA run only for MSEA + TAM combinations or ``keep_scale_maps``."""
+    of the logits; logit_lens and msea run only for MSEA + TAM combinations or ``keep_scale_maps``."""
     base = item.base
     T = len(answer.ids)
     # TAM's lm_head calls: per round on generation's states, one call on a teacher-forced forward's
     groups = tam_logit_groups(h1.shape[0], text.prompt_len, T, answer.states is not None)
-    argmax_s = tam_ops.tam_argmax(h1, w_u, text.span[0], groups)
+    argmax_s = ops.tam_argmax(h1, w_u, text.span[0], groups)
     keep = config.keep_scale_maps
-    maps = by_id = None
+    maps = by_id = placed = None
     tiled = base.views is not None  # TAM's image scores: the scale-1.0 views combined (docs/design.md §1.2)
     if config.scales != (1.0,) or keep or tiled:
         extra = tam_extra_classes(adapter.tokenizer, text, argmax_s)
         ids = torch.tensor(text.answer_ids + extra, dtype=torch.long, device=w_u.device)
-        flats = logit_lens_flats(per_scale, w_u, ids, backend)
-        views, places, owned = msea_inputs(per_scale, flats, tuple(base.grid))
-        maps = ops.msea(views, places, tuple(base.grid), config.aggregate, backend=backend)
-        maps = stacked(maps, base)  # video: [M * t, Hc, Wc] -> [M, t * Hc, Wc] (see pipeline.stacked)
+        maps, placed = msea_maps(per_scale, w_u, ids, base, config.aggregate, backend)
         if config.scales != (1.0,) or tiled:
             by_id = {int(c): maps[k].reshape(-1).float().cpu() for k, c in enumerate(ids.tolist())}
-    refined = tam_ops.tam_mitigation_fast(
+    refined = ops.tam_mitigation(
         adapter.tokenizer,
         text,
         h1,
@@ -369,16 +374,14 @@ def tam_attribute(
     return Attribution(
         maps=unstacked(refined, base),
         raw_maps=unstacked(maps[:T], base) if keep else None,
-        scale_maps={s: scale_map(views, places, o, base, T, backend) for s, o in zip(config.scales, owned)}
-        if keep
-        else None,
+        scale_maps=kept_scale_maps(placed, base, T, config.scales, backend) if keep else None,
     )
 
 
 def logit_lens_flats(
     per_scale: list[ScaleStates], w_u: torch.Tensor, ids: torch.Tensor, backend: str
 ) -> list[torch.Tensor]:
-    """Stage A: every scale's visual tokens x every id, as [M, N_s] per scale."""
+    """Stage logit_lens: every scale's visual tokens x every id, as [M, N_s] per scale."""
     dev = w_u.device
     zs = [st.hidden.to(dev)[st.inputs.visual_positions.to(dev)] for st in per_scale]
     if ops.resolve_backend(backend, dev) == "triton":  # one launch over all scales
@@ -389,7 +392,7 @@ def logit_lens_flats(
     return list(flats)
 
 
-def arc_fused(
+def arc_refine(
     ranks: torch.Tensor,
     a_t: torch.Tensor,
     prompt_maps: torch.Tensor,
@@ -398,8 +401,8 @@ def arc_fused(
     backend: str,
     apply_filter: bool | None = None,
 ) -> torch.Tensor:
-    """ARC for all targets at once: stage B's RBO of each target vs its causal context (``ranks``: the
-    top-k rankings of the P prompt then T answer predicting positions), then stage C (interference, beta,
+    """ARC for all targets at once: RBO (stage rankings) of each target vs its causal context (``ranks``: the
+    top-k rankings of the P prompt then T answer predicting positions), then stage refine (interference, beta,
     ReLU, filter, normalisation). base_map: [1, Hc, Wc]."""
     T, P = a_t.shape[0], prompt_maps.shape[0]
     r = ops.rankings_rbo(ranks[P:], ranks, config.rbo_p, config.rbo_variant, backend=backend)  # [T, P + T]
@@ -416,15 +419,6 @@ def arc_fused(
     return ops.refine(a_t, ctx, w, apply_filter=filt, backend=backend)
 
 
-def base_vocab_id_chunked(z: torch.Tensor, w_u: torch.Tensor, chunk: int = 16384) -> int:
-    """k0 = argmin_k [W_U sum_i z_i]_k as one float32 GEMV, upcasting W_U a chunk of rows at a time (a
-    bf16 model's W_U is never copied whole). Ties go to the smaller id, as ``torch.argmin``. (The product
-    computes k0 with the rankings, ``ops.rankings_topk_base``.)"""
-    from .ops.rankings import _base_exact
-
-    return _base_exact(z.float().sum(0), w_u, chunk)
-
-
 def explain_fast(
     model, processor, image, prompt: str, answer=None, config: ExplainConfig | None = None
 ) -> Explanation:
@@ -435,8 +429,8 @@ def explain_fast(
     prepares the backends once, and ``explain_batch`` batches many images).
 
     Args:
-        model: a supported transformers vision-language model (Qwen2-VL, Qwen2.5-VL, LLaVA, InternVL), in
-            eval mode, on CPU or CUDA; e.g. from ``mmx_fast.load``. Its attention implementation is left as
+        model: a transformers vision-language model of a supported type
+            (``mmx_fast.adapters.supported_model_types()``, README "Models"), in eval mode, on CPU or CUDA; e.g. from ``mmx_fast.load``. Its attention implementation is left as
             it is (``Explainer(..., attn_implementation=...)`` opts in to changing it).
         processor: the model's processor.
         image: a PIL image, a path, an ``http(s)://`` or ``data:`` URL, a numpy array [H, W, 3] uint8, or a

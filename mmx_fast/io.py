@@ -111,7 +111,7 @@ def make_temp_dir(parent: str | os.PathLike, prefix: str = TEMP_PREFIX) -> Path:
 
 
 def _write_marker(folder: Path, names: list[str]) -> None:
-    from . import __version__
+    from .version import __version__
 
     info = {"mmx_fast_result": RESULT_MARKER_VERSION, "version": __version__, "files": names}
     atomic_write_json(folder / RESULT_MARKER, info)

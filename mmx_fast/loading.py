@@ -4,9 +4,8 @@
     model, processor = mmx_fast.load("Qwen/Qwen2-VL-2B-Instruct", device="cuda")  # already in the HF cache
     model, processor = mmx_fast.load("tiny:llava")                                # tiny, RANDOM weights
 
-Nothing is ever downloaded (``local_files_only=True``). Supported families: those the adapters support
-(``mmx_fast.adapters.supported_model_types()``: qwen2_vl, qwen2_5_vl, llava, internvl, qwen3_vl,
-qwen3_vl_moe, gemma3, paligemma).
+Nothing is ever downloaded (``local_files_only=True``). Supported families: those the adapters support,
+``mmx_fast.adapters.supported_model_types()`` (README, "Models").
 
 - ``dtype="auto"`` follows the checkpoint's own dtype (``dtype`` / ``torch_dtype`` in its config.json): a
   bf16 checkpoint stays bf16, also on the CPU. A checkpoint that declares none loads as bfloat16 on a CUDA GPU
@@ -20,8 +19,9 @@ qwen3_vl_moe, gemma3, paligemma).
   request only.
 - Processors load without torchvision: transformers' ``AutoProcessor`` needs torchvision for the video
   processor of Qwen2-VL / InternVL; when it fails, the processor is built from its tokenizer and image
-  processor (public Auto classes, ``get_processor_dict`` and ``from_args_and_dict``) with no video processor
-  (see :func:`accept_missing_video_processor`, the one place that relies on a transformers internal).
+  processor (public Auto classes, ``get_processor_dict`` and ``from_dict``) with no video processor
+  (``mmx_fast/processors.py``: ``accept_missing_video_processor`` is the one place that relies on a
+  transformers internal).
 
 Bad input raises :class:`ModelLoadError` (a ``ValueError``) whose message starts with ``model '<spec>'``.
 """
@@ -29,13 +29,14 @@ Bad input raises :class:`ModelLoadError` (a ``ValueError``) whose message starts
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .processors import processor_without_video
 
 TINY_PREFIX = "tiny:"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -165,9 +166,12 @@ def resolve_model(spec: str) -> ModelSource:
     if not isinstance(spec, str) or not spec.strip():
         raise ModelLoadError(f"model {spec!r} is empty; pass a local model folder or tiny:qwen2_vl")
     if spec.startswith(TINY_PREFIX):
+        from .adapters.registry import tiny_model_types  # the model types with a tiny declaration
+
         family = spec[len(TINY_PREFIX) :]
-        if family not in families:
-            choices = ", ".join(TINY_PREFIX + f for f in families)
+        tiny = tiny_model_types()
+        if family not in tiny:
+            choices = ", ".join(TINY_PREFIX + f for f in tiny)
             raise ModelLoadError(
                 f"model {spec!r}: unsupported tiny model family {family!r}; choose one of {choices}"
             )
@@ -316,57 +320,7 @@ def resolve_attn_implementation(requested: str, *, device_type: str, dtype, flas
 
 
 # ---------------------------------------------------------------------------------------------------
-# processors without torchvision
-@functools.cache
-def accept_missing_video_processor(cls: type) -> type:
-    """``cls`` (a transformers processor class) accepting ``video_processor=None``.
-
-    The ONE place that relies on a transformers internal: ``ProcessorMixin.__init__`` checks every component
-    with ``check_argument_for_proper_class`` and rejects a missing video processor, and transformers can only
-    build video processors with torchvision. No public switch skips that check (transformers 5.x), so this
-    subclass overrides it for ``video_processor`` only; images and text are processed by the real class.
-    """
-
-    def check_argument_for_proper_class(self, argument_name, argument):
-        if argument_name == "video_processor" and argument is None:
-            return None
-        return cls.check_argument_for_proper_class(self, argument_name, argument)
-
-    return type(cls.__name__, (cls,), {"check_argument_for_proper_class": check_argument_for_proper_class})
-
-
-def processor_without_video(location: str, family: str, trust_remote_code: bool = False):
-    """The family's processor built from its tokenizer and image processor (Auto classes) and the saved
-    processor settings (``get_processor_dict``), with no video processor (so no torchvision)."""
-    import transformers
-    from transformers import AutoImageProcessor, AutoTokenizer
-
-    from .adapters.registry import model_type_info
-
-    cls = getattr(transformers, model_type_info(family).processor_class)
-    names = cls.get_attributes()
-    if "video_processor" in names:
-        cls = accept_missing_video_processor(cls)
-    processor_dict, kwargs = cls.get_processor_dict(location, local_files_only=True)  # reads JSON only
-    args = []
-    for name in names:
-        if name == "tokenizer":
-            args.append(
-                AutoTokenizer.from_pretrained(location, local_files_only=True, trust_remote_code=trust_remote_code)
-            )
-        elif name == "image_processor":
-            args.append(
-                AutoImageProcessor.from_pretrained(
-                    location, local_files_only=True, trust_remote_code=trust_remote_code
-                )
-            )
-        elif name == "video_processor":
-            args.append(None)
-        else:
-            raise ValueError(f"{cls.__name__} needs a {name}, which mmx-fast cannot load")
-    return cls.from_args_and_dict(args, processor_dict, **kwargs)
-
-
+# processors (without torchvision: mmx_fast/processors.py)
 def load_processor(source: ModelSource, trust_remote_code: bool = False):
     """The processor of a model folder / cached hub id: ``AutoProcessor``, or without torchvision
     :func:`processor_without_video`. ``trust_remote_code`` is passed to transformers explicitly (False unless
@@ -459,7 +413,7 @@ def load(
     if not trust_remote_code:
         check_no_remote_code(source)
     if source.tiny:
-        from .testing import tiny_model
+        from .tiny import tiny_model
 
         model, processor = tiny_model(source.family, dtype=torch_dtype, attn_implementation=attn)
         return model.to(device).eval(), processor

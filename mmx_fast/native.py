@@ -27,11 +27,12 @@ Ops (schemas defined in C++ with ``TORCH_LIBRARY(mmx_fast, m)``, CPU kernels in 
   (float32 [T, H, W])
 - ``refine_filter(Tensor x) -> Tensor`` (x's dtype, [..., H, W])
 
-Each op's Python wrapper sits beside its fake (meta) implementation, so ``torch.compile`` traces functions
-that call the ops, and its CUDA implementation, which calls the Triton launcher in ``mmx_fast.kernels``
-(imported lazily); :func:`load` registers them. The wrappers are the ``native`` entries of the dispatch table
-in :mod:`mmx_fast.ops` (which validates the arguments); they raise RuntimeError when the extension is not
-available. Importing this module never builds anything, and it never imports :mod:`mmx_fast.ops`.
+:func:`load` registers each op's fake (meta) implementation, so ``torch.compile`` traces functions that call
+the ops, and its CUDA implementation, the Triton launcher (the torch implementation where there is no
+Triton kernel), both read from the one dispatch table, ``mmx_fast.ops.table.OPS``. The Python wrappers below
+are what that table's ``native`` entries name (:mod:`mmx_fast.ops` validates the arguments); they raise
+RuntimeError when the extension is not available. Importing this module never builds anything, and it
+imports nothing from :mod:`mmx_fast.ops` but the table (when it loads the library).
 
 Numerics and threads (details in ``csrc/mmx_fast_ops.cpp``):
 
@@ -427,7 +428,7 @@ def build_error() -> str | None:
 
 
 # --------------------------------------------------------------------------------------------------
-# The ops, by stage: Python wrapper, fake (meta) implementation, CUDA implementation (Triton launcher)
+# The ops, by stage: Python wrappers (their fakes and CUDA implementations: mmx_fast.ops.table.OPS)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -435,12 +436,6 @@ def _ops():
     if _loaded_path is None:
         load()
     return torch.ops.mmx_fast
-
-
-def _kernel(stage: str):
-    from .kernels_loader import kernel_module  # lazy: finds mmx_fast.kernels in an install and a source tree
-
-    return kernel_module(stage)
 
 
 # Stage rankings ------------------------------------------------------------------------------------
@@ -453,28 +448,10 @@ def rankings_topk(h: torch.Tensor, w_u: torch.Tensor, k: int, tile: int = 0) -> 
     return _ops().rankings_topk(h, w_u, int(k), int(tile))
 
 
-def _rankings_topk_fake(h, w_u, k, tile=0):
-    return h.new_empty((h.shape[0], k), dtype=torch.int64)
-
-
-def _rankings_topk_cuda(h, w_u, k, tile=0):
-    return _kernel("rankings").rankings_topk(h, w_u, k)
-
-
 def rankings_rbo(a: torch.Tensor, b: torch.Tensor, p: float = 0.9, variant: str = "ext") -> torch.Tensor:
     """RBO of every (target, context) pair of rankings: a [T, k], b [C, k] -> float32 [T, C], equal to
     ``reference.rankings.rbo(a[:, None], b[None], p, variant)``."""
     return _ops().rankings_rbo(a, b, float(p), str(variant))
-
-
-def _rankings_rbo_fake(a, b, p=0.9, variant="ext"):
-    return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.float32)
-
-
-def _rankings_rbo_cuda(a, b, p=0.9, variant="ext"):
-    from .reference.rankings import rbo_weights
-
-    return _kernel("rankings").rankings_rbo(a, b, rbo_weights(a.shape[1], p, variant))
 
 
 # Stage refine --------------------------------------------------------------------------------------
@@ -492,37 +469,12 @@ def refine(
     return _ops().refine(a_t, ctx, weights, bool(apply_filter), float(cancellation_floor))
 
 
-def _refine_fake(a_t, ctx, weights, apply_filter, cancellation_floor):
-    return a_t.new_empty(a_t.shape, dtype=torch.float32)
-
-
-def _refine_cuda(a_t, ctx, weights, apply_filter, cancellation_floor):
-    return _kernel("refine").refine(a_t, ctx, weights, apply_filter, cancellation_floor)
-
-
 def refine_filter(x: torch.Tensor) -> torch.Tensor:
     """TAM's rank Gaussian filter (kernel 3, reflect padding) over the last two dims, computed in float64,
     returned in x's dtype."""
     return _ops().refine_filter(x)
 
 
-def _refine_filter_fake(x):
-    return torch.empty_like(x)
-
-
-def _refine_filter_cuda(x):
-    # there is no Triton filter kernel; mmx_fast.ops sends CUDA tensors to its torch filter instead, so this
-    # is reached only by calling the op directly: the C++ filter on a CPU copy
-    return torch.ops.mmx_fast.refine_filter(x.cpu()).to(x.device)
-
-
-# op name -> (fake, CUDA implementation), registered by load()
-_PYTHON_IMPLS = {
-    "rankings_topk": (_rankings_topk_fake, _rankings_topk_cuda),
-    "rankings_rbo": (_rankings_rbo_fake, _rankings_rbo_cuda),
-    "refine": (_refine_fake, _refine_cuda),
-    "refine_filter": (_refine_filter_fake, _refine_filter_cuda),
-}
 _registered = False
 
 
@@ -530,7 +482,10 @@ def _register_python_impls() -> None:
     global _registered
     if _registered:
         return
-    for name, (fake, cuda) in _PYTHON_IMPLS.items():
-        torch.library.register_fake(f"mmx_fast::{name}")(fake)
-        torch.library.register_kernel(f"mmx_fast::{name}", "cuda")(cuda)
+    from .ops.table import OPS  # the one dispatch table: each C++ op's fake and its CUDA implementation
+
+    for row in OPS.values():
+        if row.native is not None:
+            torch.library.register_fake(f"mmx_fast::{row.native}")(row.fake)
+            torch.library.register_kernel(f"mmx_fast::{row.native}", "cuda")(row.triton or row.torch)
     _registered = True

@@ -8,7 +8,9 @@ path runs the extra scales prefix-only, in length-bucketed batches, and reuses t
 computed) and in ``attribute`` (the
 paper's equations one token at a time vs the fused stages of ``mmx_fast.ops``). Everything else is here, once:
 the input checks, image loading, answer resolution, the forward plan, the text positions ARC and TAM read,
-and the one place an ``Explanation`` is built. This module imports neither path.
+the (scale, view) maps MSEA combines, a video's frame stacking, and the one place an ``Explanation`` is
+built. This module imports neither path; as both paths call its pieces, ``tests/test_glue.py`` checks them
+against brute-force restatements.
 """
 
 from __future__ import annotations
@@ -409,7 +411,7 @@ def text_side(base: PromptInputs, answer_ids: list[int]) -> TextSide:
 
 
 def map_ids(text: TextSide, k0: int, extra: list[int]) -> list[int]:
-    """The vocab ids stage A maps, in this order: the T answer ids (targets), the P prompt ids (ARC's
+    """The vocab ids stage logit_lens maps, in this order: the T answer ids (targets), the P prompt ids (ARC's
     context), k0 (the base map), then TAM's extra classes (``reference.tam.tam_extra_classes``)."""
     return text.answer_ids + text.prompt_ids + [k0] + extra
 

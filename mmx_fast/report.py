@@ -322,12 +322,9 @@ def write_report(
 
 
 def _version() -> str:
-    try:
-        from . import __version__
+    from .version import __version__
 
-        return __version__
-    except ImportError:  # pragma: no cover
-        return "?"
+    return __version__
 
 
 # ---------------------------------------------------------------------------------------------------

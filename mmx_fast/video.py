@@ -7,8 +7,8 @@ visual-token grid is (t, h, w) with ``t = ceil(frames / 2)``: map ``k`` covers f
 in TAM, which explains the frame pair). An odd frame count is padded by repeating the last frame, as Qwen's own
 video processor does. Every frame must have the same size.
 
-transformers builds Qwen video processors only with torchvision, which cannot be installed beside this torch
-(ENV.md), so ``qwen_video_inputs`` builds ``pixel_values_videos`` / ``video_grid_thw`` from the frames with
+transformers builds Qwen video processors only with torchvision, which mmx_fast does not need (docs/design.md
+§7), so ``qwen_video_inputs`` builds ``pixel_values_videos`` / ``video_grid_thw`` from the frames with
 the IMAGE processor's resize, normalisation and patching: each frame is patched as an image (whose patch
 repeats the frame over the temporal slots) and the temporal slots are then filled from the frame pair. Two
 identical frames therefore give exactly the image's pixel values (tested). The frames are resized by the

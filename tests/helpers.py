@@ -108,15 +108,15 @@ def backend_or_skip(name: str) -> tuple[str, str]:
         return "native", "cpu"
     if not kernels_loader.triton_installed():
         pytest.skip("triton is not installed")
-    pkg = kernels_loader.kernels_package()
-    if not pkg.HAS_TRITON:
-        pytest.skip(f"mmx_fast.kernels is unavailable: {pkg.TRITON_IMPORT_ERROR}")
+    kernels = kernels_loader.triton_kernels()
+    if not kernels.available:
+        pytest.skip(f"mmx_fast.kernels is unavailable: {kernels.import_error}")
     if name == "triton-interpreter":
-        if not pkg.INTERPRETED:
+        if not kernels.interpreted:
             pytest.skip("the Triton kernels were compiled for CUDA in this process (not the interpreter)")
         return "triton", "cpu"
     if name == "triton-cuda":
-        if pkg.INTERPRETED or not torch.cuda.is_available():
+        if kernels.interpreted or not torch.cuda.is_available():
             pytest.skip("needs a CUDA GPU and compiled Triton kernels")
         return "triton", "cuda"
     raise ValueError(f"backend id {name!r} is not allowed; expected one of {', '.join(STAGE_BACKENDS)}")
@@ -161,13 +161,14 @@ def rel_err_or_abs(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def kernels_or_none():
-    """``mmx_fast.kernels`` when triton imports (under the interpreter without a GPU), else None."""
+    """The Triton launchers (``kernels_loader.triton_kernels()``) when triton imports (under the interpreter
+    without a GPU), else None."""
     from mmx_fast import kernels_loader
 
     if not kernels_loader.triton_installed():
         return None
-    pkg = kernels_loader.kernels_package()
-    return pkg if pkg.HAS_TRITON else None
+    kernels = kernels_loader.triton_kernels()
+    return kernels if kernels.available else None
 
 
 def random_rankings(g: torch.Generator, rows: int, k: int, pool: int) -> torch.Tensor:

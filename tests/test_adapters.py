@@ -354,3 +354,50 @@ def test_registry_is_the_one_family_list():
 def test_pad_id_and_old_name(setup):
     _, processor, ad = setup
     assert ad.pad_id() == ad._pad_id() == processor.tokenizer.pad_token_id
+
+
+def test_every_model_type_has_one_tiny_declaration():
+    """A family is its adapter, one registry line and one declaration (mmx_fast/tiny/families.py): every
+    declaration names a registry model type and real transformers classes; every model type has exactly one
+    declaration under its own name."""
+    import transformers
+
+    from mmx_fast.tiny import TINY_MODELS
+    from mmx_fast.tiny.families import DECLARATIONS
+
+    assert [d.name for d in DECLARATIONS] == list(TINY_MODELS)
+    assert set(MODEL_TYPES) <= set(TINY_MODELS)
+    for name, decl in TINY_MODELS.items():
+        assert decl.model_type in MODEL_TYPES, name
+        assert hasattr(transformers, decl.model) and hasattr(transformers, decl.config.name), name
+        assert decl.processor.name in MODEL_TYPES[decl.model_type].adapter.processor_classes, name
+        assert decl.image_size % 28 == 0 and decl.tokens.end_of_turn in decl.tokens.special, name
+
+
+def test_tiny_declaration_placeholders_resolve():
+    """The placeholders of a declaration: TEXT (shared decoder + the tokenizer's ids), Merge / Call bases under
+    their keyword arguments, Token ids, Size of the build's image size; containers are copied."""
+    from mmx_fast.tiny import tiny_tokenizer
+    from mmx_fast.tiny.build import resolve
+    from mmx_fast.tiny.declare import SQUARE, TEXT, Call, Merge, Size, Token
+
+    tok = tiny_tokenizer("llava")
+    shared = [1, 2]
+    got = resolve(
+        Merge(
+            TEXT, eos_token_id=Token("<image>"), sides=Size(lambda s: [s, 2 * s]), box=SQUARE, shared=shared
+        ),
+        tok,
+        56,
+    )
+    assert got["vocab_size"] == len(tok) == 1157 and got["hidden_size"] == 64
+    assert (
+        got["pad_token_id"] == tok.convert_tokens_to_ids("<pad>") and got["bos_token_id"] == tok.bos_token_id
+    )
+    assert (
+        got["eos_token_id"] == tok.convert_tokens_to_ids("<image>") != tok.eos_token_id
+    )  # kwargs over bases
+    assert got["sides"] == [56, 112] and got["box"] == {"height": 56, "width": 56}
+    assert got["shared"] == shared and got["shared"] is not shared
+    cfg = resolve(Call("LlamaConfig", TEXT, num_hidden_layers=3), tok, 56)
+    assert type(cfg).__name__ == "LlamaConfig" and cfg.num_hidden_layers == 3 and cfg.vocab_size == 1157

@@ -910,7 +910,8 @@ def test_eval_standalone_entry_point(extra, match, eval_dirs, tmp_path, capsys):
     ids=["limit-zero", "limit-negative", "no-methods", "method-unknown", "method-repeated", "placement"],
 )
 def test_eval_options(kwargs, match, tmp_path):
-    from mmx_fast.eval.run import EvalOptions, run_eval
+    from mmx_fast.eval.options import EvalOptions
+    from mmx_fast.eval.run import run_eval
 
     opts = EvalOptions(model="tiny:qwen2_vl", data=str(tmp_path), out=str(tmp_path / "out"), **kwargs)
     with pytest.raises(ValueError, match=match):

@@ -405,3 +405,50 @@ def test_to_html_without_image_or_extras(explanation, tmp_path):
     empty = replace(explanation, maps=torch.zeros(0, *explanation.grid), answer_ids=[], answer_tokens=[])
     html = Path(empty.to_html(tmp_path / "e.html")).read_text()
     assert "answer is empty" in html and 'class="chip"' not in html
+
+
+def test_image_urls_are_explained_like_the_file(tmp_path, photo_copy, capsys):
+    """``--image`` takes data: and http:// URLs (the API's limits), with the same maps as the file itself."""
+    import functools
+    import http.server
+    import threading
+
+    data_url = "data:image/png;base64," + base64.b64encode(photo_copy.read_bytes()).decode()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(photo_copy.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    http_url = f"http://127.0.0.1:{server.server_address[1]}/{photo_copy.name}"
+    base = ["explain", "--model", "tiny:qwen2_vl", "--prompt", PROMPT, "--answer", ANSWER, "-q"]
+    try:
+        assert main([*base, "--image", str(photo_copy), "--out", str(tmp_path / "file")]) == 0
+        assert main([*base, "--image", data_url, http_url, "--out", str(tmp_path / "url")]) == 0
+    finally:
+        server.shutdown()
+    want = np.load(tmp_path / "file" / "portrait" / "maps.npz")["maps"]
+    assert want.max() > 0
+    # the data: URL has no name (folder "image"); the http URL is named after its last path segment
+    for stem, shown in (("image", "data:image/png;base64,"), ("portrait", http_url)):
+        folder = tmp_path / "url" / stem
+        np.testing.assert_array_equal(np.load(folder / "maps.npz")["maps"], want)
+        info = json.loads((folder / "explanation.json").read_text())
+        assert info["image"]["path"].startswith(shown) and len(info["image"]["path"]) < 100
+    capsys.readouterr()
+    # a URL over the limits is refused before the model loads, with the library's message, exit 2
+    big = "data:image/png;base64," + "A" * (48 * 1024 * 1024)
+    assert main([*base, "--image", big, "--out", str(tmp_path / "big")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmx-fast: error: --image 'data:image/png;base64,") and "max_bytes" in err, err
+    assert len(err) < 600 and not (tmp_path / "big").exists()
+
+
+def test_device_takes_cuda_n_like_eval(tmp_path, photo_copy, capsys):
+    """``--device cuda:0`` is an allowed value (eval accepts it too): without a GPU it is refused by the device
+    check, not by argparse; a bad value names what is allowed."""
+    base = ["explain", "--model", "tiny:llava", "--image", str(photo_copy), "--prompt", PROMPT, "-q"]
+    for device, expect in (("cuda:0", "--device cuda:0"), ("tpu", "--device tpu")):
+        if device == "cuda:0" and torch.cuda.is_available():
+            continue
+        assert main([*base, "--device", device, "--out", str(tmp_path / device)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"mmx-fast: error: {expect}") and "invalid choice" not in err, err
+    assert main([*base, "--device", "cpu", "--out", str(tmp_path / "cpu"), "--answer", "A."]) == 0

@@ -199,7 +199,7 @@ def test_all_zero_maps_stay_zero_never_nan(qwen):
 
 
 def test_base_vocab_id_chunked_equals_reference_including_ties():
-    from mmx_fast.fast import base_vocab_id_chunked
+    from mmx_fast.ops.rankings import rankings_base_torch as base_vocab_id_chunked
     from mmx_fast.reference import base_vocab_id
 
     g = torch.Generator().manual_seed(3)

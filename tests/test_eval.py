@@ -19,6 +19,7 @@ from helpers import write_jpeg, write_png_mask
 from PIL import Image
 
 from mmx_fast.eval import datasets as D
+from mmx_fast.eval import distributed, options, runner, store
 from mmx_fast.eval import metrics as M
 from mmx_fast.eval import run as R
 from mmx_fast.eval import words as W
@@ -323,16 +324,16 @@ def test_mask_encodings(tmp_path):
 # JSON lines
 def test_jsonl_append_resume_ignores_and_cuts_partial_line(tmp_path):
     path = tmp_path / "shard-000-of-001.jsonl"
-    with R.JsonlAppender(path) as w:
+    with store.JsonlAppender(path) as w:
         w.append({"id": "a", "status": "ok"})
     with open(path, "ab") as f:
         f.write(b'{"id": "b", "sta')  # a write cut short by a kill
-    recs, bad = R.read_jsonl(path)
+    recs, bad = store.read_jsonl(path)
     assert [r["id"] for r in recs] == ["a"] and bad == 1
-    with R.JsonlAppender(path) as w:  # the owner cuts the partial line before appending
+    with store.JsonlAppender(path) as w:  # the owner cuts the partial line before appending
         assert w.cut == len(b'{"id": "b", "sta')
         w.append({"id": "b", "status": "ok"})
-    recs, bad = R.read_jsonl(path)
+    recs, bad = store.read_jsonl(path)
     assert [r["id"] for r in recs] == ["a", "b"] and bad == 0
 
 
@@ -376,7 +377,7 @@ def e2e(tmp_path_factory):
     try:
         mp = tiny_model("qwen2_vl")
         opts = _opts(data, root / "single")
-        summary = R.run_eval(opts, model_and_processor=mp, dist=R.DistInfo(), echo=False)
+        summary = R.run_eval(opts, model_and_processor=mp, dist=distributed.DistInfo(), echo=False)
         yield {"root": root, "data": data, "mp": mp, "summary": summary, "out": root / "single"}
     finally:
         torch.set_num_threads(threads)
@@ -394,11 +395,11 @@ def _opts(data, out, **kw):
         progress=False,
     )
     base.update(kw)
-    return R.EvalOptions(**base)
+    return options.EvalOptions(**base)
 
 
 def _metrics_by_id(out: Path) -> dict:
-    recs, bad = R.read_jsonl(out / "results.jsonl")
+    recs, bad = store.read_jsonl(out / "results.jsonl")
     assert bad == 0
     ids = [r["id"] for r in recs]
     assert len(ids) == len(set(ids))  # nothing counted twice
@@ -454,7 +455,7 @@ def test_e2e_torchrun_two_ranks_equals_single_process(e2e):
         "shard-000-of-002.jsonl",
         "shard-001-of-002.jsonl",
     ]
-    assert {r["rank"] for r in R.read_jsonl(out / "shard-001-of-002.jsonl")[0]} == {1}
+    assert {r["rank"] for r in store.read_jsonl(out / "shard-001-of-002.jsonl")[0]} == {1}
     assert _metrics_by_id(out) == _metrics_by_id(e2e["out"])
     assert (out / "table.md").read_text() == (e2e["out"] / "table.md").read_text()
     assert "| Method | Obj-IoU" in proc.stdout  # rank 0 prints the table
@@ -474,13 +475,16 @@ def test_e2e_interrupted_run_resumes_to_the_same_table(e2e):
     try:
         # a first run limited to 3 samples, then a run killed after 2 more
         R.run_eval(
-            _opts(e2e["data"], out, limit=3), model_and_processor=e2e["mp"], dist=R.DistInfo(), echo=False
+            _opts(e2e["data"], out, limit=3),
+            model_and_processor=e2e["mp"],
+            dist=distributed.DistInfo(),
+            echo=False,
         )
         with pytest.raises(KeyboardInterrupt):
             R.run_eval(
                 _opts(e2e["data"], out),
                 model_and_processor=e2e["mp"],
-                dist=R.DistInfo(),
+                dist=distributed.DistInfo(),
                 after_sample=crash_after_two,
                 echo=False,
             )
@@ -491,7 +495,7 @@ def test_e2e_interrupted_run_resumes_to_the_same_table(e2e):
         summary = R.run_eval(
             _opts(e2e["data"], out),
             model_and_processor=e2e["mp"],
-            dist=R.DistInfo(),
+            dist=distributed.DistInfo(),
             after_sample=lambda r: redone.append(r["id"]),
             echo=False,
         )
@@ -505,7 +509,9 @@ def test_e2e_interrupted_run_resumes_to_the_same_table(e2e):
     # other settings into the same folder are refused
     with pytest.raises(ValueError, match="other settings"):
         R.run_eval(
-            _opts(e2e["data"], out, placement="crop"), model_and_processor=e2e["mp"], dist=R.DistInfo()
+            _opts(e2e["data"], out, placement="crop"),
+            model_and_processor=e2e["mp"],
+            dist=distributed.DistInfo(),
         )
 
 
@@ -536,7 +542,7 @@ def test_cli_entry_points(e2e, tmp_path, capsys):
     )  # fmt: skip
     assert code == 0
     assert "| TAM (tam) |" in capsys.readouterr().out
-    recs, _ = R.read_jsonl(tmp_path / "o" / "results.jsonl")
+    recs, _ = store.read_jsonl(tmp_path / "o" / "results.jsonl")
     assert recs[0]["placement_box"] is not None  # 80x60 image: LLaVA saw the centre crop
     with np.load(tmp_path / "o" / "maps" / "0000000.npz") as z:
         assert z["tam"].dtype == np.uint8 and z["tam"].shape[0] == len(recs[0]["tokens"])
@@ -566,4 +572,4 @@ def test_generate_answer_keeps_the_stop_token_on_request():
         inputs = {"input_ids": torch.tensor([[1, 2]])}
         length = 2
 
-    assert R.generate_answer(Adapter(), Prompt(), 10, keep_stop=True) == ([7, 8], 99)
+    assert runner.generate_answer(Adapter(), Prompt(), 10, keep_stop=True) == ([7, 8], 99)

@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from mmx_fast.eval import datasets as D
+from mmx_fast.eval import distributed, options, store
 from mmx_fast.eval import run as R
 
 REPO = Path(__file__).resolve().parents[1]
@@ -293,7 +294,7 @@ def tiny():
     return tiny_model("qwen2_vl")
 
 
-def _opts(data: Path, out: Path, **kw) -> R.EvalOptions:
+def _opts(data: Path, out: Path, **kw) -> options.EvalOptions:
     base = dict(
         model="tiny:qwen2_vl",
         data=str(data),
@@ -304,11 +305,13 @@ def _opts(data: Path, out: Path, **kw) -> R.EvalOptions:
         progress=False,
     )
     base.update(kw)
-    return R.EvalOptions(**base)
+    return options.EvalOptions(**base)
 
 
-def _run(opts: R.EvalOptions, tiny, after=None) -> dict:
-    return R.run_eval(opts, model_and_processor=tiny, dist=R.DistInfo(), after_sample=after, echo=False)
+def _run(opts: options.EvalOptions, tiny, after=None) -> dict:
+    return R.run_eval(
+        opts, model_and_processor=tiny, dist=distributed.DistInfo(), after_sample=after, echo=False
+    )
 
 
 def test_sample_ids_never_collide_and_resume(tmp_path: Path, tiny):
@@ -324,7 +327,7 @@ def test_sample_ids_never_collide_and_resume(tmp_path: Path, tiny):
     summary = _run(_opts(data, out), tiny, after=lambda r: redone.append(r["id"]))
     assert sorted(redone) == sorted(ids[3:])  # the first three are finished: not redone, none lost
     assert summary["counts"]["evaluated"] == 6
-    recs, bad = R.read_jsonl(out / "results.jsonl")
+    recs, bad = store.read_jsonl(out / "results.jsonl")
     assert bad == 0 and [r["index"] for r in recs] == list(range(6)) and [r["id"] for r in recs] == ids
     assert json.loads((out / "run.json").read_text())["sample_ids"] == 2
 
@@ -425,7 +428,7 @@ def test_non_utf8_names_round_trip(tmp_path: Path, tiny):
     summary = _run(_opts(data, out), tiny)
     assert summary["counts"]["evaluated"] == 1
     assert "GranDf_\\udcff" in (out / "table.md").read_text(encoding="utf-8")
-    recs, bad = R.read_jsonl(out / "results.jsonl")
+    recs, bad = store.read_jsonl(out / "results.jsonl")
     assert bad == 0 and recs[0]["id"] == img
 
 
@@ -433,6 +436,6 @@ def test_empty_data_set_runs_and_reruns(tmp_path: Path, tiny):
     data = _anno(tmp_path / "GranDf_empty", [])
     out = tmp_path / "out"
     for _ in range(2):  # nothing to evaluate, no model needed; the second run accepts the first's folder
-        summary = R.run_eval(_opts(data, out), dist=R.DistInfo(), echo=False)
+        summary = R.run_eval(_opts(data, out), dist=distributed.DistInfo(), echo=False)
         assert summary["counts"]["selected"] == 0
     assert json.loads((out / "run.json").read_text())["model"] == "tiny:qwen2_vl"

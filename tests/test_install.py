@@ -1,17 +1,20 @@
 """The dependency set resolves, as a user on a fresh machine would get it: ``pip install --dry-run`` of the
-README's install lines with the Makefile's torch and every extra, against the public index.
+README's install lines with the lock's torch and every extra, against pip's default (public) index.
 
 pip runs with ``--isolated`` and ``PIP_CONFIG_FILE=/dev/null``, so no machine-wide pip configuration (local
-wheel folders, constraints files) takes part, except where a case says so. The resolutions run concurrently
-(they wait on the network) and need the public index: without it these tests skip, saying so, except in CI
-(``CI=true``), where an unreachable index is a failure.
+wheel folders, constraints files) takes part, except where a case says so; no index address is written here,
+pip's default is the public one. The resolutions run concurrently (they wait on the network) and need the
+index: without it these tests skip, saying so, except in CI (``CI=true``), where an unreachable index is a
+failure.
 
 Cases:
 - PyPI's torch (a CUDA build on Linux x86_64) + every extra but flash-attn: one Triton, the one torch pins.
 - the same + flash-attn (an sdist: its metadata is built beside this environment's torch).
-- PyTorch's CPU build + every extra: from the CPU index, or where that cannot be reached, from a local
-  ``torch==X+cpu`` wheel that pip's own configuration points at (the Makefile's fallback); else skipped.
+- PyTorch's CPU build + every extra: from a local ``torch==X+cpu`` wheel that pip's own configuration points
+  at (on this project's machines), else skipped.
+- the lock (requirements/cpu.lock) is complete: resolving the locked extras under it installs exactly its pins.
 - installing the package into this environment keeps its torch (a range, never a reinstall).
+- our top-level regular packages other than mmx_fast share no name with a distribution on the index.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import os
 import re
 import subprocess
 import sys
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,20 +35,46 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-PYPI = "https://pypi.org/simple"
-CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-TORCH = re.search(r"^TORCH_VERSION \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+LOCK_FILE = ROOT / "requirements" / "cpu.lock"
+LOCK = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", LOCK_FILE.read_text(), re.M))
+LOCK = {k.lower().replace("_", "-"): v for k, v in LOCK.items()}
+TORCH = LOCK["torch"].split("+")[0]
+LOCK_EXTRAS = re.search(r"^LOCK_EXTRAS \?= (.+)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
 EXTRAS = sorted(PYPROJECT["project"]["optional-dependencies"])
 NO_FLASH = ",".join(e for e in EXTRAS if e != "flash-attn")
 
 
-def _reachable(url: str) -> bool:
+def _clean_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    return env
+
+
+def _index(*args: str) -> subprocess.CompletedProcess:
+    """``pip index versions ...`` against pip's default index, no machine configuration."""
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "index", "versions", "--isolated", *args],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        timeout=120,
+    )
+
+
+def _index_reachable() -> bool:
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/torch/", timeout=15):
-            return True
-    except OSError:
+        return _index("pip").returncode == 0
+    except subprocess.TimeoutExpired:
         return False
+
+
+def _need_index() -> None:
+    if not _index_reachable():
+        msg = "pip's default index is unreachable: the dependency resolution cannot be checked here"
+        if CI:
+            pytest.fail(f"CI=true but {msg}")
+        pytest.skip(msg)
 
 
 def _local_cpu_wheel_dirs() -> list[str]:
@@ -64,8 +92,8 @@ def _local_cpu_wheel_dirs() -> list[str]:
 
 def _resolve(reqs: list[str], *pip_args: str, fresh: bool = True, env: dict | None = None) -> dict:
     """``pip install --dry-run`` -> {"install": {name: version}, "meta": {name: metadata}}, or the error."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    clean.update(PIP_CONFIG_FILE=os.devnull, **(env or {}))
+    clean = _clean_env()
+    clean.update(env or {})
     cmd = [sys.executable, "-m", "pip", "install", "--isolated", "--dry-run", "--quiet", "--report", "-"]
     cmd += ["--ignore-installed"] if fresh else []
     proc = subprocess.run([*cmd, *pip_args, *reqs], capture_output=True, text=True, env=clean, timeout=900)
@@ -82,36 +110,26 @@ def _project(extras: str) -> str:
 
 @pytest.fixture(scope="module")
 def resolved():
-    if not _reachable(PYPI):
-        msg = f"the public index {PYPI} is unreachable: the dependency resolution cannot be checked here"
-        if CI:
-            pytest.fail(f"CI=true but {msg}")
-        pytest.skip(msg)
+    _need_index()
     cases = {
-        "cuda": ([f"torch=={TORCH}", _project(NO_FLASH)], ["--index-url", PYPI], {}),
+        "cuda": ([f"torch=={TORCH}", _project(NO_FLASH)], [], {}),
         "flash": (
             [f"torch=={TORCH}", _project("flash-attn")],
-            ["--index-url", PYPI, "--no-build-isolation"],  # flash-attn's setup.py imports torch
+            ["--no-build-isolation"],  # flash-attn's setup.py imports torch
             {"env": {"FLASH_ATTENTION_SKIP_CUDA_BUILD": "TRUE"}},
         ),
-        "keeps-torch": ([_project("triton")], ["--index-url", PYPI], {"fresh": False}),
+        "keeps-torch": ([_project("triton")], [], {"fresh": False}),
     }
-    if _reachable(CPU_INDEX):
-        cpu_where = f"the CPU index {CPU_INDEX}"
-        cases["cpu"] = (
-            [f"torch=={TORCH}+cpu", _project(NO_FLASH)],
-            ["--index-url", CPU_INDEX, "--extra-index-url", PYPI],
-            {},
-        )
-    elif local := _local_cpu_wheel_dirs():
-        cpu_where = f"a local wheel in {local[0]} ({CPU_INDEX} is unreachable)"
-        cases["cpu"] = (
-            [f"torch=={TORCH}+cpu", _project(NO_FLASH)],
-            ["--index-url", PYPI, "--find-links", local[0]],
+    if local := _local_cpu_wheel_dirs():
+        cpu_where = f"a local wheel in {local[0]}"
+        cases["cpu"] = ([f"torch=={TORCH}+cpu", _project(NO_FLASH)], ["--find-links", local[0]], {})
+        cases["lock"] = (
+            [f"torch=={TORCH}+cpu", _project(",".join(LOCK_EXTRAS))],
+            ["--find-links", local[0], "-c", str(LOCK_FILE)],
             {},
         )
     else:
-        cpu_where = f"{CPU_INDEX} is unreachable and no local torch=={TORCH}+cpu wheel is configured"
+        cpu_where = f"no local torch=={TORCH}+cpu wheel is configured for pip here"
     with ThreadPoolExecutor(len(cases)) as pool:
         futures = {k: pool.submit(_resolve, reqs, *args, **kw) for k, (reqs, args, kw) in cases.items()}
         out = {k: f.result() for k, f in futures.items()}
@@ -170,6 +188,29 @@ def test_cpu_torch_and_every_extra_resolve(resolved):
     _check_common(r, f"{TORCH}+cpu")
     assert not any(n.startswith("nvidia-") for n in r["install"]), sorted(r["install"])
     assert Version(r["install"]["triton"]) >= Version("3.7")
+
+
+def test_the_lock_is_complete_and_inside_our_ranges(resolved):
+    """Installing the locked extras under the lock takes exactly the locked versions: no package is missing from
+    it (pip would pick one freely) and each pin is inside pyproject's ranges."""
+    r = _ok(resolved, "lock")
+    inst = {k: v for k, v in r["install"].items() if k != "mmx-fast"}
+    missing = sorted(set(inst) - set(LOCK))
+    assert not missing, f"resolved but not locked (run `make lock`): {missing}"
+    differ = {k: (v, LOCK[k]) for k, v in inst.items() if v != LOCK[k]}
+    assert not differ, f"resolved version != locked version: {differ}"
+    for dep in PYPROJECT["project"]["dependencies"]:
+        req = Requirement(dep)
+        assert Version(LOCK[req.name]) in req.specifier, (str(req), LOCK[req.name])
+
+
+def test_top_level_names_are_free_on_the_index():
+    """A top-level regular package of ours named like a distribution would shadow it (as kernels/ shadowed
+    Hugging Face's kernels): benches/ is the only one besides mmx_fast (tests/test_layout.py)."""
+    _need_index()
+    for name in ("benches",):
+        proc = _index(name)
+        assert proc.returncode != 0 and "No matching distribution" in proc.stderr, (name, proc.stdout)
 
 
 def test_installing_into_an_environment_keeps_its_torch(resolved):

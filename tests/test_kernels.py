@@ -30,28 +30,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from mmx_fast.constants import CANCELLATION_FLOOR  # noqa: E402
+from mmx_fast.kernels_loader import triton_kernels  # noqa: E402
 from mmx_fast.reference.logit_lens import logit_lens_maps  # noqa: E402
 from mmx_fast.reference.rankings import rbo, rbo_weights, topk_ranking  # noqa: E402
 
-
-def _load_kernels():
-    """``mmx_fast.kernels`` when the package is installed (kernels/ maps onto it); otherwise load kernels/
-    from this checkout under that name."""
-    try:
-        return importlib.import_module("mmx_fast.kernels")
-    except ImportError:
-        spec = importlib.util.spec_from_file_location(
-            "mmx_fast.kernels",
-            ROOT / "kernels" / "__init__.py",
-            submodule_search_locations=[str(ROOT / "kernels")],
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["mmx_fast.kernels"] = module
-        spec.loader.exec_module(module)
-        return module
-
-
-K = _load_kernels()
+K = triton_kernels()
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (native Triton at realistic sizes)")
@@ -84,17 +67,17 @@ def _rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def test_package_exports():
-    assert K.HAS_TRITON
+    assert K.available, K.import_error
     for name in ("logit_lens", "rankings_topk", "rankings_rbo", "refine"):
         assert callable(getattr(K, name))
-    assert K.INTERPRETED == (not CUDA)
-    assert K.triton_usable("cuda" if CUDA else "cpu")
+    assert K.interpreted == (not CUDA)
+    assert K.usable("cuda" if CUDA else "cpu")
+    assert not K.usable("cuda" if not CUDA else "cpu")
     with pytest.raises(AttributeError):
         K.no_such_kernel  # noqa: B018
-    # importing a kernel module by name must not shadow the function of the same name
-    importlib.import_module("mmx_fast.kernels.logit_lens")
-    importlib.import_module("mmx_fast.kernels.refine")
-    assert callable(K.logit_lens) and callable(K.refine)
+    # the launchers are the functions of the stage modules mmx_fast.kernels.<stage>
+    assert K.logit_lens is importlib.import_module("mmx_fast.kernels.logit_lens").logit_lens
+    assert K.refine is importlib.import_module("mmx_fast.kernels.refine").refine
 
 
 # -------------------------------------------------------------------------------------------- stage A

@@ -42,13 +42,11 @@ PROCESSOR = {
 
 
 def save_tiny(family: str, folder: Path, dtype: torch.dtype = torch.float32):
-    """A tiny model folder as a user would have it: weights, tokenizer, image processor, processor settings
-    (the tiny qwen2_vl / internvl processors carry no video processor, so they cannot save as a whole)."""
+    """A tiny model folder as a user writes it: ``model.save_pretrained(d); processor.save_pretrained(d)``
+    (processors built without a video processor, i.e. without torchvision, save as a whole too)."""
     model, processor = tiny_model(family, dtype=dtype)
     model.save_pretrained(folder)
-    processor.tokenizer.save_pretrained(folder)
-    processor.image_processor.save_pretrained(folder)
-    processor.to_json_file(str(folder / "processor_config.json"))
+    processor.save_pretrained(folder)
     return model, processor
 
 
@@ -69,6 +67,27 @@ def test_load_a_saved_folder_gives_the_in_memory_maps(family, tmp_path, image):
     got = explain_fast(loaded, loaded_processor, image, PROMPT, answer=ANSWER, config=cfg)
     assert got.answer_ids == want.answer_ids and len(got) > 1
     assert want.maps.max() > 0  # a real map, not an empty one
+    torch.testing.assert_close(got.maps, want.maps, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", ["internvl", "smolvlm", "qwen2_vl"])
+def test_a_loaded_processor_saves_and_loads_again_bit_identically(family, tmp_path, image, caplog):
+    """The loaded processor (built without torchvision) saves as a whole, and the second folder explains like
+    the first: the processor's own settings survive (InternVL once came back with 256 image tokens, not 16),
+    and loading prints no deprecation warning."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    model, _ = save_tiny(family, first)
+    with caplog.at_level("WARNING"):
+        loaded, processor = load(str(first), device="cpu")
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
+    loaded.save_pretrained(second)
+    processor.save_pretrained(second)
+    assert (second / "processor_config.json").is_file()
+    again, again_processor = load(str(second), device="cpu")
+    cfg = ExplainConfig(method="msea-arc")
+    want = explain_fast(loaded, processor, image, PROMPT, answer=ANSWER, config=cfg)
+    got = explain_fast(again, again_processor, image, PROMPT, answer=ANSWER, config=cfg)
+    assert want.maps.max() > 0 and got.grid == want.grid
     torch.testing.assert_close(got.maps, want.maps, rtol=0, atol=0)
 
 

@@ -449,7 +449,7 @@ def _assert_certified_equal(h, w, k, z=None, expect_fallback=None, expect_base_f
     stats = {key: torch_rankings.CERTIFY_STATS[key] - before[key] for key in before}
     assert torch.equal(ranks, topk_ranking(h, w, k))
     if z is not None:
-        from mmx_fast.reference.logit_lens import base_vocab_id
+        from mmx_fast.reference.rankings import base_vocab_id
 
         assert k0 == base_vocab_id(z, w)
     assert stats["exact_rows"] == 0  # the bf16 pass ran (the vocabulary is large enough)
@@ -581,7 +581,7 @@ def test_certified_small_vocabulary_runs_exact():
 
 
 def test_rankings_topk_base_every_precision():
-    from mmx_fast.reference.logit_lens import base_vocab_id
+    from mmx_fast.reference.rankings import base_vocab_id
 
     g = gen(27)
     w = torch.randn(4000, 40, generator=g) * 0.02

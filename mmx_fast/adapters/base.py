@@ -86,9 +86,14 @@ class PromptInputs:
         return (m * self.frames, *self.grid)
 
 
+# The model types whose adapter explains video, named when another family refuses a video. Filled in by
+# ``adapters/registry.py``, which knows the families (this module must not import it: a cycle).
+VIDEO_MODEL_TYPES: list[str] = []
+
+
 class Adapter:
     """Base class. A family sets ``family``, ``model_types``, ``geometry`` (and where needed
-    ``processor_kwargs``, ``tiny_builder``); ``config_types`` and ``processor_classes`` follow from
+    ``processor_kwargs``); ``config_types`` and ``processor_classes`` follow from
     ``model_types``."""
 
     # --- a family's data ----------------------------------------------------------------------------
@@ -120,8 +125,6 @@ class Adapter:
     # real tokens and the batch within ``bucket_tokens`` padded tokens (which also bounds its activations).
     bucket_waste: ClassVar[float] = 0.1
     bucket_tokens: ClassVar[int] = 8192
-    # The builder of this family's tiny random-weight test model in ``mmx_fast.testing`` (None: no tiny model).
-    tiny_builder: ClassVar[str | None] = None
     # Derived from ``model_types``: the accepted config types and processor class names (anywhere in the MRO).
     config_types: ClassVar[tuple[str, ...]] = ()
     processor_classes: ClassVar[tuple[str, ...]] = ()
@@ -190,16 +193,14 @@ class Adapter:
 
     def prepare_video(self, video: Video, prompt: str, scale: float) -> PromptInputs:
         """Hook: chat prompt with a video (frames resized by ``scale``); only video families implement it."""
-        from .registry import video_model_types
-
         if isinstance(self.geometry, geo.Tiled):
             raise ValueError(
                 f"model type {self.model_type!r} lays an image out as tiles ({type(self.geometry).__name__}); "
-                f"video is not explained for tiled models, only for: {', '.join(video_model_types())}"
+                f"video is not explained for tiled models, only for: {', '.join(VIDEO_MODEL_TYPES)}"
             )
         raise ValueError(
             f"model type {self.model_type!r} does not take video; video is explained for: "
-            f"{', '.join(video_model_types())}"
+            f"{', '.join(VIDEO_MODEL_TYPES)}"
         )
 
     @property

@@ -25,7 +25,6 @@ class Gemma3Adapter(Adapter):
     model_types = {"gemma3": "Gemma3Processor"}
     geometry = FixedCanvas()
     processor_kwargs = {"do_pan_and_scan": False}
-    tiny_builder = "gemma3"
 
     @property
     def image_token_id(self) -> int:

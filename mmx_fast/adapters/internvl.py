@@ -27,7 +27,6 @@ class InternVLAdapter(Adapter):
     model_types = {"internvl": "InternVLProcessor"}
     geometry = FixedCanvas()
     processor_kwargs = {"crop_to_patches": False}
-    tiny_builder = "internvl"
 
     def __init__(self, model: Any, processor: Any) -> None:
         super().__init__(model, processor)

@@ -18,7 +18,6 @@ class LlavaAdapter(Adapter):
     family = "llava"
     model_types = {"llava": "LlavaProcessor"}
     geometry = FixedCanvas()
-    tiny_builder = "llava"
 
     def expected_visual_tokens(self, inputs):
         """One token per patch of the CLIP input (plus CLS with the ``full`` feature strategy)."""

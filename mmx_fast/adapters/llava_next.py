@@ -22,11 +22,9 @@ class LlavaNextAdapter(Adapter):
     family = "llava_next"
     model_types = {"llava_next": "LlavaNextProcessor"}
     geometry = AnyResUnpad()
-    tiny_builder = "llava_next"
 
 
 class LlavaOnevisionAdapter(Adapter):
     family = "llava_onevision"
     model_types = {"llava_onevision": "LlavaOnevisionProcessor"}
     geometry = AnyResUnpad()
-    tiny_builder = "llava_onevision"

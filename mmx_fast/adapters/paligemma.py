@@ -29,7 +29,6 @@ class PaliGemmaAdapter(Adapter):
     answer_token_types = {"token_type_ids": 1}
     drop_keys = ("labels",)
     causal_visual_states = False
-    tiny_builder = "paligemma"
 
     def chat_text(self, prompt: str) -> str:
         """The processor's input: one image placeholder, then the instruction (it adds ``<bos>`` and ``\\n``)."""

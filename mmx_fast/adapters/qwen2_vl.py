@@ -28,7 +28,6 @@ class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
     model_types = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}
     geometry = DynamicResolution()
-    tiny_builder = "qwen2_vl"
 
     def video_chat_text(self, prompt: str) -> str:
         return prompt_mod.chat_text(self.processor, self.tokenizer, prompt, media="video")

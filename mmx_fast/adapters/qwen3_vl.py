@@ -22,7 +22,6 @@ from .qwen2_vl import Qwen2VLAdapter
 class Qwen3VLAdapter(Qwen2VLAdapter):
     family = "qwen3_vl"
     model_types = {"qwen3_vl": "Qwen3VLProcessor", "qwen3_vl_moe": "Qwen3VLProcessor"}
-    tiny_builder = "qwen3_vl"
 
     def video_placeholder(self, t: int, per_frame: int, fps: float, n_frames: int) -> str:
         tok = self.tokenizer

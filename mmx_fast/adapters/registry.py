@@ -1,6 +1,6 @@
 """The one registry of model families: ``config.model_type`` -> adapter class, with the per-model-type facts the
-CLI (processor class) and ``mmx_fast.testing`` (tiny-model builder) need. Adding a family is one adapter file
-and one entry in ``ADAPTERS``.
+CLI needs (processor class). Adding a family is one adapter file, one entry in ``ADAPTERS`` and, for its tiny
+test model (``tiny:<family>``), one declaration in ``mmx_fast/tiny/families.py``.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..tiny.families import DECLARATIONS
+from . import base
 from .base import Adapter
 from .gemma3 import Gemma3Adapter
 from .internvl import InternVLAdapter
@@ -47,19 +49,15 @@ class ModelType:
     name:            the model type (``"qwen2_5_vl"``).
     adapter:         its adapter class.
     processor_class: the transformers processor class its checkpoints use (``"Qwen2_5_VLProcessor"``).
-    tiny_builder:    the tiny-model builder in ``mmx_fast.testing`` (None: no tiny model).
     """
 
     name: str
     adapter: type[Adapter]
     processor_class: str
-    tiny_builder: str | None
 
 
 MODEL_TYPES: dict[str, ModelType] = {
-    name: ModelType(name, cls, processor, cls.tiny_builder)
-    for cls in ADAPTERS
-    for name, processor in cls.model_types.items()
+    name: ModelType(name, cls, processor) for cls in ADAPTERS for name, processor in cls.model_types.items()
 }
 
 
@@ -68,13 +66,17 @@ def video_model_types() -> list[str]:
     return [name for name, m in MODEL_TYPES.items() if m.adapter.prepare_video is not Adapter.prepare_video]
 
 
+base.VIDEO_MODEL_TYPES[:] = video_model_types()
+
+
 def supported_model_types() -> list[str]:
     return list(MODEL_TYPES)
 
 
 def tiny_model_types() -> tuple[str, ...]:
-    """The model types ``mmx_fast.testing.tiny_model`` can build."""
-    return tuple(name for name, m in MODEL_TYPES.items() if m.tiny_builder is not None)
+    """The model types that have a tiny model (``tiny:<type>``; declared in ``mmx_fast/tiny/families.py``)."""
+    declared = {d.name for d in DECLARATIONS}
+    return tuple(name for name in MODEL_TYPES if name in declared)
 
 
 def model_type_info(model_type: str) -> ModelType:

@@ -20,7 +20,6 @@ class SmolVLMAdapter(Adapter):
     family = "smolvlm"
     model_types = {"smolvlm": "SmolVLMProcessor"}
     geometry = SplitImage()
-    tiny_builder = "smolvlm"
 
     def chat_text(self, prompt: str) -> str:
         """The processor's chat template rendered by the tokenizer: ``SmolVLMProcessor.apply_chat_template``

@@ -5,7 +5,9 @@
 - ``words``: tokens -> words -> word types (NLTK as TAM, or an offline fallback) -> category labels;
 - ``datasets``: loaders for TAM's released COCO 2014 / GranDf / OpenPSG layouts;
 - ``run``: generate once, explain with every method, append JSON lines, resume, shard over torchrun ranks,
-  merge, report; ``cli``: ``mmx-fast eval`` and ``python -m mmx_fast.eval``.
+  merge, report; its concerns one module each: ``options``, ``distributed`` (torchrun), ``store`` (the output
+  folder: JSON-line shards, run.json), ``runner`` (one sample), ``summary`` (pooled metrics, the table);
+- ``cli``: ``mmx-fast eval`` and ``python -m mmx_fast.eval``.
 
 Importing this package does not import transformers (models load only in ``run``).
 """

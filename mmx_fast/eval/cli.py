@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 
+from ..adapters.registry import supported_model_types
 from ..cli_common import CliError, OneLineParser, check_out_dir, one_line, positive_int
 from ..config import MAX_NEW_TOKENS
 from .datasets import LAYOUTS
@@ -40,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--model",
         required=True,
         metavar="ID_OR_PATH",
-        help="a local model folder, a Hugging Face id already in the local cache, or tiny:qwen2_vl / tiny:llava / "
-        "tiny:internvl (random-weight test models); nothing is downloaded",
+        help="a local model folder, a Hugging Face id already in the local cache, or tiny:<model type> "
+        f"(random-weight test models: {', '.join(supported_model_types())}); nothing is downloaded",
     )
     parser.add_argument(
         "--data", required=True, metavar="DIR", help="the data set folder (TAM's released layout)"
@@ -105,7 +106,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:N"
     )
     parser.add_argument(
-        "--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"
+        "--dtype",
+        default="auto",
+        help="auto (the checkpoint's own dtype from its config.json; when it declares none, bfloat16 on a "
+        "bf16-capable CUDA GPU, else float32), float32, bfloat16, float16",
     )
     parser.add_argument(
         "--backend", default="auto", help="kernel backend of the fast path (auto, triton, torch, native)"
@@ -125,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace):
-    from .run import EvalOptions
+    from .options import EvalOptions
 
     return EvalOptions(
         model=args.model,

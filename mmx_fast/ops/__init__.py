@@ -1,24 +1,24 @@
 """The fast path's stages, one entry point per operation, each dispatched to a backend (docs/design.md §2).
 
-One table, :data:`DISPATCH`, maps each operation (named by its stage word: ``logit_lens``, ``msea``,
-``rankings_*``, ``refine*``) to its implementations by backend:
+One table, :data:`OPS` (``mmx_fast/ops/table.py``), maps each operation (named by its stage word:
+``logit_lens``, ``msea``, ``rankings_*``, ``refine*``, ``tam_*``) to its implementations by backend, and every
+public function below runs its operation through :func:`_run`:
 
 - ``torch``: the vectorised PyTorch implementation in the stage's module (:mod:`.logit_lens`, :mod:`.msea`,
-  :mod:`.rankings`, :mod:`.refine`); any device; the CPU fast path and the fallback everywhere.
+  :mod:`.rankings`, :mod:`.refine`, :mod:`.tam`); any device; the CPU fast path and the fallback everywhere.
 - ``native``: the C++ CPU kernels (``csrc/``, :mod:`mmx_fast.native`), when built; until then the backend
   falls back to ``torch`` with a one-time warning.
 - ``triton``: the kernels in ``mmx_fast.kernels`` (CUDA tensors; CPU tensors only through the Triton
   interpreter, ``TRITON_INTERPRET=1``, which is how the tests run them). Imported lazily, so
   ``import mmx_fast.ops`` never needs triton.
 
-An operation without an implementation for the resolved backend (``msea`` everywhere, ``logit_lens`` on
-``native``, ``refine_filter`` on ``triton``) runs the torch implementation on the tensors' device, as do
-empty inputs.
+An operation without an implementation for the resolved backend (``msea``, ``rankings_certified``,
+``rankings_base``, ``refine_normalize`` and ``tam_*`` everywhere, ``logit_lens`` on ``native``,
+``refine_filter`` on ``triton``) runs the torch implementation on the tensors' device, as do empty inputs.
 
 The stage words name both a module (``mmx_fast/ops/refine.py``) and a public function (``ops.refine``): the
 attribute ``mmx_fast.ops.refine`` is the function. Reach a torch implementation with ``from
-mmx_fast.ops.refine import refine_torch`` (or ``importlib.import_module("mmx_fast.ops.refine")``), or
-through ``DISPATCH["refine"]["torch"]``.
+mmx_fast.ops.refine import refine_torch``, or through ``OPS["refine"].torch``.
 
 Every public function checks its arguments once here (so every backend fails the same way, with a message
 that names the bad value); the kernel launchers and the C++ entry points keep only cheap invariant checks.
@@ -39,21 +39,13 @@ import torch
 
 from .. import kernels_loader
 from ..constants import AGGREGATIONS, BACKENDS, CANCELLATION_FLOOR, RANKINGS_PRECISIONS, RBO_VARIANTS
-from ..reference.rankings import rbo_weights
-from .logit_lens import logit_lens_torch
-from .msea import msea_torch
-from .rankings import (
-    CERTIFY_STATS,
-    candidate_count,
-    rankings_certified_torch,
-    rankings_rbo_torch,
-    rankings_topk_torch,
-)
-from .refine import refine_filter_torch, refine_normalize_torch, refine_torch
+from . import table
+from .rankings import CERTIFY_STATS, candidate_count
+from .table import OPS
 
 __all__ = [
     "BACKENDS",
-    "DISPATCH",
+    "OPS",
     "ENV_VAR",
     "resolve_backend",
     "logit_lens",
@@ -66,6 +58,8 @@ __all__ = [
     "refine",
     "refine_filter",
     "refine_normalize",
+    "tam_argmax",
+    "tam_mitigation",
 ]
 
 ENV_VAR = "MMX_FAST_BACKEND"
@@ -80,7 +74,7 @@ def _warn_once(key: str, message: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# The dispatch table: operation -> {backend: implementation}
+# Running an operation of the table
 # --------------------------------------------------------------------------------------------------
 
 
@@ -94,72 +88,17 @@ def _native_module():
     return native if native.available() else None
 
 
-def _triton(stage: str, name: str) -> Callable:
-    """The Triton launcher ``mmx_fast.kernels.<stage>.<name>``, imported on first call."""
-
-    def run(*args):
-        return getattr(kernels_loader.kernel_module(stage), name)(*args)
-
-    run.__qualname__ = f"kernels.{stage}.{name}"
-    return run
-
-
-def _native(name: str) -> Callable:
-    """The native op wrapper ``mmx_fast.native.<name>`` (``torch.ops.mmx_fast.<name>``)."""
-
-    def run(*args):
-        from .. import native
-
-        return getattr(native, name)(*args)
-
-    run.__qualname__ = f"native.{name}"
-    return run
-
-
-def _native_refine_filter(x: torch.Tensor) -> torch.Tensor:
-    """The C++ filter on CPU tensors; the torch filter elsewhere (there is no Triton filter kernel)."""
-    if x.device.type != "cpu":
-        return refine_filter_torch(x)
-    from .. import native
-
-    return native.refine_filter(x)
-
-
-def _rbo_weights_for(a: torch.Tensor, p: float, variant: str) -> torch.Tensor:
-    return rbo_weights(a.shape[1], p, variant, dtype=torch.float64)
-
-
-# Every implementation takes the checked arguments of the public function below, in order (rankings_rbo:
-# the RBO weights c_d instead of (p, variant); refine: the cancellation floor appended).
-DISPATCH: dict[str, dict[str, Callable]] = {
-    "logit_lens": {"torch": logit_lens_torch, "triton": _triton("logit_lens", "logit_lens")},
-    "msea": {"torch": msea_torch},
-    "rankings_topk": {
-        "torch": rankings_topk_torch,
-        "native": _native("rankings_topk"),
-        "triton": _triton("rankings", "rankings_topk"),
-    },
-    # certified mixed precision (docs/design.md §1.3, §5): torch ops (a bfloat16 GEMM and a float32 re-scoring
-    # GEMM); its exact fallback is the resolved backend's rankings_topk. No C++ or Triton variant yet.
-    "rankings_certified": {"torch": rankings_certified_torch},
-    "rankings_rbo": {
-        "torch": rankings_rbo_torch,
-        "native": _native("rankings_rbo"),
-        "triton": _triton("rankings", "rankings_rbo"),
-    },
-    "refine": {"torch": refine_torch, "native": _native("refine"), "triton": _triton("refine", "refine")},
-    "refine_filter": {"torch": refine_filter_torch, "native": _native_refine_filter},
-    "refine_normalize": {"torch": refine_normalize_torch},
-}
+def _impl(op: str, backend: str, device, empty: bool = False) -> Callable:
+    """The implementation of ``op`` on the resolved backend (torch when it has none there, or ``empty``)."""
+    if empty:
+        return OPS[op].torch
+    name = resolve_backend(backend, device)
+    return table.impl(op, name, _native_module() if name == "native" else None)
 
 
 def _run(op: str, backend: str, device, *args, empty: bool = False):
-    """Run ``op`` on the resolved backend (torch when it has no implementation there, or ``empty``)."""
-    impls = DISPATCH[op]
-    fn = impls.get(resolve_backend(backend, device))
-    if fn is None or empty:
-        fn = impls["torch"]
-    return fn(*args)
+    """Run ``op`` (a row of :data:`OPS`) on the resolved backend with the checked ``args``."""
+    return _impl(op, backend, device, empty)(*args)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,15 +115,16 @@ def _as_device(device) -> torch.device:
 
 
 def _triton_ready() -> bool:
-    """True when triton is installed and the kernels package imports with ``HAS_TRITON``."""
+    """True when triton is installed and every kernel module of ``mmx_fast.kernels`` imports."""
     if not kernels_loader.triton_installed():
         return False
-    try:
-        pkg = kernels_loader.kernels_package()
-    except Exception as err:  # a broken or missing kernels package must not break the torch path
-        _warn_once("kernels-import", f"mmx_fast.kernels failed to import ({err!r}); using the torch backend")
-        return False
-    return bool(getattr(pkg, "HAS_TRITON", True))
+    kernels = kernels_loader.triton_kernels()
+    if not kernels.available:  # a broken or missing kernels package must not break the torch path
+        _warn_once(
+            "kernels-import",
+            f"mmx_fast.kernels failed to import ({kernels.import_error}); using the torch backend",
+        )
+    return kernels.available
 
 
 def resolve_backend(backend: str = "auto", device=None) -> str:
@@ -406,7 +346,7 @@ AUTO_MIN_VOCAB_PER_CANDIDATE = 512
 def resolve_rankings_precision(
     precision: str = "auto", device=None, vocab: int | None = None, k: int = 50
 ) -> str:
-    """``"certified-bf16"`` or ``"float32"`` for stage B on ``device`` (top-``k`` over ``vocab`` ids).
+    """``"certified-bf16"`` or ``"float32"`` for the rankings' pass over W_U on ``device`` (top-``k`` over ``vocab`` ids).
 
     ``auto``: ``certified-bf16`` on a CPU with bfloat16 matmul hardware (AVX512-BF16 / AMX; measured
     faster there, benches/RESULTS.md) when the vocabulary has at least ``AUTO_MIN_VOCAB_PER_CANDIDATE``
@@ -451,8 +391,7 @@ def _check_topk_args(h, w_u, k) -> None:
 
 def _exact_topk(backend: str, device) -> Callable:
     """The exact float32 top-k of the resolved backend (torch when it has none)."""
-    impls = DISPATCH["rankings_topk"]
-    return impls.get(resolve_backend(backend, device), impls["torch"])
+    return _impl("rankings_topk", backend, device)
 
 
 def rankings_topk(
@@ -470,7 +409,8 @@ def rankings_topk(
     """
     _check_topk_args(h, w_u, k)
     if resolve_rankings_precision(precision, w_u.device, w_u.shape[0], k) == "certified-bf16" and h.shape[0]:
-        return rankings_certified_torch(h, w_u, k, None, _exact_topk(backend, w_u.device))[0]
+        exact = _exact_topk(backend, w_u.device)
+        return _run("rankings_certified", backend, w_u.device, h, w_u, k, None, exact)[0]
     return _run("rankings_topk", backend, w_u.device, h, w_u, k, empty=h.shape[0] == 0)
 
 
@@ -484,7 +424,7 @@ def rankings_topk_base(
 ) -> tuple[torch.Tensor, int]:
     """Stage ``rankings`` and the base id in one pass over W_U: ``(rankings_topk(h, w_u, k), k0)`` with
     ``k0 = argmin_j [W_U sum_i z_i]_j`` (ties to the smaller id), equal to
-    ``reference.base_vocab_id(z, w_u)``. z: [N, d] (the scale-1.0 visual states).
+    ``reference.rankings.base_vocab_id(z, w_u)``. z: [N, d] (the scale-1.0 visual states).
 
     ``certified-bf16`` folds the base row into the bfloat16 candidate pass (its argmin certified like the
     rankings); ``float32`` runs the exact top-k and one float32 GEMV. Fallbacks are counted in
@@ -494,14 +434,13 @@ def rankings_topk_base(
     if z.shape[1] != w_u.shape[1]:
         raise ValueError(f"z [N, d] and w_u [V, d] must share d; got {tuple(z.shape)} and {tuple(w_u.shape)}")
     _check_same_device(z=z, w_u=w_u)
-    s = z.to(torch.float32).sum(0)  # as reference.base_vocab_id
     if resolve_rankings_precision(precision, w_u.device, w_u.shape[0], k) == "certified-bf16":
-        ranks, k0 = DISPATCH["rankings_certified"]["torch"](h, w_u, k, s, _exact_topk(backend, w_u.device))
+        s = z.to(torch.float32).sum(0)  # as reference.rankings.base_vocab_id
+        exact = _exact_topk(backend, w_u.device)
+        ranks, k0 = _run("rankings_certified", backend, w_u.device, h, w_u, k, s, exact)
         return ranks, int(k0)
-    from .rankings import _base_exact
-
     ranks = _run("rankings_topk", backend, w_u.device, h, w_u, k, empty=h.shape[0] == 0)
-    return ranks, _base_exact(s, w_u)
+    return ranks, int(_run("rankings_base", backend, w_u.device, z, w_u))
 
 
 def rankings_rbo(
@@ -520,13 +459,8 @@ def rankings_rbo(
         raise ValueError(f"rbo variant={variant!r} is not allowed; expected one of {', '.join(RBO_VARIANTS)}")
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0 < p < 1):
         raise ValueError(f"rbo_p={p!r} is not allowed; expected a number strictly between 0 and 1")
-    impls = DISPATCH["rankings_rbo"]
-    be = resolve_backend(backend, a.device)
-    if be not in impls or a.shape[0] == 0 or b.shape[0] == 0:
-        be = "torch"
-    if be == "native":  # the C++ op computes the weights from (p, variant) itself
-        return impls[be](a, b, float(p), variant)
-    return impls[be](a, b, _rbo_weights_for(a, float(p), variant))
+    empty = a.shape[0] == 0 or b.shape[0] == 0
+    return _run("rankings_rbo", backend, a.device, a, b, float(p), variant, empty=empty)
 
 
 def refine(
@@ -567,4 +501,52 @@ def refine_filter(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
 
 def refine_normalize(x: torch.Tensor) -> torch.Tensor:
     """Each map ([..., H, W]) divided by its max; a map whose max is <= 0 becomes zero (never NaN)."""
-    return refine_normalize_torch(x)
+    return _run("refine_normalize", "torch", x.device, x)
+
+
+def tam_argmax(h1: torch.Tensor, w_u: torch.Tensor, pos: int, groups) -> int:
+    """Stage ``tam`` (docs/design.md §1.5): the argmax (first index on ties) of the logits at ``pos`` as TAM's
+    ``lm_head`` call over the group holding ``pos`` computes them, certified over a streamed top-k
+    (:func:`mmx_fast.ops.tam.tam_argmax`). h1: [L, d] last-layer states; groups: TAM's ``lm_head`` calls.
+    Torch only (TAM's sequential algorithm; no backend to choose)."""
+    _check_matrix("h1", h1, "[L, d]")
+    _check_matrix("w_u", w_u, "[V, d]")
+    if not 0 <= int(pos) < h1.shape[0]:
+        raise ValueError(f"tam_argmax needs 0 <= pos < {h1.shape[0]}; got pos={pos!r}")
+    return _run("tam_argmax", "torch", w_u.device, h1, w_u, int(pos), groups)
+
+
+def tam_mitigation(
+    tokenizer,
+    text,
+    h1,
+    w_u,
+    groups,
+    argmax_s: int,
+    visual_positions,
+    grid,
+    apply_filter: bool,
+    fit: str,
+    image_maps=None,
+    frames: int = 1,
+) -> torch.Tensor:
+    """Stage ``tam`` (docs/design.md §1.5): TAM's mitigation on the class columns only, float32 [T, H, W]
+    (:func:`mmx_fast.ops.tam.tam_mitigation_fast`; image_maps: None for TAM's own image scores, {vocab id:
+    flat MSEA map} for MSEA + TAM). Torch / numpy only (TAM's sequential algorithm; no backend to choose)."""
+    _check_matrix("h1", h1, "[L, d]")
+    _check_matrix("w_u", w_u, "[V, d]")
+    args = (
+        tokenizer,
+        text,
+        h1,
+        w_u,
+        groups,
+        argmax_s,
+        visual_positions,
+        grid,
+        apply_filter,
+        fit,
+        image_maps,
+        frames,
+    )
+    return _run("tam_mitigation", "torch", w_u.device, *args)

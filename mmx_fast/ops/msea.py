@@ -6,25 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def _placement(h: int, w: int, coverage, grid) -> tuple[int, int, int, int, int, int]:
-    """(source rows, source cols, y0, x0, y1, x1) of one map on the canonical grid, for a coverage ``(cy, cx)``
-    or a box ``(y0, x0, y1, x1)``; the same rule as :func:`mmx_fast.reference.msea.placement`."""
-    if len(coverage) == 4:
-        y0, x0, y1, x1 = (int(v) for v in coverage)
-        return h, w, y0, x0, y1, x1
-    hc, wc = grid
-    cy, cx = coverage
-    src_h, src_w, dst_h, dst_w = h, w, hc, wc
-    if cy < 1:
-        src_h = max(1, min(h, round(cy * h)))
-    else:
-        dst_h = max(1, min(hc, round(hc / cy)))
-    if cx < 1:
-        src_w = max(1, min(w, round(cx * w)))
-    else:
-        dst_w = max(1, min(wc, round(wc / cx)))
-    return src_h, src_w, 0, 0, dst_h, dst_w
+from ..reference.msea import placement  # the one placement rule (tests/test_glue.py checks it by brute force)
 
 
 def msea_torch(per_scale, coverages, grid, aggregate: str) -> torch.Tensor:
@@ -42,7 +24,7 @@ def msea_torch(per_scale, coverages, grid, aggregate: str) -> torch.Tensor:
     count = torch.zeros((hc, wc), dtype=dtype, device=device)
     for maps, cov in zip(per_scale, coverages):
         maps = maps.to(dtype)
-        src_h, src_w, y0, x0, y1, x1 = _placement(maps.shape[1], maps.shape[2], cov, grid)
+        src_h, src_w, y0, x0, y1, x1 = placement((maps.shape[1], maps.shape[2]), cov, grid)
         dst_h, dst_w = y1 - y0, x1 - x0
         src = maps[:, :src_h, :src_w]
         if (src_h, src_w) != (dst_h, dst_w):

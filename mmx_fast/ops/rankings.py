@@ -1,5 +1,7 @@
-"""Stage ``rankings`` (docs/design.md §1.3), the ``torch`` backend: streaming top-k rankings and the RBO of
-every (target, context) pair, vectorised over all rows. Arguments are checked once in :mod:`mmx_fast.ops`.
+"""Stage ``rankings`` (docs/design.md §1.3), the ``torch`` backend: streaming top-k rankings, the RBO of every
+(target, context) pair vectorised over all rows, the base id k0 (``rankings_base_torch``), and the certified
+bfloat16 pass that computes the rankings and k0 together (``rankings_certified_torch``, §5.1). Arguments are
+checked once in :mod:`mmx_fast.ops`.
 
 Numerics: the logits are computed tile by tile over the vocabulary with the same float32 matmul as the
 reference, and ties are broken by an exact integer key, so the rankings equal the reference's. RBO sums
@@ -352,8 +354,8 @@ def rankings_certified_torch(
     exact: Callable | None = None,
     tile: int | None = None,
 ):
-    """Certified mixed-precision stage B (docs/design.md §1.3, §5): ``(ranks [R, k] int64, base_id)``,
-    both equal to the float32 reference's (:func:`rankings_topk_torch` / ``reference.base_vocab_id``).
+    """Certified mixed-precision rankings (docs/design.md §1.3, §5): ``(ranks [R, k] int64, base_id)``,
+    both equal to the float32 reference's (:func:`rankings_topk_torch` / ``reference.rankings.base_vocab_id``).
 
     One pass over a bfloat16 W_U computes bfloat16 scores of every row of ``h`` (and of ``base``, the sum
     of the visual states, whose argmin is k0) and keeps the best ``candidate_count(k, V)`` ids per row (the
@@ -362,6 +364,9 @@ def rankings_certified_torch(
     on every non-candidate's float32 score (its bfloat16 score plus the rounding-error bound of
     :func:`_bound_terms`); otherwise that row runs the exact float32 pass ``exact`` (counted in
     :data:`CERTIFY_STATS`). ``base_id`` is None when ``base`` is None.
+
+    Long: one pass whose running state (candidates, bounds, fallback rows) every step shares; split, the
+    steps would pass a dozen tensors between them.
     """
     exact = exact or rankings_topk_torch
     r, v = h.shape[0], w_u.shape[0]
@@ -384,7 +389,7 @@ def rankings_certified_torch(
     if small:  # too few vocabulary rows for the bf16 pass to pay off: exact
         CERTIFY_STATS["exact_rows"] += r
         ranks = exact(h, w_u, k) if r else torch.empty((0, k), dtype=torch.int64, device=h.device)
-        return ranks, (_base_exact(base, w_u) if base is not None else None)
+        return ranks, (base_id_exact(base, w_u) if base is not None else None)
 
     cache = _unembedding(w_u)
     h32 = h.detach().to(torch.float32)
@@ -477,13 +482,14 @@ def rankings_certified_torch(
             base_id = int(cand0[j])
         if base_id is None:
             CERTIFY_STATS["base_fallbacks"] += 1
-            base_id = _base_exact(base, w_u)
+            base_id = base_id_exact(base, w_u)
     return ranks, base_id
 
 
-def _base_exact(s: torch.Tensor, w_u: torch.Tensor, chunk: int = 16384) -> int:
+def base_id_exact(s: torch.Tensor, w_u: torch.Tensor, chunk: int = 16384) -> int:
     """k0 = argmin_k [W_U s]_k by the reference's float32 GEMV, a chunk of W_U rows at a time (a bfloat16
-    W_U is never upcast whole). Ties go to the smaller id, as ``torch.argmin``."""
+    W_U is never upcast whole). Ties go to the smaller id, as ``torch.argmin``. s: the sum of the scale-1.0
+    visual states (``rankings_base_torch``); the certified pass calls it on rows it cannot certify."""
     s = s.detach().to(torch.float32).reshape(-1)
     best_val, best_id = None, 0
     for start in range(0, w_u.shape[0], chunk):
@@ -493,3 +499,10 @@ def _base_exact(s: torch.Tensor, w_u: torch.Tensor, chunk: int = 16384) -> int:
         if best_val is None or val < best_val or (val != val and best_val == best_val):
             best_val, best_id = val, start + i
     return best_id
+
+
+def rankings_base_torch(z: torch.Tensor, w_u: torch.Tensor, chunk: int = 16384) -> int:
+    """The base id k0 of stage ``rankings`` (docs/design.md §1.3): ``argmin_k sum_i [W_U z_i]_k`` over the
+    scale-1.0 visual states z [N, d], as ``reference.rankings.base_vocab_id`` computes it (the float32 sum of
+    z, then one float32 GEMV, streamed over ``chunk`` rows of W_U). Ties go to the smaller id."""
+    return base_id_exact(z.detach().to(torch.float32).sum(0), w_u, chunk)

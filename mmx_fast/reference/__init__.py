@@ -1,9 +1,9 @@
 """The paper-faithful pure-PyTorch path: one small function per equation, and ``explain``, the oracle."""
 
-from .logit_lens import base_vocab_id, logit_lens_maps
+from .logit_lens import logit_lens_maps
 from .msea import msea_aggregate, to_canonical
 from .oracle import explain
-from .rankings import prefix_overlaps, rbo, rbo_weights, topk_ranking
+from .rankings import base_vocab_id, prefix_overlaps, rbo, rbo_weights, topk_ranking
 from .refine import (
     arc_weights,
     interference_map,

@@ -1,4 +1,5 @@
-"""Raw logit-lens maps (paper Eq. 2 and 4) and the base vocabulary id k0 (docs/design.md §1.3)."""
+"""Raw logit-lens maps (paper Eq. 2 and 4; docs/design.md §1.1). The base id k0 is stage rankings'
+(``reference.rankings.base_vocab_id``)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,3 @@ def logit_lens_maps(
         )
     rows = w_u.index_select(0, ids).to(dtype)
     return (rows @ z.to(dtype).T).clamp_min(0)
-
-
-def base_vocab_id(z: torch.Tensor, w_u: torch.Tensor, dtype: torch.dtype = torch.float32) -> int:
-    """k0 = argmin_k sum_i [W_U z_i]_k over the scale-1.0 visual tokens (unclipped sum): one GEMV
-    ``W_U @ sum_i z_i``. Ties go to the smaller id."""
-    s = z.to(dtype).sum(0)
-    return int(torch.argmin(w_u.to(dtype) @ s))

@@ -33,7 +33,9 @@ def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def placement(hw: tuple[int, int], where, grid: tuple[int, int]) -> tuple[int, int, int, int, int, int]:
     """(source rows, source cols, y0, x0, y1, x1): the top-left source part of a map of size ``hw`` and the
-    canonical box it is resized onto, for a coverage ``(cy, cx)`` or a box ``(y0, x0, y1, x1)``."""
+    canonical box it is resized onto, for a coverage ``(cy, cx)`` or a box ``(y0, x0, y1, x1)``. The one
+    placement rule: the fast path (``ops/msea.py``) uses it too, so ``tests/test_glue.py`` checks it against a
+    brute-force search."""
     hc, wc = grid
     h, w = hw
     if len(where) == 4:

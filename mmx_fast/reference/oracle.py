@@ -36,9 +36,9 @@ from ..pipeline import (
     text_side,
     unstacked,
 )
-from .logit_lens import base_vocab_id, logit_lens_maps
+from .logit_lens import logit_lens_maps
 from .msea import msea_aggregate
-from .rankings import rbo, topk_ranking
+from .rankings import base_vocab_id, rbo, topk_ranking
 from .refine import arc_weights, normalize_max, rank_gaussian_filter, refine_one
 from .tam import tam_extra_classes, tam_logit_groups, tam_logits, tam_mitigation
 
@@ -96,11 +96,7 @@ def attribute(
     extra = tam_extra_classes(adapter.tokenizer, text, argmax_s) if tam else []
     ids = torch.tensor(map_ids(text, k0, extra), dtype=torch.long)
 
-    flats = [logit_lens_flat(st, w_u, ids) for st in per_scale]
-    views, places, owned = msea_inputs(per_scale, flats, base.grid)
-    maps = msea_aggregate(views, places, base.grid, config.aggregate)
-    # video: MSEA ran per frame ([M * t, Hc, Wc]); each id's frames now stack into one [t * Hc, Wc] map
-    maps = stacked(maps, base)
+    maps, placed = msea_maps(per_scale, w_u, ids, base, config.aggregate)
     T, P = len(answer.ids), len(text.prompt_ids)
     a_t, prompt_maps, base_map = maps[:T], maps[T : T + P], maps[T + P]
     video = base.temporal is not None
@@ -136,18 +132,30 @@ def attribute(
     return Attribution(
         maps=unstacked(refined, base),
         raw_maps=unstacked(a_t, base) if keep else None,
-        scale_maps={s: scale_map(views, places, o, base, T) for s, o in zip(config.scales, owned)}
-        if keep
-        else None,
+        scale_maps=kept_scale_maps(placed, base, T, config.scales) if keep else None,
     )
 
 
-def scale_map(views, places, owned: slice, base, T: int) -> torch.Tensor:
-    """One scale's kept map [T, h, w]: its own grid (single view; video: [T, t, h, w]), or its views combined on
-    the canonical grid (tiled)."""
-    if base.views is None:
-        return scale_answer_maps(views[owned.start], base, T)
-    return msea_aggregate(views[owned], places[owned], base.grid, "mean")[:T]
+def msea_maps(per_scale: list[ScaleStates], w_u: torch.Tensor, ids: torch.Tensor, base, aggregate: str):
+    """Eq. 2/4 per scale, Eq. 3/5 onto the canonical grid: the maps of ``ids``, [M, Hc, Wc] (a video: MSEA ran
+    per frame, [M * t, Hc, Wc]; each id's frames are then stacked into one [t * Hc, Wc] map), and the placed
+    (scale, view) maps they combine (maps, placements, the slice each scale owns)."""
+    placed = msea_inputs(per_scale, [logit_lens_flat(st, w_u, ids) for st in per_scale], base.grid)
+    views, places, _ = placed
+    return stacked(msea_aggregate(views, places, base.grid, aggregate), base), placed
+
+
+def kept_scale_maps(placed, base, T: int, scales) -> dict[float, torch.Tensor]:
+    """Every scale's kept answer maps [T, h, w]: its own grid (single view; video: [T, t, h, w]), or its views
+    combined on the canonical grid (tiled)."""
+    views, places, owned = placed
+    out = {}
+    for s, o in zip(scales, owned):
+        if base.views is None:
+            out[s] = scale_answer_maps(views[o.start], base, T)
+        else:
+            out[s] = msea_aggregate(views[o], places[o], base.grid, "mean")[:T]
+    return out
 
 
 def logit_lens_flat(st: ScaleStates, w_u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

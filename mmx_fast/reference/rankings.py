@@ -1,5 +1,5 @@
-"""Stage ``rankings``: top-k rankings and rank-biased overlap (paper Eq. 6-7; Webber, Moffat & Zobel 2010;
-docs/design.md §1.3).
+"""Stage ``rankings``: top-k rankings, rank-biased overlap (paper Eq. 6-7; Webber, Moffat & Zobel 2010) and
+the base id k0 the context rankings are compared against (docs/design.md §1.3).
 
 A ranking is the list of the ``k`` vocabulary ids with the highest next-token logits, best first. Softmax
 is monotone, so the logits are ranked directly. Ties break toward the smaller vocabulary id (stable).
@@ -89,3 +89,11 @@ def rbo(a: torch.Tensor, b: torch.Tensor, p: float = 0.9, variant: str = "ext") 
     k = a.shape[-1]
     x = prefix_overlaps(a, b).to(torch.float64)
     return x @ rbo_weights(k, p, variant).to(x.device)
+
+
+def base_vocab_id(z: torch.Tensor, w_u: torch.Tensor, dtype: torch.dtype = torch.float32) -> int:
+    """The base id k0 ARC's context rankings are compared against (docs/design.md §1.3):
+    ``argmin_k sum_i [W_U z_i]_k`` over the scale-1.0 visual tokens (unclipped sum), one GEMV
+    ``W_U @ sum_i z_i``. Ties go to the smaller id."""
+    s = z.to(dtype).sum(0)
+    return int(torch.argmin(w_u.to(dtype) @ s))
