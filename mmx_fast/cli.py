@@ -513,11 +513,27 @@ def run_explain(
             note=note,
             on_written=on_written,
             url_folder=Path(url_folder),
+            trust_remote_code=trust_remote_code,
+            allow_missing_weights=allow_missing_weights,
         )
 
 
 def _run_explain(
-    *, model, images, prompt, answer, config, out, device, dtype, quiet, note, on_written, url_folder: Path
+    *,
+    model,
+    images,
+    prompt,
+    answer,
+    config,
+    out,
+    device,
+    dtype,
+    quiet,
+    note,
+    on_written,
+    url_folder: Path,
+    trust_remote_code: bool,
+    allow_missing_weights: bool,
 ) -> list[Path]:
     """:func:`run_explain`'s body, with the temporary folder for image URLs."""
     from tqdm import tqdm
@@ -606,7 +622,9 @@ def _print_path(path: Path) -> None:
     """A result's absolute path on stdout, as the file system's own bytes (usable even when not UTF-8)."""
     out = sys.stdout
     out.flush()
-    buffer = getattr(out, "buffer", None)  # a text-only stream (contextlib.redirect_stdout, a notebook) has none
+    buffer = getattr(
+        out, "buffer", None
+    )  # a text-only stream (contextlib.redirect_stdout, a notebook) has none
     if buffer is not None:
         buffer.write(os.fsencode(path.resolve()) + b"\n")
         buffer.flush()

@@ -131,5 +131,7 @@ def load_model_option(
             )
     except ModelLoadError as e:
         text = str(e).replace("trust_remote_code=True (CLI --trust-remote-code)", "--trust-remote-code")
-        text = text.replace("allow_missing_weights=True (CLI --allow-missing-weights)", "--allow-missing-weights")
+        text = text.replace(
+            "allow_missing_weights=True (CLI --allow-missing-weights)", "--allow-missing-weights"
+        )
         raise ModelOptionError(f"--{text}") from None

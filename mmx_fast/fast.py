@@ -206,10 +206,15 @@ class Explainer:
             # and a batched kernel may round a row differently with other rows beside it (a GEMM's blocking
             # and a padded attention's reduction length depend on the batch's shape). So each TAM item runs
             # alone, exactly as ``explain`` runs it: the same request, the same map (docs/design.md §1.5).
-            return [self._run_items([item], configs, clock if k == 0 else Stopwatch())[0] for k, item in enumerate(items)]
+            return [
+                self._run_items([item], configs, clock if k == 0 else Stopwatch())[0]
+                for k, item in enumerate(items)
+            ]
         return self._run_items(items, configs, clock)
 
-    def _run_items(self, items: list[Item], configs: list[ExplainConfig], clock: Stopwatch) -> list[list[Explanation]]:
+    def _run_items(
+        self, items: list[Item], configs: list[ExplainConfig], clock: Stopwatch
+    ) -> list[list[Explanation]]:
         """Generation, forwards and attribution of checked ``items`` (one batch)."""
         ad = self.adapter
         answers = resolve_answers(ad, items, self.config.max_new_tokens, keep_states=True)

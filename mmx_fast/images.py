@@ -283,7 +283,11 @@ def fetch_url(
     budget = max(0.0, end - time.monotonic())
     dl = _Deadline(end)
     opener = urllib.request.OpenerDirector()
-    extra = [urllib.request.ProxyHandler(), urllib.request.HTTPErrorProcessor(), urllib.request.HTTPDefaultErrorHandler()]
+    extra = [
+        urllib.request.ProxyHandler(),
+        urllib.request.HTTPErrorProcessor(),
+        urllib.request.HTTPDefaultErrorHandler(),
+    ]
     for handler in _deadline_handlers(dl) + extra:  # what build_opener would add, sockets through ``dl``
         opener.add_handler(handler)
     request = urllib.request.Request(url, headers={"User-Agent": "mmx-fast", "Accept": "image/*"})
@@ -353,7 +357,9 @@ def _from_tensor(t) -> Image.Image:
         )
     what = f"image tensor of shape {list(shape)}"
     if t.is_meta or t.layout != torch.strided:
-        kind = "on the meta device (it has no data)" if t.is_meta else f"{str(t.layout).removeprefix('torch.')}"
+        kind = (
+            "on the meta device (it has no data)" if t.is_meta else f"{str(t.layout).removeprefix('torch.')}"
+        )
         raise ValueError(f"{what} is {kind}; expected a dense tensor with data (e.g. tensor.to_dense())")
     check_size(int(t.shape[1]), int(t.shape[0]), what=what)  # from the shape alone: nothing converted yet
     if not (t.dtype == torch.uint8 or t.is_floating_point()):
@@ -376,7 +382,9 @@ def _from_tensor(t) -> Image.Image:
             lo, hi = min(lo, float(blk.min())), max(hi, float(blk.max()))
             out[r : r + rows] = (blk * 255.0).round().clamp(0, 255).to(torch.uint8)
         if bad:
-            raise ValueError(f"image tensor contains {bad} NaN or Inf values; expected finite values in [0, 1]")
+            raise ValueError(
+                f"image tensor contains {bad} NaN or Inf values; expected finite values in [0, 1]"
+            )
         if lo < 0.0 or hi > 1.0:
             raise ValueError(
                 f"float image tensor has values in [{lo:g}, {hi:g}]; expected [0, 1] (or pass uint8 in [0, 255])"

@@ -143,7 +143,7 @@ def remote_code_files(folder: str | Path) -> list[tuple[str, str]]:
     return found
 
 
-def check_no_remote_code(source: "ModelSource") -> None:
+def check_no_remote_code(source: ModelSource) -> None:
     """Refuse a model folder that asks to run its own Python code (an ``auto_map``): transformers would import
     it. Loading it needs an explicit ``trust_remote_code=True`` (CLI ``--trust-remote-code``)."""
     if source.tiny or source.location is None or not Path(source.location).is_dir():
@@ -407,7 +407,10 @@ def load(
     attn = resolve_attn_implementation(
         attn_implementation, device_type=device_type, dtype=torch_dtype, flash_attn=flash_attn_installed()
     )
-    for name, flag in (("trust_remote_code", trust_remote_code), ("allow_missing_weights", allow_missing_weights)):
+    for name, flag in (
+        ("trust_remote_code", trust_remote_code),
+        ("allow_missing_weights", allow_missing_weights),
+    ):
         if not isinstance(flag, bool):
             raise ValueError(f"{name}={flag!r} is not allowed; expected True or False")
     if not trust_remote_code:
@@ -435,7 +438,9 @@ def load(
     except Exception as e:
         raise ModelLoadError(f"model {source.spec!r}: cannot load the model ({e})") from None
     missing = sorted(info.get("missing_keys") or ())
-    mismatched = sorted(str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or ())
+    mismatched = sorted(
+        str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or ()
+    )
     if (missing or mismatched) and not allow_missing_weights:
         # transformers only logs these (and the CLI quiets its log): the layers would keep random weights
         bad = missing or mismatched

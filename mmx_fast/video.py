@@ -61,7 +61,9 @@ class Video:
                 f"Video frames of type {type(frames).__name__} are not supported; expected a tuple of PIL images"
             )
         if not 1 <= len(frames) <= MAX_FRAMES:
-            raise ValueError(f"a video of {len(frames)} frames is not allowed; expected 1 to {MAX_FRAMES} frames")
+            raise ValueError(
+                f"a video of {len(frames)} frames is not allowed; expected 1 to {MAX_FRAMES} frames"
+            )
         for i, f in enumerate(frames):
             if not isinstance(f, Image.Image):
                 raise TypeError(
@@ -262,7 +264,9 @@ def read_video_file(path: str | os.PathLike, max_frames: int = DEFAULT_FILE_FRAM
             if count == 0:
                 raise ValueError(f"{name}: no video frames could be decoded")
             wanted = np.linspace(0, count - 1, num=min(max_frames, count)).round().astype(int).tolist()
-            check_video_pixels(len(wanted) * width * height, f"{name}'s {len(wanted)} sampled frames of {width}x{height}")
+            check_video_pixels(
+                len(wanted) * width * height, f"{name}'s {len(wanted)} sampled frames of {width}x{height}"
+            )
             keep = set(wanted)
             container.seek(0, stream=stream)
             frames: dict[int, Image.Image] = {}
@@ -273,10 +277,12 @@ def read_video_file(path: str | os.PathLike, max_frames: int = DEFAULT_FILE_FRAM
                     if (frame.width, frame.height) != (width, height):
                         check_size(frame.width, frame.height, what=f"{name}'s frame {i}")
                     frames[i] = frame.to_image().convert("RGB")
-    except (av.error.FFmpegError if hasattr(av, "error") else OSError) as e:
+    except av.FFmpegError as e:  # PyAV's errors: not a video, corrupt data
         raise ValueError(f"{name} cannot be read as a video ({e})") from None
     if not frames:
         raise ValueError(f"{name}: no video frames could be decoded")
-    picked = [frames[i] for i in wanted if i in frames]  # a stream may decode fewer frames than it has packets
+    picked = [
+        frames[i] for i in wanted if i in frames
+    ]  # a stream may decode fewer frames than it has packets
     fps = None if rate is None else rate * len(picked) / count
     return load_video(picked, fps=fps)

@@ -84,8 +84,12 @@ def _peak_growth(setup: str, attack: str, timeout: float = 120) -> tuple[int, st
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print("GROWTH", (after - before) * 1024)
         """
-    ).format(setup=textwrap.dedent(setup).strip(), attack=textwrap.indent(textwrap.dedent(attack).strip(), "    "))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=timeout)
+    ).format(
+        setup=textwrap.dedent(setup).strip(), attack=textwrap.indent(textwrap.dedent(attack).strip(), "    ")
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=timeout
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     return int(lines[-1].split()[1]), "\n".join(lines[:-1])
@@ -137,7 +141,10 @@ def _evil_copy(src: Path, dst: Path, json_name: str) -> Path:
     if json_name == "config.json":
         cfg["auto_map"] = {"AutoModelForImageTextToText": "evil.EvilModel"}
     else:
-        cfg["auto_map"] = {"AutoProcessor": "evil.EvilProcessor", "AutoImageProcessor": "evil.EvilImageProcessor"}
+        cfg["auto_map"] = {
+            "AutoProcessor": "evil.EvilProcessor",
+            "AutoImageProcessor": "evil.EvilImageProcessor",
+        }
     cfg_path.write_text(json.dumps(cfg))
     return marker
 
@@ -244,7 +251,9 @@ def _write_mp4(path: Path, n: int, w: int, h: int, rate: int = 30, audio_only: b
             yuv = np.full((h * 3 // 2, w), 128, np.uint8)
             yuv[:h] = 16
             for k in range(n):
-                yuv[: h // 4, : w // 4] = 16 + k % 220  # the frame number in a corner of Y, to check the sampling
+                yuv[: h // 4, : w // 4] = (
+                    16 + k % 220
+                )  # the frame number in a corner of Y, to check the sampling
                 for packet in stream.encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p")):
                     out.mux(packet)
         for packet in stream.encode():
@@ -295,7 +304,10 @@ def test_item3_frames_x_pixels_are_bounded_before_decoding(tmp_path, monkeypatch
     "setup, attack",
     [
         ("import torch\nt = torch.zeros(1, 1, 1).expand(3, 11000, 11000)", "load_image(t)"),
-        ("import torch\nt = torch.zeros(1, 1, 1, dtype=torch.uint8).expand(11000, 11000, 3)", "load_image(t)"),
+        (
+            "import torch\nt = torch.zeros(1, 1, 1, dtype=torch.uint8).expand(11000, 11000, 3)",
+            "load_image(t)",
+        ),
         ("import numpy as np\na = np.broadcast_to(np.zeros((1, 1, 1)), (11000, 11000, 3))", "load_image(a)"),
         ("import torch\nt = torch.zeros(1, 1).expand(200000, 10)", "load_image(t)"),  # aspect ratio
     ],
@@ -407,7 +419,9 @@ def test_item5_a_fast_server_is_fetched_whole():
     body = buf.getvalue()
 
     def ok(conn, stop):
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        )
 
     with _server(ok) as s:
         assert images.fetch_url(s.url, timeout=10) == body
@@ -523,7 +537,9 @@ def test_item7_missing_weights_are_refused_by_default(holey_folder, tiny_llava_f
     import mmx_fast
 
     folder, dropped = holey_folder
-    with pytest.raises(ModelLoadError, match=r"lacks 12 of the model's tensors .*allow_missing_weights=True") as e:
+    with pytest.raises(
+        ModelLoadError, match=r"lacks 12 of the model's tensors .*allow_missing_weights=True"
+    ) as e:
         mmx_fast.load(str(folder), device="cpu")
     assert any(d.split(".", 1)[1] in str(e.value) or d in str(e.value) for d in dropped), e.value
     with pytest.warns(UserWarning, match="12 tensors are missing"):
@@ -534,7 +550,18 @@ def test_item7_missing_weights_are_refused_by_default(holey_folder, tiny_llava_f
 
 def test_item7_cli_refuses_and_opts_in(holey_folder, tmp_path):
     folder, _ = holey_folder
-    args = ["explain", "--model", str(folder), "--image", str(PHOTO), "--prompt", PROMPT, "--answer", "A.", "-q"]
+    args = [
+        "explain",
+        "--model",
+        str(folder),
+        "--image",
+        str(PHOTO),
+        "--prompt",
+        PROMPT,
+        "--answer",
+        "A.",
+        "-q",
+    ]
     r = _cli(*args, "--out", str(tmp_path / "a"))
     line = _one_error(r.stderr)
     assert r.returncode == 2 and "lacks 12" in line and "--allow-missing-weights" in line, line
@@ -642,7 +669,10 @@ def test_item10_tam_batches_equal_single_runs_bitwise(family):
     b = Image.fromarray(rng.integers(0, 255, (150, 90, 3), dtype=np.uint8))
     handle = _batch_shaped_rounding(model)
     try:
-        for cfg in (ExplainConfig(method="tam", max_new_tokens=6), ExplainConfig(method="tam", scales=(0.5, 1.0))):
+        for cfg in (
+            ExplainConfig(method="tam", max_new_tokens=6),
+            ExplainConfig(method="tam", scales=(0.5, 1.0)),
+        ):
             ex = Explainer(model, processor, cfg)
             for answers in (None, ["A cat on a mat.", "A cat on the mat."]):
                 batch = ex.explain_batch([a, b], [PROMPT, PROMPT], answers)
@@ -651,7 +681,9 @@ def test_item10_tam_batches_equal_single_runs_bitwise(family):
                     assert batch[k].answer_ids == one.answer_ids
                     assert torch.equal(batch[k].maps, one.maps), (family, cfg.scales, k)
                     for i in range(len(one)):
-                        np.testing.assert_array_equal(np.asarray(batch[k].heatmap(i)), np.asarray(one.heatmap(i)))
+                        np.testing.assert_array_equal(
+                            np.asarray(batch[k].heatmap(i)), np.asarray(one.heatmap(i))
+                        )
     finally:
         handle.remove()
 
@@ -764,7 +796,9 @@ def test_next_the_number_of_msea_scales_is_bounded():
     from mmx_fast.config import MAX_SCALES
 
     scales = [1.0] + [1.0 + k / 100_000 for k in range(1, 100_000)]  # 100,000 distinct scales: a forward each
-    with pytest.raises(ValueError, match=f"ExplainConfig.scales of 100000 scales .* at most {MAX_SCALES}") as e:
+    with pytest.raises(
+        ValueError, match=f"ExplainConfig.scales of 100000 scales .* at most {MAX_SCALES}"
+    ) as e:
         ExplainConfig(scales=scales)
     assert len(str(e.value)) < 200
     assert len(ExplainConfig(scales=[1.0 + k / 8 for k in range(MAX_SCALES)]).scales) == MAX_SCALES
@@ -789,7 +823,9 @@ def test_next_a_video_of_many_large_frames_is_refused_from_the_headers(tmp_path,
     decoded = []
     real = images.decode_image
     monkeypatch.setattr(images, "decode_image", lambda *a, **k: decoded.append(1) or real(*a, **k))
-    with pytest.raises(ValueError, match=r"a video of 100 frames \(frames 0\.\.83\) has more than 1000000000 pixels"):
+    with pytest.raises(
+        ValueError, match=r"a video of 100 frames \(frames 0\.\.83\) has more than 1000000000 pixels"
+    ):
         video.load_video([frame] * 100)
     assert decoded == []
     small = Image.new("RGB", (8, 8))
