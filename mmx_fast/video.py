@@ -134,12 +134,14 @@ def load_video(x: Any, fps: float | None = None) -> Video:
             raise type(e)(f"frame {i}: {e}") from None
         total += w * h
         check_video_pixels(total, f"a video of {len(x)} frames (frames 0..{i})")
-    frames = []
+    frames, total = [], 0
     for i, f in enumerate(x):
         try:
             frames.append(load_image(f))
         except (TypeError, ValueError) as e:
             raise type(e)(f"frame {i}: {e}") from None
+        total += frames[-1].width * frames[-1].height  # URL frames are sized only once fetched
+        check_video_pixels(total, f"a video of {len(x)} frames (frames 0..{i})")
     return Video(tuple(frames), 2.0 if fps is None else fps)
 
 
@@ -237,7 +239,9 @@ def read_video_file(path: str | os.PathLike, max_frames: int = DEFAULT_FILE_FRAM
         raise ImportError(
             "reading a video file needs PyAV (pip install av); or pass the frames as a list of images"
         ) from None
-    if not (isinstance(max_frames, int) and 1 <= max_frames <= MAX_FRAMES):
+    if not (
+        isinstance(max_frames, int) and not isinstance(max_frames, bool) and 1 <= max_frames <= MAX_FRAMES
+    ):
         raise ValueError(f"max_frames={max_frames!r} is not allowed; expected 1 to {MAX_FRAMES}")
     name = f"video file {str(path)!r}"
     path = _video_path(path)

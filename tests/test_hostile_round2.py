@@ -832,3 +832,22 @@ def test_next_a_video_of_many_large_frames_is_refused_from_the_headers(tmp_path,
     with pytest.raises(ValueError, match="MAX_VIDEO_PIXELS"):
         video.Video((Image.new("RGB", (10000, 10000)),) * 11)
     assert len(video.load_video([small, np.zeros((8, 8, 3), np.uint8), torch.zeros(3, 8, 8)])) == 3
+
+
+def test_next_url_frames_are_bounded_as_they_arrive(monkeypatch):
+    import base64
+
+    from mmx_fast import video
+
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 200)).save(buf, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    monkeypatch.setattr(video, "MAX_VIDEO_PIXELS", 5 * 300 * 200)
+    fetched = []
+    real = images.load_image
+    monkeypatch.setattr(images, "load_image", lambda *a, **k: fetched.append(1) or real(*a, **k))
+    with pytest.raises(ValueError, match=r"frames 0\.\.5\) has more than 300000 pixels"):
+        video.load_video([url] * 50)
+    assert len(fetched) == 6  # stopped at the first frame over the bound, not after all 50
+    with pytest.raises(ValueError, match="max_frames=True"):
+        video.read_video_file(PHOTO, max_frames=True)
