@@ -30,8 +30,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +120,25 @@ def _read_json(spec: str, path: Path) -> Any:
         raise ModelLoadError(f"model {spec!r}: cannot read {path.name} ({e})") from None
 
 
+def _check_special_files(spec: str, folder: Path) -> None:
+    """Refuse a model folder holding a pipe, device or socket (directly or through a symbolic link):
+    transformers would open it and wait forever (a FIFO named tokenizer_config.json), or read a device."""
+    try:
+        entries = list(itertools.islice(os.scandir(folder), 100_000))
+    except OSError as e:
+        raise ModelLoadError(f"model {spec!r}: cannot list the folder ({e.strerror or e})") from None
+    for entry in entries:
+        try:
+            mode = os.stat(entry.path).st_mode
+        except OSError:
+            continue  # a broken link: transformers reports it if it needs the file
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise ModelLoadError(
+                f"model {spec!r}: {entry.name} is not a regular file (a pipe, device or socket); expected a "
+                "model folder of regular files"
+            )
+
+
 def remote_code_files(folder: str | Path) -> list[tuple[str, str]]:
     """(JSON file, what its ``auto_map`` asks to run) for every custom-code entry in a model folder: the
     classes transformers would import from the folder's own ``.py`` files with ``trust_remote_code=True``."""
@@ -187,6 +209,7 @@ def resolve_model(spec: str) -> ModelSource:
                 f"model {spec!r} has no config.json; expected a transformers model folder "
                 "(as written by save_pretrained)"
             )
+        _check_special_files(spec, path)
         cfg = _read_json(spec, cfg_path)
         if not isinstance(cfg, dict) or not cfg.get("model_type"):
             raise ModelLoadError(

@@ -851,3 +851,16 @@ def test_next_url_frames_are_bounded_as_they_arrive(monkeypatch):
     assert len(fetched) == 6  # stopped at the first frame over the bound, not after all 50
     with pytest.raises(ValueError, match="max_frames=True"):
         video.read_video_file(PHOTO, max_frames=True)
+
+
+def test_next_a_pipe_in_a_model_folder_is_refused_without_opening_it(tiny_llava_folder, tmp_path):
+    import shutil
+
+    import mmx_fast
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_llava_folder, folder)
+    (folder / "tokenizer_config.json").unlink()
+    os.mkfifo(folder / "tokenizer_config.json")  # transformers would block opening it, forever
+    with pytest.raises(ModelLoadError, match=r"tokenizer_config\.json is not a regular file"):
+        mmx_fast.load(str(folder), device="cpu")
