@@ -122,6 +122,12 @@ def decode_image(source, what: str = "image") -> Image.Image:
         raise ValueError(f"{what} is corrupt or truncated: {e}") from e
 
 
+def decode_image_bytes(data: bytes, what: str = "image") -> Image.Image:
+    """Encoded image bytes (PNG, JPEG, ...) -> RGB PIL image, upright by its EXIF orientation: the one decoding
+    path of the library, the CLI and ``mmx-fast serve``; errors (ValueError) name ``what``."""
+    return to_rgb(_decode(io.BytesIO(data), what))
+
+
 def _is_url(text: str) -> bool:
     m = _URL_SCHEME.match(text)
     return bool(m) and (m.group(1).lower() in ("http", "https", "data") or text[m.end() :].startswith("//"))

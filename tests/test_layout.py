@@ -99,3 +99,18 @@ def test_transformers_imports_hugging_faces_kernels_when_installed():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not _ours(proc.stdout.strip().splitlines()[-1])
+
+
+def test_every_subpackage_ships():
+    """pyproject lists the packages explicitly (kernels/ and csrc/ are mapped in): every folder of mmx_fast/
+    holding Python files must be listed, or a wheel install would lack it while the editable one works."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    pkg = ROOT / "mmx_fast"
+    found = {"mmx_fast"} | {
+        "mmx_fast." + ".".join(d.relative_to(pkg).parts)
+        for d in pkg.rglob("*")
+        if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py"))
+    }
+    assert found <= listed, f"not listed in pyproject's [tool.setuptools] packages: {sorted(found - listed)}"

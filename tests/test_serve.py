@@ -6,6 +6,9 @@ Two servers start side by side (module fixtures):
 - ``guarded``: bearer auth, max_batch 2, max_wait 1 s, max_queue 2 (a lone request waits for a batch-mate,
   so queueing, queue-full, cancellation, deadlines and the SIGTERM drain can be observed); its last test
   stops it.
+
+A third, ``ops`` (started for the operations tests at the end), has small admission bounds, image URLs, a
+Redis result store (a real ``redis-server`` started by the ``redis_url`` fixture) and a drain grace period.
 """
 
 from __future__ import annotations
@@ -134,10 +137,13 @@ def servers(model_dir):
     limits = ["--max-body-bytes", "300000", "--max-image-pixels", "120000", "--max-aspect-ratio", "8",
               "--max-prompt-chars", "1000", "--max-prompt-tokens", "64", "--max-answer-tokens", "16",
               "--max-new-tokens", "8"]  # fmt: skip
-    main = Server(model_dir, "--max-batch", "8", "--max-wait-ms", "150", *limits)
+    store = model_dir.parent / "kept"  # a directory store: tests/test_serve.py::test_kept_results_are_shared
+    main = Server(
+        model_dir, "--max-batch", "8", "--max-wait-ms", "150", "--result-store", f"dir:{store}", *limits
+    )
     guarded = Server(
         model_dir, "--api-key-file", str(key_file), "--max-batch", "2", "--max-wait-ms", "1000",
-        "--max-queue", "2", key=KEY,
+        "--max-queue", "2", "--drain-grace-s", "0", "--access-log", "text", key=KEY,
     )  # fmt: skip
     try:
         main.wait_ready()
@@ -391,6 +397,23 @@ def test_refuses_public_bind_without_auth(model_dir, capsys):
     assert "max_aspect_ratio" in capsys.readouterr().err
 
 
+def test_operations_options_are_checked_before_serving(model_dir, capsys, tmp_path):
+    from mmx_fast.cli import main as cli
+
+    base = ["serve", "--model", str(model_dir)]
+    assert cli([*base, "--result-store", "s3://bucket"]) == 2
+    assert "--result-store 's3://bucket' is not allowed" in capsys.readouterr().err
+    assert cli([*base, "--result-store", "redis://127.0.0.1:1/0"]) == 2  # nothing listens on port 1
+    assert "cannot be reached" in capsys.readouterr().err
+    assert cli([*base, "--max-inflight-bytes", "1000", "--max-body-bytes", "2000"]) == 2
+    assert "max_inflight_bytes=1000" in capsys.readouterr().err
+    assert cli([*base, "--drain-grace-s", "-1"]) == 2
+    assert "drain_grace_s" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert cli([*base, "--result-store", f"dir:{tmp_path / 'file'}"]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------------
 # guarded server: auth, queueing, backpressure, cancellation, deadlines, drain
 def test_auth(guarded, local):
@@ -475,6 +498,16 @@ def test_deadline_gives_504_and_drops_queued_work(guarded):
     r = httpx.post(guarded.url + "/v1/explain", json=body, headers=guarded.headers())
     assert r.status_code == 504 and r.json()["error"]["kind"] == "timeout"
     assert _depth(guarded) == 0
+
+
+def test_text_access_log_line(guarded):
+    r = httpx.get(guarded.url + "/v1/limits", headers={"X-Request-ID": "text-log-1"})
+    assert r.status_code == 401 and r.json()["error"]["request_id"] == "text-log-1"
+    time.sleep(0.3)
+    line = next(x for x in guarded.output().splitlines() if "request_id=text-log-1" in x)
+    assert re.match(
+        r'^127\.0\.0\.1:\d+ "GET /v1/limits" 401 [0-9.]+ms in=0 out=\d+ error=unauthorized ', line
+    ), line
 
 
 def test_sigterm_drains_every_queued_request_and_exits_0(guarded):
@@ -580,3 +613,412 @@ def test_image_url_fetch_is_bounded(tmp_path):
             assert (e.value.status, e.value.field) == (status, "image")
     finally:
         httpd.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------------
+# hostile inputs on the service (issue 21): deep JSON, lone surrogates, EXIF orientation
+def test_deeply_nested_json_is_422_not_500(main):
+    url = main.url + "/v1/explain"
+    deep = "[" * 100_000 + "]" * 100_000
+    img = _b64(_image(64, 48, 40))
+    cases = [
+        deep,  # the whole body
+        '{"image": "' + img + '", "prompt": "hi", "config": {"scales": ' + deep + "}}",  # inside config
+        '{"image": "' + img + '", "prompt": "hi", "answer": ' + "[" * 40 + "]" * 40 + "}",  # over the limit
+    ]
+    for body in cases:
+        r = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=60)
+        assert _err(r) == (422, "body") and "nests JSON deeper" in r.json()["error"]["message"], r.text
+    files = {"image": ("x.png", _png(_image(64, 48, 40)), "image/png")}
+    r = httpx.post(url, files=files, data={"prompt": "hi", "config": deep}, timeout=60)
+    assert _err(r) == (422, "config") and "nests JSON deeper" in r.json()["error"]["message"]
+
+
+def test_lone_surrogate_is_422_naming_the_field(main):
+    import json
+
+    img = _image(64, 48, 41)
+    for field, body in (
+        ("prompt", _body(img, prompt="what \ud800 is it")),
+        ("answer", _body(img, answer="a \udfff")),
+    ):
+        r = httpx.post(main.url + "/v1/explain", content=json.dumps(body),
+                       headers={"content-type": "application/json"}, timeout=60)  # fmt: skip
+        assert _err(r) == (422, field) and "surrogate" in r.json()["error"]["message"], r.text
+
+
+def test_exif_orientation_is_applied_as_in_the_library(main, local, tmp_path):
+    """An orientation-6 JPEG (stored 96 x 48, shown 48 x 96): the service decodes it as the library does."""
+    from mmx_fast.images import load_image
+
+    stored = _image(96, 48, 42)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.jpg"
+    stored.save(path, format="JPEG", exif=exif, quality=95)
+    upright = load_image(str(path))
+    assert upright.size == (48, 96)
+    data = path.read_bytes()
+    exp = local(_default_cfg()).explain(upright, PROMPT, "A dog.")
+    body = {
+        "image": base64.b64encode(data).decode(),
+        "prompt": PROMPT,
+        "answer": "A dog.",
+        "maps_format": "float32",
+    }
+    r1 = httpx.post(main.url + "/v1/explain", json=body, timeout=60)
+    files = {"image": ("rotated.jpg", data, "image/jpeg")}
+    form = {"prompt": PROMPT, "answer": "A dog.", "maps_format": "float32"}
+    r2 = httpx.post(main.url + "/v1/explain", files=files, data=form, timeout=60)
+    for r in (r1, r2):
+        assert r.status_code == 200, r.text
+        assert r.json()["image_size"] == [48, 96]
+        torch.testing.assert_close(_maps(r.json()), exp.maps, atol=1e-5, rtol=0)
+
+
+def test_overlay_encoding_stops_at_the_deadline(local):
+    from mmx_fast.serve.encode import overlays
+    from mmx_fast.serve.limits import ApiError
+
+    img = _image(64, 48, 51)
+    exp = local(_default_cfg()).explain(img, PROMPT, "A red car.")
+    pngs = overlays(exp, time.perf_counter() + 60, 60.0)
+    assert len(pngs) == len(exp) and Image.open(io.BytesIO(base64.b64decode(pngs[0]))).size == img.size
+    with pytest.raises(ApiError) as e:
+        overlays(exp, time.perf_counter() - 0.001, 2.0)  # the deadline has passed: nothing more is encoded
+    assert (e.value.status, e.value.field) == (504, "overlays") and "0 of" in e.value.message
+
+
+# ---------------------------------------------------------------------------------------------------
+# request ids, access log, metrics, OpenAI-format requests (main server)
+def _access_lines(server: Server) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in server.output().splitlines() if line.startswith('{"id"')]
+
+
+def test_request_id_traceparent_and_access_log(main):
+    img = _image(64, 48, 43)
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    hdrs = {"X-Request-ID": "order-7-retry-2", "traceparent": f"00-{trace}-b7ad6b7169203331-01"}
+    r = httpx.post(main.url + "/v1/explain", json=_body(img, answer="A cat."), headers=hdrs, timeout=60)
+    assert r.status_code == 200 and r.headers["x-request-id"] == "order-7-retry-2"
+    assert r.json()["request_id"] == "order-7-retry-2"
+    bad = httpx.post(
+        main.url + "/v1/explain", json=_body(img, prompt=" "), headers={"X-Request-ID": "no spaces!"}
+    )
+    rid = bad.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", rid) and bad.json()["error"]["request_id"] == rid  # generated
+    time.sleep(0.3)  # the access log line is written after the response
+    lines = {d["id"]: d for d in _access_lines(main)}
+    ok, err = lines["order-7-retry-2"], lines[rid]
+    assert ok["route"] == "/v1/explain" and ok["status"] == 200 and ok["trace_id"] == trace
+    assert ok["batch_size"] == 1 and ok["answer_tokens"] == 3 and ok["config"]["method"] == "msea-arc"
+    assert ok["bytes_in"] == len(httpx.Request("POST", "/", json=_body(img, answer="A cat.")).content)
+    assert ok["bytes_out"] == len(r.content) and ok["queue_ms"] >= 0 and ok["model_ms"] > 0
+    assert err["status"] == 422 and err["error"] == "invalid" and err["client"].startswith("127.0.0.1:")
+
+
+def test_metrics_an_sre_pages_on(main):
+    text = httpx.get(main.url + "/metrics").text
+    for name in ("process_resident_memory_bytes", "process_open_fds", "mmx_fast_http_requests_in_flight",
+                 "mmx_fast_admission_inflight_bytes", "mmx_fast_batch_reruns_total"):  # fmt: skip
+        assert re.search(rf"^{name} [0-9.e+]+$", text, re.M), name
+    assert _metric(text, "mmx_fast_http_connections") >= 1  # this scrape's own connection
+    assert _metric(text, "mmx_fast_http_requests_in_flight") == 1  # this scrape
+    for kind in ("internal", "store", "overloaded", "draining", "timeout"):  # present before any such error
+        assert re.search(rf'^mmx_fast_errors_total\{{kind="{kind}"\}} ', text, re.M), kind
+    m = re.search(r"^mmx_fast_build_info\{(.*)\} 1.0$", text, re.M)
+    assert m and 'model_type="qwen2_vl"' in m.group(1) and 'dtype="float32"' in m.group(1)
+    assert 'device="cpu"' in m.group(1) and 'version="' in m.group(1)
+    # refusals have a latency series of their own (here the 413s / 422s of the limits test, and this one)
+    httpx.post(
+        main.url + "/v1/explain",
+        content=b"{" + b" " * 300_001 + b"}",
+        headers={"content-type": "application/json"},
+    )
+    text = httpx.get(main.url + "/metrics").text
+    assert _metric(text, "mmx_fast_http_request_seconds_count", 'route="/v1/explain",status="413"') >= 1
+
+
+def test_a_failing_batch_is_counted_and_logged_with_request_ids(main):
+    before = _metric(httpx.get(main.url + "/metrics").text, "mmx_fast_batch_reruns_total")
+    good = _body(_image(70, 70, 44), answer="A bird.")
+    poison = _body(_image(70, 70, 45), "what is <|image_pad|> here", answer="A bird.")
+
+    async def go():
+        async with httpx.AsyncClient(timeout=120) as c:
+            return await asyncio.gather(
+                c.post(main.url + "/v1/explain", json=good, headers={"X-Request-ID": "good-1"}),
+                c.post(main.url + "/v1/explain", json=poison, headers={"X-Request-ID": "poison-1"}),
+            )
+
+    rs = asyncio.run(go())
+    assert [r.status_code for r in rs] == [200, 422]
+    assert rs[0].json()["batch_size"] == 2  # they shared a batch (max_wait_ms 150)
+    assert _metric(httpx.get(main.url + "/metrics").text, "mmx_fast_batch_reruns_total") == before + 1
+    lines = [x for x in main.output().splitlines() if "re-running its requests one by one" in x]
+    assert any("good-1" in x and "poison-1" in x for x in lines), lines
+
+
+def _chat_body(img, text=PROMPT, answer=None, **kw) -> dict:
+    url = "data:image/png;base64," + _b64(img)
+    body = {"model": "Qwen/Qwen2-VL-2B-Instruct", "temperature": 0, "max_tokens": 64,
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                      {"type": "text", "text": text}]}],
+            "maps_format": "float32", **kw}  # fmt: skip
+    if answer is not None:
+        body["answer"] = answer
+    return body
+
+
+def test_openai_format_explanations(main, local):
+    img = _image(80, 64, 46)
+    exp = local(_default_cfg()).explain(img, PROMPT, "A cat on a mat.")
+    forms = ["A cat on a mat.", {"role": "assistant", "content": "A cat on a mat."}, list(exp.answer_ids)]
+    for answer in forms:
+        r = httpx.post(main.url + "/v1/explanations", json=_chat_body(img, answer=answer), timeout=60)
+        assert r.status_code == 200, r.text
+        d = r.json()
+        assert d["answer_ids"] == exp.answer_ids and d["prompt"] == PROMPT  # text answers come back as ids
+        assert torch.equal(_maps(d), exp.maps)
+    url = main.url + "/v1/explanations"
+    two = _chat_body(img)
+    two["messages"][0]["content"].append(two["messages"][0]["content"][0])
+    sys_msg = _chat_body(img)
+    sys_msg["messages"].insert(0, {"role": "system", "content": "Be brief."})
+    remote = _chat_body(img)
+    remote["messages"][0]["content"][0]["image_url"]["url"] = "http://127.0.0.1:1/cat.png"
+    for body, field in ((two, "messages[0].content"), (sys_msg, "messages"), (remote, "image"),
+                        ({**_chat_body(img), "colour": "red"}, "colour")):  # fmt: skip
+        r = httpx.post(url, json=body, timeout=60)
+        assert _err(r) == (422, field), r.text
+    assert "--allow-image-urls" in httpx.post(url, json=remote).json()["error"]["message"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# the result store
+def test_directory_store_is_atomic_expires_and_is_capped(tmp_path):
+    from mmx_fast.serve.store import DirectoryStore
+
+    foreign = tmp_path / "notes.txt"
+    foreign.write_text("not ours")
+    st = DirectoryStore(tmp_path, ttl_s=3600, max_bytes=2500)
+    ids = [f"{i:032x}" for i in range(3)]
+    for i, rid in enumerate(ids):
+        st.put(rid, {"maps.npz": bytes([i]) * 500, "report.html": b"<html>" + bytes([i]) * 494})
+        os.utime(tmp_path / f"{rid}.maps.npz", (1e9 + i, 1e9 + i))  # oldest first, whatever the clock
+        os.utime(tmp_path / f"{rid}.report.html", (1e9 + i, 1e9 + i))
+    st.ttl_s = 0  # no expiry while checking the cap
+    st.put("f" * 32, {"maps.npz": b"x" * 500})
+    assert (
+        st.get(ids[0], "maps.npz") is None and st.get(ids[2], "maps.npz") == bytes([2]) * 500
+    )  # oldest evicted
+    assert sum(p.stat().st_size for p in tmp_path.iterdir() if p != foreign) <= 2500
+    assert foreign.read_text() == "not ours" and not list(tmp_path.glob(".*.tmp"))
+    assert st.get("../notes", "maps.npz") is None and st.get(ids[2], "../../x") is None
+    st.ttl_s = 60  # the files are dated 2001: expired
+    assert st.get(ids[2], "maps.npz") is None and not (tmp_path / f"{ids[2]}.maps.npz").exists()
+    with pytest.raises(ValueError, match="cap"):
+        st.put("e" * 32, {"maps.npz": b"x" * 3000})
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free port (Debian's redis-server package), no persistence."""
+    import shutil
+
+    exe = shutil.which("redis-server")
+    assert exe, "redis-server is not installed: apt-get install redis-server (see .ci/run)"
+    port = _free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
+    import redis
+
+    client = redis.Redis(port=port)
+    t0 = time.monotonic()
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() - t0 < 30 and proc.poll() is None, "redis-server did not start"
+            time.sleep(0.1)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def ops(model_dir, redis_url):
+    server = Server(
+        model_dir, "--result-store", redis_url, "--allow-image-urls", "--max-overlay-pixels", "200000",
+        "--max-body-bytes", "6000000", "--max-inflight-bytes", "8000000", "--max-parsing", "1",
+        "--max-image-pixels", "1200000", "--drain-grace-s", "6", "--max-wait-ms", "20",
+    )  # fmt: skip
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_kept_results_are_shared_by_processes_with_the_same_store(main, ops, redis_url, model_dir, local):
+    """keep: true through one server, served by a second process configured with the same store (a
+    directory for main, Redis for ops); a 1100 px image (over the kept-image size) is kept too."""
+    img = _image(90, 60, 47)
+    r1 = httpx.post(main.url + "/v1/explain", json=_body(img, answer="A cat.", keep=True), timeout=60)
+    big = _image(1100, 600, 48)
+    r2 = httpx.post(ops.url + "/v1/explain", json=_body(big, answer="A cat.", keep=True), timeout=120)
+    assert r1.status_code == 200 and r2.status_code == 200, (r1.text, r2.text)
+    replicas = [Server(model_dir, "--result-store", f"dir:{model_dir.parent / 'kept'}"),
+                Server(model_dir, "--result-store", redis_url)]  # fmt: skip
+    try:
+        for rep, r, im in zip(replicas, (r1, r2), (img, big)):
+            rep.wait_ready()
+            d = r.json()
+            html = httpx.get(rep.url + d["report_url"])
+            assert html.status_code == 200 and "<html" in html.text.lower()
+            z = np.load(io.BytesIO(httpx.get(rep.url + d["npz_url"]).content))
+            cfg = ExplainConfig(method="msea-arc", max_new_tokens=8 if rep is replicas[0] else 32,
+                                keep_scale_maps=True)  # fmt: skip
+            exp = local(cfg).explain(im, PROMPT, "A cat.")
+            torch.testing.assert_close(torch.from_numpy(z["maps"]), exp.maps, atol=1e-5, rtol=0)
+            assert httpx.get(rep.url + "/v1/explain/" + "0" * 32 + "/maps.npz").status_code == 404
+    finally:
+        for rep in replicas:
+            rep.stop()
+
+
+# ---------------------------------------------------------------------------------------------------
+# ops server: overlays bound, URL deadline, admission, drain
+def test_overlays_are_bounded_before_the_model_runs(ops):
+    img = _image(500, 300, 49)  # 150,000 pixels: one overlay fits max_overlay_pixels=200000, two do not
+    r = httpx.post(ops.url + "/v1/explain", json=_body(img, answer=[5], overlays=True), timeout=60)
+    assert r.status_code == 200 and len(r.json()["overlays"]) == 1
+    r = httpx.post(ops.url + "/v1/explain", json=_body(img, answer=[5, 6], overlays=True), timeout=60)
+    assert _err(r) == (413, "overlays") and "max_overlay_pixels" in r.json()["error"]["message"]
+    r = httpx.post(
+        ops.url + "/v1/explain", json=_body(img, overlays=True), timeout=60
+    )  # generated: budget 32
+    assert _err(r) == (413, "overlays")
+
+
+def test_image_url_fetch_counts_against_the_request_deadline(ops):
+    """A server that drips its answer one byte at a time: the request's own deadline cuts the fetch."""
+    state = {"sent": 0, "closed_early": False}
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def drip():
+        conn, _ = srv.accept()
+        with conn:
+            try:
+                conn.recv(65536)
+                for b in b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nX-Slow: " + b"x" * 200:
+                    conn.sendall(bytes([b]))
+                    state["sent"] += 1
+                    time.sleep(0.1)
+            except OSError:
+                state["closed_early"] = True
+
+    t = threading.Thread(target=drip, daemon=True)
+    t.start()
+    url = f"http://127.0.0.1:{srv.getsockname()[1]}/slow.png"
+    r = httpx.post(
+        ops.url + "/v1/explain", json={"image": url, "prompt": PROMPT, "timeout_s": 1.5}, timeout=60
+    )
+    assert r.status_code == 504 and r.json()["error"]["field"] == "image", r.text
+    assert "deadline of 1.5 s" in r.json()["error"]["message"]
+    t.join(30)
+    srv.close()
+    assert state["closed_early"] and state["sent"] < 240  # it never got to the end of its headers
+
+
+def test_a_flood_of_large_bodies_stays_within_the_memory_bound(ops):
+    """A scaled-down flood (benches/bench_serve.py --scenario flood runs 96 x 9 MB): 24 clients at once, each
+    with a ~4 MB body, against max_inflight_bytes 8 MB and one parse slot. Most are refused with 503 +
+    Retry-After before their body is read; the server's resident memory stays within a bound set by the
+    admission settings, not by the number of clients."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_load", REPO / "benches" / "serve_load.py")
+    load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(load)
+    RssSampler, flood, noise_png_body, rss_bytes = (
+        load.RssSampler,
+        load.flood,
+        load.noise_png_body,
+        load.rss_bytes,
+    )
+
+    body = noise_png_body(1040)  # a ~3.2 MB PNG, ~4.3 MB of JSON
+    assert 4_000_000 < len(body) < 6_000_000
+    idle = rss_bytes(ops.proc.pid)
+    with RssSampler(ops.proc.pid) as rss:
+        results = asyncio.run(flood(ops.url, body, 24))
+    codes = [s for s, _, _ in results]
+    assert codes.count(200) >= 1 and codes.count(503) >= 12, codes
+    assert set(codes) <= {200, 503}, codes
+    assert all(int(ra) >= 1 for s, _, ra in results if s == 503)
+    time.sleep(0.3)
+    refused = [d for d in _access_lines(ops) if d["status"] == 503 and d.get("error") == "overloaded"]
+    assert len(refused) >= 12 and all(
+        d["bytes_in"] == 0 for d in refused
+    )  # answered without reading the body
+    # 24 bodies held and parsed at once would cost 24 x (4.3 MB body + 4.3 MB text + 3.2 MB PNG + 3.2 MB
+    # pixels) = ~360 MB; admitted, at most 8 MB of bodies plus one body being parsed are held
+    grew = (rss.peak - idle) / 2**20
+    print(f"flood: idle RSS {idle / 2**20:.0f} MiB, peak +{grew:.0f} MiB, {codes.count(503)} x 503")
+    assert grew < 120, f"RSS grew {grew:.0f} MiB during the flood"
+
+
+def test_chunked_body_is_refused_while_streaming(ops):
+    """A body without Content-Length is counted as it streams in: with 5 MB of another request's body
+    reserved (its headers announced it; it is still uploading), a chunked body is refused with 503 once it
+    would pass max_inflight_bytes (8 MB), although it is still under max_body_bytes (6 MB)."""
+    held = socket.create_connection(("127.0.0.1", ops.port))
+    held.sendall(b"POST /v1/explain HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 5000000\r\n\r\n{")  # fmt: skip
+    try:
+        t0 = time.monotonic()
+        while _metric(httpx.get(ops.url + "/metrics").text, "mmx_fast_admission_inflight_bytes") < 5_000_000:
+            assert time.monotonic() - t0 < 20, "the held request was not admitted"
+            time.sleep(0.05)
+
+        def gen():
+            yield b'{"prompt": "hi", "image": "'
+            for _ in range(5):
+                yield b"A" * 1_000_000
+
+        r = httpx.post(ops.url + "/v1/explain", content=gen(), headers={"content-type": "application/json"})
+        assert r.status_code == 503 and r.json()["error"]["kind"] == "overloaded", r.text
+        # a client that asks before uploading (Expect: 100-continue, as curl does) gets the 503 instead of
+        # "100 Continue", without sending a byte of its body
+        with socket.create_connection(("127.0.0.1", ops.port), timeout=30) as ask:
+            ask.sendall(b"POST /v1/explain HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 4000000\r\nExpect: 100-continue\r\n\r\n")  # fmt: skip
+            head = ask.recv(65536)
+        assert head.startswith(b"HTTP/1.1 503 ") and b"retry-after: " in head.lower(), head[:200]
+        assert (
+            int(r.headers["retry-after"]) >= 1
+            and "max_inflight_bytes=8000000" in r.json()["error"]["message"]
+        )
+    finally:
+        held.close()
+    t0 = time.monotonic()  # the held request's client went away: its reservation is released
+    while _metric(httpx.get(ops.url + "/metrics").text, "mmx_fast_admission_inflight_bytes") > 0:
+        assert time.monotonic() - t0 < 20, "the reservation of a client that left was not released"
+        time.sleep(0.05)
+
+
+def test_drain_is_visible_to_a_balancer_before_the_listener_closes(ops):
+    img = _image(64, 64, 50)
+    ops.proc.send_signal(signal.SIGTERM)
+    ready = httpx.get(ops.url + "/readyz", timeout=5)
+    assert ready.status_code == 503 and ready.json()["status"] == "draining"
+    r = httpx.post(ops.url + "/v1/explain", json=_body(img, answer="A."), timeout=60)  # still served
+    assert r.status_code == 200, r.text
+    assert ops.proc.wait(60) == 0, ops.output()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(ops.url + "/healthz", timeout=2)

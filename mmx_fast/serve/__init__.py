@@ -9,10 +9,13 @@ per-request limits, Prometheus metrics, graceful drain and optional bearer auth.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from pathlib import Path
 
 from .limits import ApiError, Limits
+
+log = logging.getLogger("mmx_fast.serve")
 
 __all__ = [
     "ApiError",
@@ -33,7 +36,12 @@ class ServeError(ValueError):
 
 
 def __getattr__(name):  # fastapi is an optional dependency: import it only when the app is used
-    if name in ("ServeSettings", "StateHolder", "create_app", "ServeState"):
+    if name in (
+        "ServeSettings",
+        "StateHolder",
+        "create_app",
+        "ServeState",
+    ):  # settings.py / state.py / app.py
         from . import app
 
         return getattr(app, name)
@@ -106,13 +114,21 @@ def load_state(settings, load_model=None):
 
 def run(settings, *, log_level: str = "info", load_model=None) -> int:
     """Load the model (``settings.model``, or ``load_model() -> (model, processor)``), serve until SIGTERM /
-    SIGINT, drain, return 0."""
+    SIGINT, drain, return 0.
+
+    Drain (docs/design.md §6): the first SIGTERM / SIGINT marks the process draining, so ``/readyz`` answers
+    503 for ``settings.drain_grace_s`` while requests are still served (a load balancer sees it and stops
+    routing here); then the listener closes, queued and running requests finish, and the process exits 0. A
+    second signal skips the rest of the grace period."""
     import signal
+    import threading
 
     import uvicorn
 
+    from .access_log import configure_logging
     from .app import StateHolder, create_app
 
+    configure_logging(log_level)
     check_bind(settings.host, bool(settings.api_keys), True)  # the CLI checked the waiver already
     state = load_state(settings, load_model)
     holder = StateHolder(state)
@@ -124,9 +140,25 @@ def run(settings, *, log_level: str = "info", load_model=None) -> int:
         port=settings.port,
         log_level=log_level,
         timeout_graceful_shutdown=int(settings.limits.request_timeout_s) + 5,
-        access_log=False,
+        access_log=False,  # ours (access_log.py) has the request id, timings and sizes
     )
-    server = uvicorn.Server(config)
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if holder.draining or settings.drain_grace_s <= 0:
+                return super().handle_exit(sig, frame)
+            holder.draining = True
+            log.warning(
+                "signal %s: draining; /readyz answers 503 for %g s, then the listener closes",
+                sig,
+                settings.drain_grace_s,
+            )
+            t = threading.Timer(settings.drain_grace_s, super().handle_exit, (sig, frame))
+            t.daemon = True
+            t.start()
+
+    server = DrainingServer(config)
+    state.metrics.connections.set_function(lambda: len(server.server_state.connections))
     # uvicorn re-raises the signal it caught after a graceful shutdown, which would make the exit status
     # "killed by SIGTERM"; a drained server is a clean exit, so the re-raised signal is ignored.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -10,7 +10,8 @@ place in the queue for the next round.
   answers 503 with a Retry-After estimated from the recent batch time).
 - Cancellation: ``cancel`` removes a request that is still queued (its client went away or its deadline
   passed); a request already in a running batch finishes, and its result is dropped.
-- Isolation: when a batch raises, its requests are re-run one by one, so one bad request fails alone and
+- Isolation: when a batch raises, its requests are re-run one by one (counted in mmx_fast_batch_reruns and
+  logged with their request ids), so one bad request fails alone and
   its batch-mates still get their results.
 - Drain: ``stop()`` refuses new requests, lets the worker finish everything queued, then joins it.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import ExplainConfig
+
+log = logging.getLogger("mmx_fast.serve.batcher")
 
 
 class QueueFull(Exception):
@@ -56,6 +60,7 @@ class WorkItem:
     finished: float | None = None
     batch_size: int = 0
     cancelled: bool = False
+    request_id: str = "-"
 
 
 def _deliver(fut: asyncio.Future, result: Any, exc: BaseException | None) -> None:
@@ -78,6 +83,7 @@ class Batcher:
         max_wait_ms: float = 10.0,
         max_queue: int = 64,
         metrics=None,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError(
@@ -89,6 +95,7 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.metrics = metrics
+        self.on_idle = on_idle  # called on the worker thread when a batch ends with nothing queued
         self._queue: collections.deque[WorkItem] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -98,9 +105,9 @@ class Batcher:
         self._thread.start()
 
     # --- called from the event loop ----------------------------------------------------------------------
-    def submit(self, image, prompt: str, answer, config: ExplainConfig) -> WorkItem:
+    def submit(self, image, prompt: str, answer, config: ExplainConfig, request_id: str = "-") -> WorkItem:
         loop = asyncio.get_running_loop()
-        item = WorkItem(image, prompt, answer, config, loop, loop.create_future())
+        item = WorkItem(image, prompt, answer, config, loop, loop.create_future(), request_id=request_id)
         with self._cond:
             if self._stopping:
                 raise Draining("the server is shutting down")
@@ -176,6 +183,8 @@ class Batcher:
                 return
             if batch:
                 self._run(batch)
+                if not self._queue and self.on_idle is not None:
+                    self.on_idle()
 
     def _run(self, batch: list[WorkItem]) -> None:
         t0 = time.perf_counter()
@@ -198,6 +207,15 @@ class Batcher:
             if len(batch) == 1:
                 results = [(None, batch_error)]
             else:  # isolate the culprit(s): one by one, so batch-mates still get their answers
+                if m is not None:
+                    m.batch_reruns.inc()
+                log.warning(  # the log line's request_id field lists the batch's requests
+                    "batch of %d raised %s: %s; re-running its requests one by one",
+                    len(batch),
+                    type(batch_error).__name__,
+                    batch_error,
+                    extra={"request_id": ",".join(it.request_id for it in batch)},
+                )
                 results = []
                 for it in batch:
                     try:

@@ -36,7 +36,13 @@ def add_serve_parser(sub) -> None:
     sv.add_argument(
         "--max-queue", type=_positive_int("--max-queue"), default=64, help="waiting requests before 503"
     )
-    sv.add_argument("--keep-max", type=_positive_int("--keep-max"), default=64, help="kept results in memory")
+    sv.add_argument(
+        "--keep-max",
+        type=_positive_int("--keep-max"),
+        default=64,
+        help="kept results (--result-store memory)",
+    )
+    _add_operations_arguments(sv)
     sv.add_argument("--api-key-file", metavar="FILE", help="bearer tokens, one per line; enables auth")
     sv.add_argument(
         "--insecure-no-auth",
@@ -64,6 +70,49 @@ def add_serve_parser(sub) -> None:
     sv.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
+def _add_operations_arguments(sv) -> None:
+    """Result store, admission, access log and drain (README "Serving")."""
+    sv.add_argument(
+        "--result-store",
+        default="memory",
+        metavar="STORE",
+        help="where kept results live: memory (this process), dir:PATH (a volume replicas share) or "
+        "redis://host:port/db (default memory)",
+    )
+    sv.add_argument(
+        "--result-ttl-s", type=float, default=3600.0, metavar="S", help="kept results expire (3600)"
+    )
+    sv.add_argument(
+        "--result-store-max-bytes", type=int, default=1 << 30, metavar="N", help="dir store size cap (1 GiB)"
+    )
+    sv.add_argument(
+        "--max-inflight-bytes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="request bytes held at once (bodies, then decoded images); beyond it 503 before the body is read "
+        "(default: 1/192 of memory, 32-128 MiB)",
+    )
+    sv.add_argument(
+        "--max-parsing",
+        type=int,
+        default=0,
+        metavar="N",
+        help="requests parsed / decoded at once, on a worker pool of that size (default: CPUs, 2-8)",
+    )
+    sv.add_argument(
+        "--access-log", choices=("json", "text", "off"), default="json", help="one line per request (json)"
+    )
+    sv.add_argument(
+        "--drain-grace-s",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="after SIGTERM, /readyz answers 503 this long while requests are served, then the listener "
+        "closes (default 5)",
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .. import serve
     from ..cli_common import CliError, resolve_model_option
@@ -86,11 +135,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CliError(str(e)) from None
     resolve_model_option(args.model)  # fail fast on a bad --model, before anything starts
-    settings = serve.ServeSettings(
+    try:
+        settings = serve.ServeSettings(
         model=args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype,
         method=args.method, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
         keep_max=args.keep_max, api_keys=keys, allow_image_urls=args.allow_image_urls, limits=limits,
+        max_inflight_bytes=args.max_inflight_bytes, max_parsing=args.max_parsing, access_log=args.access_log,
+        drain_grace_s=args.drain_grace_s, result_store=args.result_store, result_ttl_s=args.result_ttl_s,
+        result_store_max_bytes=args.result_store_max_bytes,
     )  # fmt: skip
+        from .store import open_store
+
+        open_store(settings.result_store, ttl_s=settings.result_ttl_s,
+                   max_bytes=settings.result_store_max_bytes, keep_max=settings.keep_max)  # fmt: skip
+    except ValueError as e:
+        raise CliError(str(e)) from None
     if args.ray:
         from . import ray_app
 

@@ -36,6 +36,7 @@ class Limits:
     max_scales: int = 4  # MSEA scales per request
     max_scale: float = 2.0  # largest MSEA scale (a scale s costs about s^2 the tokens of scale 1)
     request_timeout_s: float = 120.0  # from arrival to the response, queueing included
+    max_overlay_pixels: int = 16 * 1024 * 1024  # "overlays": answer tokens x image pixels (PNGs returned)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -105,22 +106,23 @@ def image_bytes_from_text(text: str) -> bytes:
 
 
 def decode_image(data: bytes, limits: Limits) -> Image.Image:
-    """Bytes -> RGB PIL image; size and aspect ratio are checked from the header, before decoding."""
-    from ..images import load_image
+    """Bytes -> RGB PIL image; size and aspect ratio are checked from the header, before decoding, which is
+    the library's own (``mmx_fast.images.decode_image_bytes``: EXIF orientation applied, as in the CLI)."""
+    from ..images import decode_image_bytes
 
     if not data:
         raise invalid("image", "is empty; expected the bytes of a PNG, JPEG, WebP, ... image")
     if len(data) > limits.max_body_bytes:
         raise too_large("image", f"{len(data)} bytes exceeds the limit of {limits.max_body_bytes} bytes")
     try:
-        im = Image.open(io.BytesIO(data))
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
     except UnidentifiedImageError:
         raise invalid("image", "is not a readable image (PIL cannot identify it)") from None
     except Image.DecompressionBombError as e:
         raise too_large("image", str(e)) from None
     except Exception as e:  # corrupt header
         raise invalid("image", f"cannot be opened: {e}") from None
-    w, h = im.size
     if w < 1 or h < 1:
         raise invalid("image", f"has size {w}x{h}; expected at least 1x1 pixels")
     if w * h > limits.max_image_pixels:
@@ -133,10 +135,26 @@ def decode_image(data: bytes, limits: Limits) -> Image.Image:
             "image", f"aspect ratio {w}x{h} = {ratio:.1f} exceeds the limit of {limits.max_aspect_ratio:g}"
         )
     try:
-        im.load()
-        return load_image(im)
-    except Exception as e:  # truncated / corrupt data
+        return decode_image_bytes(data, "image")
+    except ValueError as e:  # truncated / corrupt data, or over the library's own bounds
+        msg = str(e)
+        if "too large" in msg or "above the limit" in msg:
+            raise too_large("image", msg) from None
+        raise invalid("image", msg.removeprefix("image ")) from None
+    except Exception as e:
         raise invalid("image", f"is corrupt or truncated: {e}") from None
+
+
+def check_text(field: str, text: str) -> None:
+    """A lone surrogate (``"\\ud800"`` in JSON) is valid JSON but not text: refuse it here, naming the field,
+    before the tokenizer raises a TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise invalid(
+            field,
+            f"contains {text[e.start]!r} at character {e.start}, a lone surrogate; expected valid Unicode text",
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -148,6 +166,7 @@ def check_prompt(prompt: Any, tokenizer, limits: Limits) -> str:
         raise invalid("prompt", "is empty; expected a non-empty question or instruction")
     if len(prompt) > limits.max_prompt_chars:
         raise too_large("prompt", f"{len(prompt)} characters exceeds the limit of {limits.max_prompt_chars}")
+    check_text("prompt", prompt)
     n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     if n > limits.max_prompt_tokens:
         raise too_large("prompt", f"{n} tokens exceeds the limit of {limits.max_prompt_tokens} tokens")
@@ -165,6 +184,7 @@ def check_answer(answer: Any, tokenizer, vocab_size: int, limits: Limits) -> str
             raise too_large(
                 "answer", f"{len(answer)} characters exceeds the limit of {16 * limits.max_answer_tokens}"
             )
+        check_text("answer", answer)
         n = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
         if n > limits.max_answer_tokens:
             raise too_large("answer", f"{n} tokens exceeds the limit of {limits.max_answer_tokens} tokens")

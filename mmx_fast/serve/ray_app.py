@@ -11,7 +11,9 @@ Three ways to run it (README "Serving"):
 
 Ray's proxy routes each HTTP request to a replica (its own backpressure: ``max_ongoing_requests`` per
 replica, beyond which it answers 503); inside the replica the request meets the same limits, batcher,
-metrics and auth as under ``mmx-fast serve``. ``/metrics`` is per replica.
+metrics and auth as under ``mmx-fast serve``. ``/metrics`` is per replica. Kept results are shared by the
+replicas when ``result_store`` names a shared store (``result_store=redis://host:6379/0`` or
+``dir:/shared/volume``): each replica opens the same store (``store.py``).
 """
 
 from __future__ import annotations

@@ -11,9 +11,11 @@ Adding a family ``foo`` (its adapter in ``mmx_fast/adapters/foo.py`` and its lin
    ``PATCH``), token ids as ``Token(...)`` and everything that depends on the image size as ``Size(...)``
    (placeholders: ``mmx_fast/tiny/declare.py``).
 
-``tests/test_families.py`` and ``tests/test_loading.py`` then run the new family through every check
-(``tiny:foo`` loads, reference == fast path); ``tests/test_adapters.py`` checks every registry model type
-has a declaration. Keep the shapes tiny: a test builds each model in well under a second.
+Then ``tests/test_loading.py`` runs every declared model (``tiny:foo``; a saved folder loads and explains
+exactly like the in-memory model) and ``tests/test_adapters.py`` checks every registry model type has a
+declaration; add ``foo`` to the family list of ``tests/test_families.py`` (``NEW``: single view) or
+``tests/test_tiled.py`` (``TILED``) for reference == fast on every preset. Keep the shapes tiny: a test builds
+each model in well under a second.
 """
 
 from __future__ import annotations
