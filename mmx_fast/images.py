@@ -125,7 +125,7 @@ def decode_image(source, what: str = "image") -> Image.Image:
 def decode_image_bytes(data: bytes, what: str = "image") -> Image.Image:
     """Encoded image bytes (PNG, JPEG, ...) -> RGB PIL image, upright by its EXIF orientation: the one decoding
     path of the library, the CLI and ``mmx-fast serve``; errors (ValueError) name ``what``."""
-    return to_rgb(_decode(io.BytesIO(data), what))
+    return to_rgb(decode_image(data, what))
 
 
 def _is_url(text: str) -> bool:
