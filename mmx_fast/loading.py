@@ -378,6 +378,33 @@ def quiet_transformers():
             log.enable_progress_bar()
 
 
+def check_loading_info(source: ModelSource, info: dict, allow_missing_weights: bool) -> None:
+    """Refuse a checkpoint that lacks some of the model's tensors or holds them in another shape
+    (``from_pretrained``'s loading info), naming them: transformers only logs these and the CLI quiets its log,
+    so those layers would silently keep random values. With ``allow_missing_weights`` a warning instead."""
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(
+        str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or ()
+    )
+    if (missing or mismatched) and not allow_missing_weights:
+        bad = missing or mismatched
+        what = "lacks" if missing else "has wrongly shaped"
+        names = ", ".join(bad[:5]) + (f" (and {len(bad) - 5} more)" if len(bad) > 5 else "")
+        raise ModelLoadError(
+            f"model {source.spec!r}: the checkpoint {what} {len(bad)} of the model's tensors ({names}); "
+            "they would keep random values. Pass allow_missing_weights=True (CLI --allow-missing-weights) to "
+            "load it anyway"
+        )
+    if missing or mismatched:
+        import warnings
+
+        warnings.warn(
+            f"model {source.spec!r}: {len(missing) + len(mismatched)} tensors are missing or mismatched in the "
+            f"checkpoint and keep random values (allow_missing_weights=True): {', '.join((missing + mismatched)[:5])}",
+            stacklevel=3,  # the caller of mmx_fast.load
+        )
+
+
 # ---------------------------------------------------------------------------------------------------
 def load(
     model_id_or_path: str | ModelSource,
@@ -460,28 +487,7 @@ def load(
         model, info = AutoModelForImageTextToText.from_pretrained(source.location, **kwargs)
     except Exception as e:
         raise ModelLoadError(f"model {source.spec!r}: cannot load the model ({e})") from None
-    missing = sorted(info.get("missing_keys") or ())
-    mismatched = sorted(
-        str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or ()
-    )
-    if (missing or mismatched) and not allow_missing_weights:
-        # transformers only logs these (and the CLI quiets its log): the layers would keep random weights
-        bad = missing or mismatched
-        what = "lacks" if missing else "has wrongly shaped"
-        names = ", ".join(bad[:5]) + (f" (and {len(bad) - 5} more)" if len(bad) > 5 else "")
-        raise ModelLoadError(
-            f"model {source.spec!r}: the checkpoint {what} {len(bad)} of the model's tensors ({names}); "
-            "they would keep random values. Pass allow_missing_weights=True (CLI --allow-missing-weights) to "
-            "load it anyway"
-        )
-    if missing or mismatched:
-        import warnings
-
-        warnings.warn(
-            f"model {source.spec!r}: {len(missing) + len(mismatched)} tensors are missing or mismatched in the "
-            f"checkpoint and keep random values (allow_missing_weights=True): {', '.join((missing + mismatched)[:5])}",
-            stacklevel=2,
-        )
+    check_loading_info(source, info, allow_missing_weights)
     if device_map is None:
         model = model.to(device)
     return model.eval(), processor
