@@ -406,6 +406,18 @@ def batch_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+TAM_NOTES = [
+    "`benches/test_bench_tam.py`, run only when `TAM_SRC` points at a checkout of xmed-lab/TAM (its `tam.py` "
+    "needs opencv-python-headless, pymupdf<1.27 and scipy; never vendored, never in CI). All providers start "
+    "from the same hidden states: `generated` = generation's own states (TAM's logits one `lm_head` call per "
+    "round, as its demo), `forced` = a teacher-forced forward's states (one `lm_head` call over all positions). "
+    "TAM = its full-vocabulary logits + `TAM()` per token (evaluation mode); ours = the attribution step as the "
+    "product runs it (`mmx_fast.fast.attribute`; generated answers with the logits generation kept, "
+    "docs/design.md §1.3). The last column compares every uint8 cell of our `tam` maps with TAM's.",
+    "",
+]
+
+
 def tam_table(rows: list[dict]) -> list[str]:
     groups = by_group([r for r in rows if r.get("kind") == "tam"])
     if not groups:
@@ -563,6 +575,132 @@ def e2e_plot(rows: list[dict], path: Path) -> bool:
 # ---------------------------------------------------------------------------------------------- report
 
 
+def headline(rows: list[dict], mem: list[dict]) -> list[str]:
+    """The headline bullets: the ratios README quotes (``write_readme_block`` copies them verbatim, so every
+    number README quotes is one of this file's)."""
+    head = []
+    for stage, model in (
+        ("logit_lens", "qwen2vl"),
+        ("logit_lens", "llava"),
+        ("rankings", "qwen2vl"),
+        ("rankings", "llava"),
+        ("refine", None),
+    ):
+        g, r = headline_stage(rows, stage, model)
+        if g is None:
+            continue
+        size = ", ".join(
+            x
+            for x in (
+                g.get("model") and f"{g['model']}",
+                g.get("n") is not None and f"n={g['n']}",
+                f"T={g['t']}",
+            )
+            if x
+        )
+        fb = f" (fast = {g['fast_backend']})" if g.get("fast_backend") else ""
+        head.append(f"- stage {STAGE_TITLES[stage]} ({size}): reference / fast = **{fmt_r(r)}**{fb}")
+    for _, provs in by_group([r for r in rows if r.get("kind") == "certified"]).items():
+        g = next(iter(provs.values()))
+        if g.get("model") == "qwen2vl" and g.get("t") == T_FIXED:
+            head.append(
+                f"- stage B's pass over W_U, certified bfloat16 (qwen2vl, R={g['rows']}): certified / float32 "
+                f"`H @ W_U.T` + `topk` = **{fmt_r(ratio(_med(provs, 'certified'), _med(provs, 'matmul')))}**, "
+                "rankings identical"
+            )
+    for g, p in e2e_rows(rows):
+        ref, fast, floor = _med(p, "reference"), _med(p, "fast"), _med(p, "floor")
+        full = _med(p, "floor-full")
+        old_floor = f", floor / floor before prefix-only passes = {fmt_r(ratio(floor, full))}" if full else ""
+        head.append(
+            f"- end to end, {g['image']}px image ({g['n']} visual tokens at scale 1.0), {g['answer_tokens']} answer "
+            f"tokens: reference / fast = **{fmt_r(ratio(ref, fast))}**, fast / floor = **{fmt_r(ratio(fast, floor))}**"
+            + old_floor
+        )
+    for _, p in by_group([r for r in rows if r.get("kind") == "forward"]).items():
+        g = next(iter(p.values()))
+        slow = "padded" if _med(p, "padded") else "reference"
+        what = "one padded batch" if slow == "padded" else "one full forward per scale"
+        head.append(
+            f"- MSEA forwards for a forced answer ({g['image']}px, 3 scales): {what} / prefix-only + "
+            f"length buckets = **{fmt_r(ratio(_med(p, slow), _med(p, 'fast')))}**"
+        )
+    batches = by_group([r for r in rows if r.get("kind") == "batch"])
+    for _, p in sorted(batches.items(), key=lambda x: next(iter(x[1].values()))["n"]):
+        g = next(iter(p.values()))
+        if g["n"] > 1:
+            head.append(
+                f"- forced answers, {g['n']} requests ({g.get('model', '')}): one `explain_batch` / one `explain` "
+                f"each, explanations/s = **{fmt_r(ratio(_med(p, 'one-by-one'), _med(p, 'batch')))}**"
+            )
+    for _, p in by_group([r for r in rows if r.get("kind") == "tam"]).items():
+        g = next(iter(p.values()))
+        off, ot, od = _med(p, "tam-official"), _med(p, "ours-tam"), _med(p, "ours-default")
+        image = g["image"] if isinstance(g["image"], str) else f"{g['image']}px"
+        eq = p.get("ours-tam", {}).get("uint8_equal_fraction")
+        eq_s = "" if eq is None else f", {eq * 100:.2f}% of `tam`'s uint8 cells equal to TAM's"
+        head.append(
+            f"- attribution step vs TAM's own code, {image}, T={g['answer_tokens']}, {g.get('answer', '')} answer: "
+            f"TAM / ours `tam` = **{fmt_r(ratio(off, ot))}**, TAM / ours `msea-arc` = **{fmt_r(ratio(off, od))}**"
+            + eq_s
+        )
+    e2e_mem = {r["provider"]: r for r in mem if r.get("type") == "e2e" and "error" not in r}
+    if "fast" in e2e_mem and "floor" in e2e_mem:
+        fast, floor = e2e_mem["fast"].get("peak_extra_mb"), e2e_mem["floor"].get("peak_extra_mb")
+        if fast and floor:
+            head.append(
+                f"- peak extra memory end to end ({e2e_mem['fast'].get('image', '?')}px): fast / floor = "
+                f"**{fmt_r(ratio(fast, floor))}** ({fast:,.0f} vs {floor:,.0f} MB)"
+            )
+    return head
+
+
+README_BEGIN = "<!-- benches/report.py: begin (generated from benches/RESULTS.md's Headline; do not edit) -->"
+README_END = "<!-- benches/report.py: end -->"
+
+
+def write_readme_block(readme: Path, lines: list[str]) -> bool:
+    """Replace README's generated numbers block (between ``README_BEGIN`` and ``README_END``) with ``lines``
+    (RESULTS.md's Headline bullets); False (nothing written) when README has no such block."""
+    if not readme.is_file():
+        return False
+    text = readme.read_text()
+    a, b = text.find(README_BEGIN), text.find(README_END)
+    if a < 0 or b < a:
+        return False
+    new = text[: a + len(README_BEGIN)] + "\n" + "\n".join(lines) + "\n" + text[b:]
+    if new != text:
+        tmp = readme.with_suffix(".md.tmp")
+        tmp.write_text(new)
+        tmp.replace(readme)
+    return True
+
+
+def tam_kept(results: Path, rows: list[dict]) -> tuple[list[dict], str | None]:
+    """TAM's comparison rows: this run's (then saved as ``results/tam.json``, the last run that had
+    ``TAM_SRC``), else the last saved run's, with its date (None when this run has them)."""
+    path = results / "tam.json"
+    if any(r.get("kind") == "tam" for r in rows):
+        return rows, None
+    if not path.is_file():
+        return rows, None
+    kept, data = load_bench(path)
+    return rows + kept, str(data.get("datetime", "?"))[:16].replace("T", " ") + " UTC"
+
+
+def save_tam_rows(bench_json: Path, results: Path) -> None:
+    """The TAM groups of this run's pytest-benchmark JSON, saved as ``results/tam.json`` (kept for the runs
+    without ``TAM_SRC``)."""
+    data = json.loads(bench_json.read_text())
+    tam = [b for b in data.get("benchmarks", []) if b.get("extra_info", {}).get("kind") == "tam"]
+    if not tam:
+        return
+    out = results / "tam.json"
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**data, "benchmarks": tam}, indent=4) + "\n")
+    tmp.replace(out)
+
+
 def write_report(
     rows,
     mem,
@@ -572,6 +710,7 @@ def write_report(
     quick: bool,
     argv: list[str],
     measured: tuple[str, list[str]] | None = None,
+    tam_date: str | None = None,
 ) -> Path:
     """Write ``out/RESULTS.md`` and ``out/plots/*.png``. ``measured``: (date, argv) of the run that produced
     ``rows`` when this call only re-renders them."""
@@ -652,45 +791,8 @@ def write_report(
         "path.",
         "",
     ]
-    # headline
-    md += ["## Headline", ""]
-    head = []
-    for stage, model in (
-        ("logit_lens", "qwen2vl"),
-        ("logit_lens", "llava"),
-        ("rankings", "qwen2vl"),
-        ("rankings", "llava"),
-        ("refine", None),
-    ):
-        g, r = headline_stage(rows, stage, model)
-        if g is None:
-            continue
-        size = ", ".join(
-            x
-            for x in (
-                g.get("model") and f"{g['model']}",
-                g.get("n") is not None and f"n={g['n']}",
-                f"T={g['t']}",
-            )
-            if x
-        )
-        fb = f" (fast = {g['fast_backend']})" if g.get("fast_backend") else ""
-        head.append(f"- stage {STAGE_TITLES[stage]} ({size}): reference / fast = **{fmt_r(r)}**{fb}")
-    for _, provs in by_group([r for r in rows if r.get("kind") == "certified"]).items():
-        g = next(iter(provs.values()))
-        if g.get("model") == "qwen2vl" and g.get("t") == T_FIXED:
-            head.append(
-                f"- stage B's pass over W_U, certified bfloat16 (qwen2vl, R={g['rows']}): certified / float32 "
-                f"`H @ W_U.T` + `topk` = **{fmt_r(ratio(_med(provs, 'certified'), _med(provs, 'matmul')))}**, "
-                "rankings identical"
-            )
-    for g, p in e2e_rows(rows):
-        ref, fast, floor = _med(p, "reference"), _med(p, "fast"), _med(p, "floor")
-        head.append(
-            f"- end to end, {g['image']}px image ({g['n']} visual tokens at scale 1.0), {g['answer_tokens']} answer "
-            f"tokens: reference / fast = **{fmt_r(ratio(ref, fast))}**, fast / floor = **{fmt_r(ratio(fast, floor))}**"
-        )
-    md += head + [""]
+    # headline (README's numbers block is this same list, written by ``write_readme_block``)
+    md += ["## Headline", ""] + headline(rows, mem) + [""]
     md += [
         "Sizes: n = visual tokens at scale 1.0 (the three default scales hold ~1.81 n in all), T = answer "
         f"tokens, P = 20 prompt tokens, top-k 50; n in {list(FULL_N)} at T={T_FIXED} and T in {list(FULL_T)} "
@@ -768,7 +870,14 @@ def write_report(
         md += t + [""]
     t = tam_table(rows)
     if t:
-        md += ["## TAM's official code vs ours", ""] + t + [""]
+        md += ["## TAM's official code vs ours", ""] + TAM_NOTES
+        if tam_date:
+            md += [
+                f"**Kept from its last run ({tam_date}, `benches/results/tam.json`)**: `TAM_SRC` was not set for "
+                "this run, so these rows were not re-measured.",
+                "",
+            ]
+        md += t + [""]
     else:
         md += [
             "## TAM's official code vs ours",
@@ -805,15 +914,32 @@ def write_report(
     return path
 
 
+# The sections this script writes (their headings' starts); any other "## " section of the previous RESULTS.md
+# was written by another script (``benches/bench_serve.py``'s "## Serving", a grounded-model run, ...) and is
+# kept as it is, except the ones marked "hand-added" (issue 26: RESULTS.md holds no hand-added section).
+OWN_SECTIONS = (
+    "## Machine and versions",
+    "## Headline",
+    "## Stage ",
+    "## End to end",
+    "## TAM's official code vs ours",
+    "## Peak memory",
+)
+
+
 def _kept_sections(path: Path) -> list[str]:
-    """Sections this script does not produce (``## Serving``, written by ``benches/bench_serve.py`` runs), kept
-    from the previous RESULTS.md."""
+    """Sections this script does not produce (``## Serving``, written from ``benches/bench_serve.py`` runs, and
+    any other script's section), kept from the previous RESULTS.md; "hand-added" sections are dropped."""
     if not path.is_file():
         return []
     kept, keep = [], False
     for line in path.read_text().splitlines():
         if line.startswith("## "):
-            keep = line.startswith("## Serving")
+            keep = not line.startswith(OWN_SECTIONS) and "hand-added" not in line
+            if keep:
+                print(
+                    f"keeping the section {line[3:]!r} of the previous RESULTS.md (written by another script)"
+                )
         if keep:
             kept.append(line)
     return kept + [""] if kept else []
@@ -877,7 +1003,9 @@ def main(argv=None) -> int:
         tmp = bench_json.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(base, indent=4) + "\n")
         tmp.replace(bench_json)
-        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        # the date the merged results were measured (pytest-benchmark's own stamp), not today's
+        stamp = str(new.get("datetime", ""))[:16].replace("T", " ")
+        now = f"{stamp} UTC" if stamp else dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         old_meta = json.loads(meta.read_text()) if meta.exists() else {}
         merged = old_meta.get("merged", []) + [{"date": now, "groups": sorted(g for g in fresh if g)}]
         meta.write_text(json.dumps({**old_meta, "merged": merged}))
@@ -885,8 +1013,14 @@ def main(argv=None) -> int:
     rows, _ = load_bench(bench_json)
     if not rows:
         raise SystemExit(f"no benchmarks in {bench_json} (was the suite run with --benchmark-disable?)")
-    path = write_report(rows, mem, out, suite_s, mem_s, args.quick, argv, measured)
+    if not args.quick:
+        save_tam_rows(bench_json, results)
+    rows, tam_date = tam_kept(results, rows) if not args.quick else (rows, None)
+    path = write_report(rows, mem, out, suite_s, mem_s, args.quick, argv, measured, tam_date)
     print(f"wrote {path} and {out / 'plots'} in {time.perf_counter() - t_all:.0f} s")
+    if out.resolve() == HERE.resolve() and not args.quick:
+        if write_readme_block(ROOT / "README.md", headline(rows, mem)):
+            print("updated README.md's numbers block (RESULTS.md's Headline)")
     # a short summary on stdout
     for g, p in e2e_rows(rows):
         ref, fast, floor = _med(p, "reference"), _med(p, "fast"), _med(p, "floor")

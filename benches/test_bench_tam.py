@@ -30,22 +30,24 @@ PROVIDERS = ("tam-official", "ours-tam", "ours-default")
 MODES = ("generated", "forced")
 
 
-def attribute(explainer, base, prompts_s, hidden_s, answer, states=None):
+def attribute(explainer, base, prompts_s, hidden_s, answer, states=None, scores=None):
     """``mmx_fast.fast.attribute`` (the attribution step on given hidden states), with ``explainer``'s
-    config; ``states``: generation's scale-1.0 states when the answer was generated."""
+    config, as ``explain`` runs it: ``states`` / ``scores``: generation's scale-1.0 states and the logits it
+    kept at the answer positions (``Adapter.generate_scored``) when the answer was generated."""
     from mmx_fast.fast import attribute as fast_attribute
     from mmx_fast.pipeline import Answer, Item, ScaleStates
 
     item = Item(image=base.image, prompt=PROMPT, answer=answer, base=base)
     per_scale = [ScaleStates(p, h) for p, h in zip(prompts_s, hidden_s)]
-    return fast_attribute(explainer.adapter, explainer.config, item, Answer(answer, [], states), per_scale)
+    ans = Answer(answer, [], states, "", scores)
+    return fast_attribute(explainer.adapter, explainer.config, item, ans, per_scale)
 
 
 @pytest.fixture(scope="module")
 def _tam_inputs(quick, device):
     from mmx_fast import ExplainConfig
     from mmx_fast.adapters import get_adapter
-    from mmx_fast.fast import Explainer
+    from mmx_fast.fast import Explainer, _keep_scores
 
     spec = default_spec(quick, device)
     model, processor = build_model(spec, str(device))
@@ -58,12 +60,14 @@ def _tam_inputs(quick, device):
         img = bench_image(*case.size)
         rows = [ad.prepare(img, PROMPT, s) for s in SCALES]
         base = rows[SCALES.index(1.0)]
+        keep = _keep_scores([ExplainConfig()], ad)  # as the default Explainer keeps them
         with torch.no_grad():
-            (answer,), (gen_states,) = ad.generate_with_states([base], case.answer_tokens)
+            (answer,), (gen_states,), (scores,) = ad.generate_scored([base], case.answer_tokens, keep)
             hidden = ad.forward_hidden_batch(rows, [answer] * len(rows))
         per_round = mode == "generated"
         h1 = gen_states if per_round else hidden[SCALES.index(1.0)]
         states = h1 if per_round else None
+        scores = scores if per_round else None
         w_u = ad.lm_head_weight()
         tam_ex = Explainer(model, processor, ExplainConfig(method="tam"))
         default_ex = Explainer(model, processor, ExplainConfig())
@@ -77,7 +81,10 @@ def _tam_inputs(quick, device):
             return attribute(tam_ex, base, [base], [h1], answer, states).maps
 
         @torch.no_grad()
-        def ours_default():
+        def ours_default():  # generated: scale 1.0 from generation (its states and kept logits), as explain
+            if per_round:
+                gen_rows = [h if r is not base else gen_states for r, h in zip(rows, hidden)]
+                return attribute(default_ex, base, rows, gen_rows, answer, states, scores).maps
             return attribute(default_ex, base, rows, hidden, answer).maps
 
         fns = {"tam-official": official, "ours-tam": ours_tam, "ours-default": ours_default}

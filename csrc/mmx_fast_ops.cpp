@@ -12,6 +12,7 @@
 //
 // Ops (see mmx_fast/native.py for the Python wrappers and the fake / CUDA registrations):
 //   rankings_topk(Tensor h, Tensor w_u, int k, int tile=0) -> Tensor                     int64 [R, k]
+//   rankings_candidates(Tensor h, Tensor w_u, int keep) -> (Tensor, Tensor)             float32, int64 [R, keep]
 //   rankings_rbo(Tensor a, Tensor b, float p, str variant) -> Tensor                     float32 [T, C]
 //   refine(Tensor a_t, Tensor ctx, Tensor weights, bool apply_filter, float cancellation_floor) -> Tensor
 //                                                                                        float32 [T, H, W]
@@ -36,6 +37,7 @@
 #include <exception>
 #include <functional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #ifdef _OPENMP
@@ -212,6 +214,173 @@ at::Tensor rankings_topk_cpu(const at::Tensor& h, const at::Tensor& w_u, int64_t
     }
   }
   return out;
+}
+
+
+// ------------------------------------------------------------------------------------------------
+// Stage rankings (candidates): the certified pass's candidate scores from our own dot-product kernel
+// ------------------------------------------------------------------------------------------------
+// Any float32 summation order is within gamma_d |x| |w_j| of the reference's GEMM, so the candidate pass
+// need not be the reference's GEMM: the caller re-scores the candidates with it and certifies the rest
+// with that bound (mmx_fast/ops/rankings.py, docs/design.md §5). This kernel blocks 3 rows of h x 4 rows of
+// W_U in 12 AVX2 accumulators (FMA), which at the few rows stage B ranks runs nearer the core's peak than
+// the BLAS GEMM does for small M.
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define MMX_HAVE_AVX2_KERNEL 1
+
+__attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
+  return _mm_cvtss_f32(lo);
+}
+
+template <int RB, int JB>
+__attribute__((target("avx2,fma"))) void dots_block(const float* h, int64_t ldh, const float* w, int64_t ldw,
+                                                    int64_t d, float* out, int64_t ldo) {
+  __m256 acc[RB][JB];
+  for (int a = 0; a < RB; ++a)
+    for (int b = 0; b < JB; ++b) acc[a][b] = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 8 <= d; c += 8) {
+    __m256 wv[JB];
+    for (int b = 0; b < JB; ++b) wv[b] = _mm256_loadu_ps(w + b * ldw + c);
+    for (int a = 0; a < RB; ++a) {
+      const __m256 hv = _mm256_loadu_ps(h + a * ldh + c);
+      for (int b = 0; b < JB; ++b) acc[a][b] = _mm256_fmadd_ps(hv, wv[b], acc[a][b]);
+    }
+  }
+  for (int a = 0; a < RB; ++a)
+    for (int b = 0; b < JB; ++b) {
+      float sum = hsum256(acc[a][b]);
+      for (int64_t t = c; t < d; ++t) sum += h[a * ldh + t] * w[b * ldw + t];
+      out[a * ldo + b] = sum;
+    }
+}
+
+template <int RB>
+__attribute__((target("avx2,fma"))) void dots_rows(const float* h, const float* w, int64_t n, int64_t d,
+                                                   float* out, int64_t ldo) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) dots_block<RB, 4>(h, d, w + j * d, d, d, out + j, ldo);
+  for (; j < n; ++j) dots_block<RB, 1>(h, d, w + j * d, d, d, out + j, ldo);
+}
+
+// out[i, j] = h[i] . w[j] for i < r, j < n (h [r, d], w [n, d], out [r, n], all contiguous float32)
+__attribute__((target("avx2,fma"))) void dots_avx2(const float* h, int64_t r, const float* w, int64_t n,
+                                                   int64_t d, float* out) {
+  // W_U rows in chunks that stay in L1/L2 while every block of 3 rows of h passes over them
+  const int64_t chunk = 64;
+  for (int64_t j0 = 0; j0 < n; j0 += chunk) {
+    const int64_t m = std::min(chunk, n - j0);
+    int64_t i = 0;
+    for (; i + 3 <= r; i += 3) dots_rows<3>(h + i * d, w + j0 * d, m, d, out + i * n + j0, n);
+    if (r - i == 2) dots_rows<2>(h + i * d, w + j0 * d, m, d, out + i * n + j0, n);
+    if (r - i == 1) dots_rows<1>(h + i * d, w + j0 * d, m, d, out + i * n + j0, n);
+  }
+}
+#endif
+
+void dots_portable(const float* h, int64_t r, const float* w, int64_t n, int64_t d, float* out) {
+  for (int64_t i = 0; i < r; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      float sum = 0.f;
+      for (int64_t t = 0; t < d; ++t) sum += h[i * d + t] * w[j * d + t];
+      out[i * n + j] = sum;
+    }
+}
+
+bool cpu_has_avx2_fma() {
+#ifdef MMX_HAVE_AVX2_KERNEL
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// Per row of h, the `keep` largest candidate scores (float32 [R, keep], descending, ties to the smaller id)
+// and their ids (int64): the running top-k of rankings_topk_cpu over our kernel's scores instead of the GEMM's.
+std::tuple<at::Tensor, at::Tensor> rankings_candidates_cpu(const at::Tensor& h, const at::Tensor& w_u, int64_t keep) {
+  TORCH_CHECK(h.dim() == 2 && w_u.dim() == 2 && h.size(1) == w_u.size(1),
+              "rankings_candidates needs h [R, d] and w_u [V, d]; got ", h.sizes(), " and ", w_u.sizes());
+  TORCH_CHECK(h.is_floating_point() && w_u.is_floating_point(), "rankings_candidates needs floating-point inputs");
+  const int64_t r = h.size(0), v = w_u.size(0), d = h.size(1);
+  TORCH_CHECK(keep >= 1 && keep <= v, "keep=", keep, " is not allowed; expected 1 <= keep <= ", v);
+  TORCH_CHECK(v < (int64_t(1) << 32) - 1, "vocabulary size ", v, " is not allowed; expected < 2**32 - 1");
+  auto vals = at::empty({r, keep}, h.options().dtype(at::kFloat));
+  auto ids = at::empty({r, keep}, h.options().dtype(at::kLong));
+  if (r == 0) return {vals, ids};
+  const at::Tensor h32 = h.detach().to(at::kFloat).contiguous();
+  const at::Tensor w = w_u.detach().contiguous();
+  const bool upcast = w.scalar_type() != at::kFloat;
+  const int64_t tile = std::min<int64_t>(upcast ? 512 : 1024, v);
+  const int64_t ntiles = (v + tile - 1) / tile;
+  const bool avx2 = cpu_has_avx2_fma();
+  const int nt = num_threads_for(ntiles);
+  std::vector<uint64_t> heaps(static_cast<size_t>(nt) * r * keep);
+  std::vector<int64_t> counts(static_cast<size_t>(nt) * r, 0);
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(nt));
+  int used = 1;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    int tid = 0, nthr = 1;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+    nthr = omp_get_num_threads();
+#endif
+#pragma omp single
+    used = nthr;
+    try {
+      uint64_t* hp = heaps.data() + static_cast<size_t>(tid) * r * keep;
+      int64_t* cp = counts.data() + static_cast<size_t>(tid) * r;
+      at::Tensor wbuf = upcast ? at::empty({tile, d}, h32.options()) : at::Tensor();
+      std::vector<float> lg(static_cast<size_t>(r * tile));
+      const int64_t first = ntiles * tid / nthr, last = ntiles * (tid + 1) / nthr;
+      for (int64_t ti = first; ti < last; ++ti) {
+        const int64_t start = ti * tile, n = std::min(tile, v - start);
+        at::Tensor w_tile = w.narrow(0, start, n);
+        if (upcast) {
+          at::Tensor dst = wbuf.narrow(0, 0, n);
+          dst.copy_(w_tile);  // exact: bfloat16 / float16 -> float32
+          w_tile = dst;
+        }
+        const float* wp = w_tile.const_data_ptr<float>();
+#ifdef MMX_HAVE_AVX2_KERNEL
+        if (avx2)
+          dots_avx2(h32.const_data_ptr<float>(), r, wp, n, d, lg.data());
+        else
+#endif
+          dots_portable(h32.const_data_ptr<float>(), r, wp, n, d, lg.data());
+        for (int64_t row = 0; row < r; ++row)
+          heap_push_row(hp + row * keep, cp[row], keep, lg.data() + row * n, n, static_cast<uint32_t>(start));
+      }
+    } catch (...) {
+      errors[tid] = std::current_exception();
+    }
+  }
+  (void)avx2;
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  float* vp = vals.mutable_data_ptr<float>();
+  int64_t* ip = ids.mutable_data_ptr<int64_t>();
+  std::vector<uint64_t> cand;
+  for (int64_t row = 0; row < r; ++row) {
+    cand.clear();
+    for (int th = 0; th < used; ++th) {
+      const uint64_t* heap = heaps.data() + (static_cast<size_t>(th) * r + row) * keep;
+      cand.insert(cand.end(), heap, heap + counts[static_cast<size_t>(th) * r + row]);
+    }
+    std::partial_sort(cand.begin(), cand.begin() + keep, cand.end(), std::greater<uint64_t>());
+    for (int64_t i = 0; i < keep; ++i) {
+      vp[row * keep + i] = key_value(cand[i]);
+      ip[row * keep + i] = key_to_id(cand[i]);
+    }
+  }
+  return {vals, ids};
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -505,6 +674,7 @@ at::Tensor refine_cpu(const at::Tensor& a_t, const at::Tensor& ctx, const at::Te
 
 TORCH_LIBRARY(mmx_fast, m) {
   m.def("rankings_topk(Tensor h, Tensor w_u, int k, int tile=0) -> Tensor");
+  m.def("rankings_candidates(Tensor h, Tensor w_u, int keep) -> (Tensor, Tensor)");
   m.def("rankings_rbo(Tensor a, Tensor b, float p=0.9, str variant=\"ext\") -> Tensor");
   m.def("refine(Tensor a_t, Tensor ctx, Tensor weights, bool apply_filter, float cancellation_floor) -> Tensor");
   m.def("refine_filter(Tensor x) -> Tensor");
@@ -512,6 +682,7 @@ TORCH_LIBRARY(mmx_fast, m) {
 
 TORCH_LIBRARY_IMPL(mmx_fast, CPU, m) {
   m.impl("rankings_topk", &rankings_topk_cpu);
+  m.impl("rankings_candidates", &rankings_candidates_cpu);
   m.impl("rankings_rbo", &rankings_rbo_cpu);
   m.impl("refine", &refine_cpu);
   m.impl("refine_filter", &refine_filter_cpu);

@@ -217,7 +217,7 @@ class Explainer:
     ) -> list[list[Explanation]]:
         """Generation, forwards and attribution of checked ``items`` (one batch)."""
         ad = self.adapter
-        answers = resolve_answers(ad, items, self.config.max_new_tokens, keep_states=True)
+        answers = resolve_answers(ad, items, self.config.max_new_tokens, True, _keep_scores(configs, ad))
         clock.lap("generate")
         plan = plan_forwards(ad, items, answers, union_scales(configs))
         states = hidden_states(ad, items, answers, plan)
@@ -236,6 +236,15 @@ class Explainer:
                 per_cfg.append(build_result(ad, item, ans, c, attribution, timings))
             results.append(per_cfg)
         return results
+
+
+def _keep_scores(configs: list[ExplainConfig], adapter: Adapter) -> int:
+    """How many logits generation keeps per answer position: enough for the largest top-k of the ARC
+    configs' rankings (``ops.rankings.score_keep``); 0 (none kept) when no config ranks."""
+    from .ops.rankings import score_keep
+
+    v = adapter.lm_head_weight().shape[0]
+    return max((score_keep(c.top_k, v) for c in configs if c.mitigation == "arc"), default=0)
 
 
 def _progress(total: int, show: bool):
@@ -282,8 +291,10 @@ def attribute(
     ranks = None
     if config.mitigation == "arc":  # the rankings and the base id k0 in one pass over W_U
         pred_prompt, pred_answer = text.predicting_positions()
+        sc = answer.scores  # the answer rows' logits from generation: those rows are not scored again
+        scored = None if sc is None else (len(pred_prompt), sc.values.to(dev), sc.ids.to(dev), sc.dtype)
         ranks, k0 = ops.rankings_topk_base(
-            h1[pred_prompt + pred_answer], w_u, config.top_k, z1, backend, config.rankings_precision
+            h1[pred_prompt + pred_answer], w_u, config.top_k, z1, backend, config.rankings_precision, scored
         )
     else:  # base id k0 alone: argmin of W_U @ sum_i z_i (never a V x N product)
         k0 = ops.rankings_topk_base(h1[:0], w_u, 1, z1, backend, config.rankings_precision)[1]

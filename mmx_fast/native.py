@@ -77,6 +77,7 @@ __all__ = [
     "BuildResult",
     "source_files",
     "rankings_topk",
+    "rankings_candidates",
     "rankings_rbo",
     "refine",
     "refine_filter",
@@ -88,7 +89,7 @@ _NAME = "mmx_fast_ops"
 _SOURCES = ("mmx_fast_ops.cpp",)
 _CFLAGS = ("-O3", "-fopenmp")
 _LDFLAGS = ("-fopenmp",)
-_OPS = ("rankings_topk", "rankings_rbo", "refine", "refine_filter")
+_OPS = ("rankings_topk", "rankings_candidates", "rankings_rbo", "refine", "refine_filter")
 
 _lock = threading.RLock()
 _loaded_path: str | None = None
@@ -446,6 +447,14 @@ def rankings_topk(h: torch.Tensor, w_u: torch.Tensor, k: int, tile: int = 0) -> 
     Streams over vocabulary tiles of ``tile`` rows (0: automatic) with a running top-k per row; the
     logits of a tile are the float32 GEMM the reference uses, so the rankings equal the reference's."""
     return _ops().rankings_topk(h, w_u, int(k), int(tile))
+
+
+def rankings_candidates(h: torch.Tensor, w_u: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``h``, the ``keep`` largest float32 scores ``h . w_j`` (descending, ties to the smaller id)
+    and their ids: (float32 [R, keep], int64 [R, keep]). The scores come from the op's own AVX2/FMA dot
+    products (another summation order than the reference's GEMM, within gamma_d |h| |w_j| of it): candidates
+    for ``ops.rankings``' certified pass, never rankings by themselves (docs/design.md §5.2)."""
+    return _ops().rankings_candidates(h, w_u, int(keep))
 
 
 def rankings_rbo(a: torch.Tensor, b: torch.Tensor, p: float = 0.9, variant: str = "ext") -> torch.Tensor:

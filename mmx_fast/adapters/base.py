@@ -461,23 +461,42 @@ class Adapter:
         ``output_hidden_states``): per row [L_i + T_i - 1, d], i.e. every prompt position and every answer
         position but the last (whose state predicts nothing we explain). These equal the teacher-forced
         states of ``forward_hidden`` up to float rounding, so the scale-1.0 forward need not run again."""
+        answers, states, _ = self.generate_scored(prompts, max_new_tokens, 0)
+        return answers, states
+
+    @torch.no_grad()
+    def generate_scored(
+        self, prompts: Sequence[PromptInputs], max_new_tokens: int, keep_scores: int
+    ) -> tuple[list[list[int]], list[torch.Tensor], list[generation.StepScores | None]]:
+        """``generate_with_states`` plus, per row, the ``keep_scores`` best logits ``lm_head`` computed at
+        each answer-predicting position (``generation.StepScores``; None where none were kept, e.g.
+        ``keep_scores`` 0 or an lm_head that is not a plain ``x @ W_U.T``): the answer rows' rankings come
+        from these, so no vocabulary row is scored twice (docs/design.md §1.3)."""
         groups = _groups_by_inputs(prompts)
         if len(groups) > 1:  # images and videos: one generation per kind
             answers_all: list[list[int]] = [[] for _ in prompts]
             states_all: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
+            scores_all: list[generation.StepScores | None] = [None] * len(prompts)
             for g in groups:
-                got, kept = self.generate_with_states([prompts[i] for i in g], max_new_tokens)
-                for i, a, st in zip(g, got, kept):
-                    answers_all[i], states_all[i] = a, st
-            return answers_all, states_all
-        with generation.captured_states(self.decoder()) as captured:
+                got, kept, sc = self.generate_scored([prompts[i] for i in g], max_new_tokens, keep_scores)
+                for i, a, st, s in zip(g, got, kept, sc):
+                    answers_all[i], states_all[i], scores_all[i] = a, st, s
+            return answers_all, states_all, scores_all
+        head = generation.scoring_head(self.model, self.lm_head_weight()) if keep_scores > 0 else None
+        with (
+            generation.captured_states(self.decoder()) as captured,
+            generation.captured_scores(head, keep_scores) as scored,
+        ):
             if len(prompts) == 1:
                 answers = [self.generate(prompts[0], max_new_tokens)]
                 width = prompts[0].length
             else:
                 answers = self.generate_batch(prompts, max_new_tokens)
                 width = max(p.length for p in prompts)  # left padding: real tokens end at ``width``
-        return answers, generation.stitch_states(captured, prompts, answers, width)
+        states = generation.stitch_states(captured, prompts, answers, width)
+        if head is None:
+            return answers, states, [None] * len(prompts)
+        return answers, states, generation.stitch_scores(scored, prompts, answers, states)
 
 
 def _groups_by_inputs(prompts: Sequence[PromptInputs]) -> list[list[int]]:

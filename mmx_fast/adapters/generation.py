@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -229,3 +230,83 @@ def stitch_states(
         parts += [captured[k][i, -1:] for k in range(1, len(ans))]
         states.append(torch.cat(parts, 0))
     return states
+
+
+@dataclass(frozen=True)
+class StepScores:
+    """The best logits ``lm_head`` computed for one answer during generation (docs/design.md §1.3, "scores
+    from generation"): row t is the position that predicts answer token t (prompt end for t = 0).
+
+    values: [T, keep] float32, descending: the ``keep`` largest logits of each row (lm_head's own output,
+            upcast; bfloat16 values for a bfloat16 model).
+    ids:    [T, keep] int64, their vocabulary ids.
+    dtype:  lm_head's output dtype (float32 or bfloat16: the error bound against the float32 reference
+            differs, ``ops.rankings.score_bound_terms``)."""
+
+    values: torch.Tensor
+    ids: torch.Tensor
+    dtype: torch.dtype
+
+
+def scoring_head(model: Any, w_u: torch.Tensor) -> torch.nn.Linear | None:
+    """The module whose output is ``x @ w_u.T`` for the decoder's states ``x``: the model's output embeddings
+    when it is a bias-free ``nn.Linear`` holding ``w_u`` in float32 or bfloat16; None otherwise (then no scores
+    are kept and every ranking row runs the pass over W_U)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None or head.weight is not w_u:
+        return None
+    if w_u.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    return head
+
+
+@contextmanager
+def captured_scores(head: torch.nn.Linear | None, keep: int) -> Iterator[list[tuple]]:
+    """Collects, for every ``head`` call made inside the block, its input at the last position [B, d] and the
+    ``keep`` largest logits there (float32 values [B, keep] descending, int64 ids): the scores generation
+    computes anyway, kept so that no ranking row is scored twice (docs/design.md §1.3). ``head`` None or
+    ``keep`` 0: nothing is collected."""
+    captured: list[tuple] = []
+    if head is None or keep <= 0:
+        yield captured
+        return
+
+    def hook(_module, args, kwargs, output):
+        x = args[0] if args else kwargs["input"]
+        y = output[..., -1, :] if output.dim() == 3 else output
+        xs = x[..., -1, :] if x.dim() == 3 else x
+        vals, ids = torch.topk(y.detach().float(), min(keep, y.shape[-1]), dim=-1, sorted=True)
+        captured.append((xs.detach().clone(), vals, ids, output.dtype))
+
+    handle = head.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def stitch_scores(
+    captured: Sequence[tuple],
+    prompts: Sequence[PromptInputs],
+    answers: Sequence[Sequence[int]],
+    states: Sequence[torch.Tensor],
+) -> list[StepScores | None]:
+    """Per row of a (left-padded) generation, the kept scores of its T answer-predicting positions, or None
+    when there are none to keep (an empty answer, fewer head calls than tokens) or when the head's input at
+    any of those positions is not bitwise the captured decoder state (then the scores would not be those of
+    the states the rankings read)."""
+    out: list[StepScores | None] = []
+    for i, (p, ans) in enumerate(zip(prompts, answers)):
+        n = len(ans)
+        if not n or len(captured) < n:
+            out.append(None)
+            continue
+        rows = states[i][p.length - 1 : p.length - 1 + n]
+        xs = torch.stack([captured[t][0][i] for t in range(n)])
+        if rows.shape != xs.shape or not torch.equal(rows, xs.to(rows.dtype)) or xs.dtype != rows.dtype:
+            out.append(None)
+            continue
+        vals = torch.stack([captured[t][1][i] for t in range(n)])
+        ids = torch.stack([captured[t][2][i] for t in range(n)])
+        out.append(StepScores(vals, ids, captured[0][3]))
+    return out

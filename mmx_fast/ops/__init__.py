@@ -40,7 +40,13 @@ import torch
 from .. import kernels_loader
 from ..constants import AGGREGATIONS, BACKENDS, CANCELLATION_FLOOR, RANKINGS_PRECISIONS, RBO_VARIANTS
 from . import table
-from .rankings import CERTIFY_STATS, candidate_count
+from .rankings import (
+    CERTIFY_STATS,
+    _pad_rows,
+    candidate_count,
+    rankings_certified_f32,
+    rankings_scored_torch,
+)
 from .table import OPS
 
 __all__ = [
@@ -389,6 +395,14 @@ def _check_topk_args(h, w_u, k) -> None:
         )
 
 
+def _native_candidates(backend: str, device) -> Callable | None:
+    """The native float32 candidate pass (``native.rankings_candidates``) when ``backend`` resolves to the
+    native kernels on this CPU; None otherwise (the torch backend keeps the exact pass with k0 folded in)."""
+    if resolve_backend(backend, device) != "native":
+        return None
+    return _impl("rankings_candidates", backend, device)
+
+
 def _exact_topk(backend: str, device) -> Callable:
     """The exact float32 top-k of the resolved backend (torch when it has none)."""
     return _impl("rankings_topk", backend, device)
@@ -421,6 +435,7 @@ def rankings_topk_base(
     z: torch.Tensor,
     backend: str = "auto",
     precision: str = "auto",
+    scores: tuple | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Stage ``rankings`` and the base id in one pass over W_U: ``(rankings_topk(h, w_u, k), k0)`` with
     ``k0 = argmin_j [W_U sum_i z_i]_j`` (ties to the smaller id), equal to
@@ -428,19 +443,50 @@ def rankings_topk_base(
 
     ``certified-bf16`` folds the base row into the bfloat16 candidate pass (its argmin certified like the
     rankings); ``float32`` runs the exact top-k and one float32 GEMV. Fallbacks are counted in
-    :data:`CERTIFY_STATS`."""
+    :data:`CERTIFY_STATS`.
+
+    ``scores``: ``(start, values, ids, logits_dtype)`` when rows ``start:start + n`` of ``h`` were already
+    scored over the whole vocabulary by the model's lm_head during generation (``values`` / ``ids``: each
+    row's best logits, descending, [n, keep]; ``adapters.generation.StepScores``). Those rows are ranked
+    from these scores, certified against the float32 reference (:func:`.rankings.rankings_scored_torch`),
+    and the pass over W_U runs only for the other rows (and those it could not certify): no vocabulary row
+    is scored twice (docs/design.md §1.3). The rankings are the same with or without ``scores``."""
     _check_topk_args(h, w_u, k)
     _check_matrix("z", z, "[N, d]")
     if z.shape[1] != w_u.shape[1]:
         raise ValueError(f"z [N, d] and w_u [V, d] must share d; got {tuple(z.shape)} and {tuple(w_u.shape)}")
     _check_same_device(z=z, w_u=w_u)
+    s = z.to(torch.float32).sum(0)  # as reference.rankings.base_vocab_id
+    r = h.shape[0]
+    rest = None  # rows the pass over W_U must rank (None: all)
+    ranks = None
+    if scores is not None and r and w_u.device.type == "cpu":
+        start, values, ids, logits_dtype = scores
+        rows = torch.arange(start, start + values.shape[0], device=h.device)
+        got, ok = rankings_scored_torch(h, w_u, k, rows, values, ids, logits_dtype)
+        ranks = torch.empty((r, k), dtype=torch.int64, device=h.device)
+        ranks[rows[ok]] = got[ok]
+        done = torch.zeros(r, dtype=torch.bool, device=h.device)
+        done[rows[ok]] = True
+        rest = (~done).nonzero().flatten()
+    # the pass runs on at least min(R, 16) rows (fillers discarded): the GEMMs then sum in the reference's
+    # order (rankings._pad_rows), so every row's ranking is the one a pass over all R rows gives
+    sel = None if rest is None else (_pad_rows(rest, r) if rest.numel() else rest)
+    hp = h if sel is None else h[sel]
     if resolve_rankings_precision(precision, w_u.device, w_u.shape[0], k) == "certified-bf16":
-        s = z.to(torch.float32).sum(0)  # as reference.rankings.base_vocab_id
+        got, k0 = _run(
+            "rankings_certified", backend, w_u.device, hp, w_u, k, s, _exact_topk(backend, w_u.device)
+        )
+    elif w_u.device.type == "cpu":  # one float32 pass over W_U with k0's row riding along
         exact = _exact_topk(backend, w_u.device)
-        ranks, k0 = _run("rankings_certified", backend, w_u.device, h, w_u, k, s, exact)
-        return ranks, int(k0)
-    ranks = _run("rankings_topk", backend, w_u.device, h, w_u, k, empty=h.shape[0] == 0)
-    return ranks, int(_run("rankings_base", backend, w_u.device, z, w_u))
+        got, k0 = rankings_certified_f32(hp, w_u, k, s, exact, _native_candidates(backend, w_u.device))
+    else:
+        got = _run("rankings_topk", backend, w_u.device, hp, w_u, k, empty=hp.shape[0] == 0)
+        k0 = _run("rankings_base", backend, w_u.device, z, w_u)
+    if rest is None:
+        return got, int(k0)
+    ranks[rest] = got[: rest.numel()]
+    return ranks, int(k0)
 
 
 def rankings_rbo(

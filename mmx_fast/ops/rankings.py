@@ -167,7 +167,9 @@ _MIN_VOCAB_PER_CANDIDATE = 4
 # Counters of the certified pass since import (or the last reset_certify_stats()): calls, ranking rows,
 # rows that fell back to the exact float32 pass, base-id searches and their fallbacks, rows that ran exact
 # because the vocabulary was too small for the bf16 pass (or the probe failed), rows that needed the second
-# candidate tier (certified there or fallen back).
+# candidate tier (certified there or fallen back), rows ranked from generation's scores and the ones of
+# those that could not be certified there (they join the pass over W_U), rows ranked from the native
+# float32 candidate pass and the ones of those re-run exactly.
 CERTIFY_STATS: dict[str, int] = {
     "calls": 0,
     "rows": 0,
@@ -176,6 +178,10 @@ CERTIFY_STATS: dict[str, int] = {
     "base_fallbacks": 0,
     "exact_rows": 0,
     "tier2_rows": 0,
+    "score_rows": 0,
+    "score_fallback_rows": 0,
+    "candidate_rows": 0,
+    "candidate_fallback_rows": 0,
 }
 
 
@@ -262,8 +268,10 @@ def _accumulates_in_float32(d: int, device: torch.device) -> bool:
             x[:, 0] = 1
             w = torch.ones((64, d), dtype=torch.bfloat16, device=device)
             got = (x @ w.T).float()
+            # lm_head's call shape too ([B, 1, d] through F.linear), whose logits stage B may rank from
+            got_linear = torch.nn.functional.linear(x[:, None], w)[:, 0].float()
             want = torch.tensor(1 + (d - 1) * 2.0**-9).to(torch.bfloat16).float()
-            _ACCUMULATION_PROBE[key] = bool((got == want).all())
+            _ACCUMULATION_PROBE[key] = bool((got == want).all()) and bool((got_linear == want).all())
     return _ACCUMULATION_PROBE[key]
 
 
@@ -499,6 +507,207 @@ def base_id_exact(s: torch.Tensor, w_u: torch.Tensor, chunk: int = 16384) -> int
         if best_val is None or val < best_val or (val != val and best_val == best_val):
             best_val, best_id = val, start + i
     return best_id
+
+
+# --------------------------------------------------------------------------------------------------
+# Rankings from generation's scores (docs/design.md §1.3, "scores from generation")
+# --------------------------------------------------------------------------------------------------
+
+
+def score_keep(k: int, v: int) -> int:
+    """Logits kept per generated position for top-``k`` rankings: both candidate tiers plus the one after."""
+    return min(v, _TIER2 * candidate_count(k, v) + 1)
+
+
+def score_bound_terms(x: torch.Tensor, logits_dtype: torch.dtype, nw: float) -> torch.Tensor | None:
+    """Per row of ``x`` (the states lm_head read, [n, d] in the model's dtype): ``(A, c)`` as float64 [n, 2]
+    with |f_j - g_j| <= A + c |g_j| for every id j, f_j the reference's float32 score fl32(x . w_j) and g_j
+    the logit lm_head computed during generation (docs/design.md §5). Both are sums of the same d products
+    (exact in float32 for bfloat16 operands), each within gamma_d ||x|| ||w_j|| of the exact dot product
+    whatever the summation order; a bfloat16 lm_head then rounds its float32 sum once (c). None when the
+    bound's assumptions cannot be vouched for: float32 matmuls allowed to run in lower precision
+    (``torch.set_float32_matmul_precision``), a bfloat16 GEMM that does not accumulate in float32 (the
+    probe), any other logits dtype. ``nw``: max_j ||w_j|| rounded up (:func:`_max_row_norm`)."""
+    d = x.shape[1]
+    if logits_dtype == torch.float32:
+        if x.dtype != torch.float32 or torch.get_float32_matmul_precision() != "highest":
+            return None
+        c = 0.0
+    elif logits_dtype == torch.bfloat16:
+        if x.dtype != torch.bfloat16 or not _accumulates_in_float32(d, x.device):
+            return None
+        c = _U_BF16 / (1 - _U_BF16)
+    else:
+        return None
+    g32 = d * _U_F32 / (1 - d * _U_F32)
+    nx = x.to(torch.float64).norm(dim=1)
+    if not math.isfinite(nw):
+        return None
+    tiny = 2.0**-120 * (2 * d + d**0.5 * (2 * nx + 2 * nw))  # flush-to-zero / underflow, generously
+    a = 2 * g32 * nx * nw + tiny
+    return torch.stack([a, torch.full_like(a, c)], 1)
+
+
+def rankings_scored_torch(
+    h: torch.Tensor,
+    w_u: torch.Tensor,
+    k: int,
+    rows: torch.Tensor,
+    values: torch.Tensor,
+    ids: torch.Tensor,
+    logits_dtype: torch.dtype,
+    counter: str = "score",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` rankings of the rows ``rows`` of ``h`` from the logits generation already computed for them
+    (``values`` / ``ids``: each row's best logits, descending, [n, keep]): ``(ranks [n, k], ok [n] bool)``.
+
+    The certified pass's second half with generation's logits as the candidate scores: the best
+    candidate_count(k) ids (then _TIER2 times as many) are re-scored with the reference's float32 GEMM, and a
+    row is certified when its k-th float32 score strictly exceeds the upper bound of every id not kept
+    (:func:`score_bound_terms` applied to the next kept logit). Certified rows equal the float32 reference's
+    rankings; the others (``ok`` False, their ``ranks`` undefined) must run the pass over W_U."""
+    n, v = rows.numel(), w_u.shape[0]
+    ok_all = torch.zeros(n, dtype=torch.bool, device=h.device)
+    ranks = torch.empty((n, k), dtype=torch.int64, device=h.device)
+    CERTIFY_STATS[f"{counter}_rows"] += n
+    keep = values.shape[1]
+    terms = None if not n else score_bound_terms(h[rows], logits_dtype, _max_row_norm(w_u))
+    if terms is None or h.device.type != "cpu" or keep < min(v, k):
+        CERTIFY_STATS[f"{counter}_fallback_rows"] += n
+        return ranks, ok_all
+    m = candidate_count(k, v)
+    tiers = [keep] if keep >= v else sorted({t for t in (m, min(_TIER2 * m, keep - 1)) if k <= t < keep})
+    h32 = h.detach().to(torch.float32)
+    usable = torch.isfinite(values).all(1) & torch.isfinite(h32[rows]).all(1)
+    a, c = terms[:, 0], terms[:, 1]
+    todo = torch.arange(n, device=h.device)
+    for mt in tiers:
+        if not todo.numel():
+            break
+        sel = _pad_rows(rows[todo], h.shape[0])  # the re-scoring GEMM needs >= min(R, _GROUP_MIN) rows
+        cand = ids[todo, :mt]
+        cand = torch.cat([cand, cand[:1].expand(sel.numel() - todo.numel(), mt)])  # fillers: any ids
+        keys, kth = _rescore_topk(h32[sel], w_u, cand, k)
+        keys, kth = keys[: todo.numel()], kth[: todo.numel()]
+        ok = usable[todo] & torch.isfinite(kth)
+        if mt < v:  # ids beyond the mt candidates: bound them by the (mt + 1)-th logit
+            b = values[todo, mt].to(torch.float64)
+            ub = b + c[todo] * b.abs() + a[todo]
+            ub = ub + ub.abs() * 2.0**-40 + 2.0**-1000  # float64 evaluation error of ub, rounded up
+            ok &= ub < kth
+        ranks[todo[ok]] = _key_to_id(keys[ok])
+        ok_all[todo[ok]] = True
+        todo = todo[~ok]
+    CERTIFY_STATS[f"{counter}_fallback_rows"] += int(todo.numel())
+    return ranks, ok_all
+
+
+# --------------------------------------------------------------------------------------------------
+# The base id k0 folded into the exact float32 pass (docs/design.md §1.3, "k0 in the one pass")
+# --------------------------------------------------------------------------------------------------
+
+_NORM_CACHE: dict[int, tuple] = {}
+
+
+def _max_row_norm(w_u: torch.Tensor, chunk: int = 8192) -> float:
+    """max_j ||w_j|| of W_U in float32, rounded up (a sum of d squares and a root: factor 1 + d 2^-22),
+    cached per tensor (and its version counter, as :func:`_unembedding`); inf when W_U is not finite."""
+    import weakref
+
+    key = (w_u.data_ptr(), tuple(w_u.shape), w_u.dtype, str(w_u.device), w_u._version)
+    hit = _NORM_CACHE.get(id(w_u))
+    if hit is not None and hit[0]() is w_u and hit[1] == key:
+        return hit[2]
+    v, d = w_u.shape
+    n = 0.0
+    for s in range(0, v, chunk):
+        part = w_u[s : s + chunk].detach().to(torch.float32)
+        if part.numel():
+            n = max(n, float(torch.linalg.vector_norm(part, dim=1).max()))
+    n = n * (1 + d * 2.0**-22) if math.isfinite(n) else math.inf
+    _NORM_CACHE.clear()
+    _NORM_CACHE[id(w_u)] = (weakref.ref(w_u), key, n)
+    return n
+
+
+# the folded pass needs the ranking GEMM to have at least this many rows before the base row joins it (GEMMs
+# of >= 4 rows sum in the full GEMM's order, see _GROUP_MIN), so the rows' rankings are unchanged
+_FOLD_MIN_ROWS = 4
+
+
+def rankings_topk_base_folded(
+    h: torch.Tensor, w_u: torch.Tensor, k: int, s: torch.Tensor, exact: Callable
+) -> tuple[torch.Tensor, int]:
+    """``(exact(h, w_u, k), k0)`` from ONE exact float32 pass over W_U (the float32 twin of the certified
+    pass's base row): the row ``-s`` rides along with ``h``, so the pass also yields the ``k`` ids with the
+    smallest float32 scores ``w_j . s``. Those candidates are re-scored with the reference's GEMV (as
+    :func:`base_id_exact`), and the smallest is k0 when it is strictly below every non-candidate's lower bound:
+    the GEMM's and the GEMV's scores of an id differ by at most E = 2 gamma_d ||s|| max_j ||w_j||, so every
+    non-candidate scores >= max over candidates - 2E. Otherwise (near-ties, non-finite values, fewer than
+    ``_FOLD_MIN_ROWS`` rows) k0 comes from the separate GEMV pass (counted in ``base_fallbacks``)."""
+    r = h.shape[0]
+    s32 = s.detach().to(torch.float32).reshape(-1)
+    CERTIFY_STATS["base_calls"] += 1
+    if r < _FOLD_MIN_ROWS or torch.get_float32_matmul_precision() != "highest":
+        CERTIFY_STATS["base_fallbacks"] += 1
+        return exact(h, w_u, k), base_id_exact(s32, w_u)
+    ranks = exact(torch.cat([h.detach().to(torch.float32), -s32[None]]), w_u, k)
+    cand = torch.sort(ranks[r]).values  # ascending ids: argmin's first minimum is the smallest id
+    vals = w_u.index_select(0, cand).to(torch.float32) @ s32  # the reference's GEMV, on candidates
+    d = w_u.shape[1]
+    g32 = d * _U_F32 / (1 - d * _U_F32)
+    ns = float(s32.to(torch.float64).norm())
+    e = 2 * g32 * ns * _max_row_norm(w_u) + 2.0**-120 * (2 * d + d**0.5 * 2 * ns)
+    j = int(torch.argmin(vals))
+    best, worst = float(vals[j]), float(vals.max())
+    lb = worst - 2 * e
+    lb = lb - abs(lb) * 2.0**-40 - 2.0**-1000  # float64 evaluation error, rounded down
+    if math.isfinite(best) and math.isfinite(lb) and bool(torch.isfinite(vals).all()) and best < lb:
+        return ranks[:r], int(cand[j])
+    CERTIFY_STATS["base_fallbacks"] += 1
+    return ranks[:r], base_id_exact(s32, w_u)
+
+
+def rankings_certified_f32(
+    h: torch.Tensor, w_u: torch.Tensor, k: int, s: torch.Tensor, exact: Callable, candidates: Callable | None
+) -> tuple[torch.Tensor, int]:
+    """``(exact(h, w_u, k), k0)`` from one float32 candidate pass (docs/design.md §1.3, §5): ``candidates``
+    (the native op ``rankings_candidates``: our own AVX2 dot products, no [R, V] buffer) scores every row of
+    ``h`` and the base row ``-s`` over W_U in another summation order than the reference's GEMM; each row's
+    best candidate_count(k) ids are re-scored with the reference's GEMM and certified with the float32 bound
+    (:func:`rankings_scored_torch`), k0 as in :func:`rankings_topk_base_folded`. Rows it cannot certify run
+    ``exact``. Without ``candidates`` (or for a small vocabulary): :func:`rankings_topk_base_folded`."""
+    r, v = h.shape[0], w_u.shape[0]
+    m = candidate_count(k, v)
+    if candidates is None or r == 0 or v < _MIN_VOCAB_PER_CANDIDATE * (m + 1):
+        return rankings_topk_base_folded(h, w_u, k, s, exact)
+    keep = m + 1
+    h32 = h.detach().to(torch.float32)
+    s32 = s.detach().to(torch.float32).reshape(-1)
+    vals, ids = candidates(torch.cat([h32, -s32[None]]), w_u, keep)
+    ranks, ok = rankings_scored_torch(
+        h32, w_u, k, torch.arange(r, device=h.device), vals[:r], ids[:r], torch.float32, "candidate"
+    )
+    rest = (~ok).nonzero().flatten()
+    if rest.numel():
+        ranks[rest] = _exact_rows(exact, h, w_u, k, rest)
+    # k0: the base row's candidates are the ids with the smallest scores w_j . s (row -s, largest first)
+    CERTIFY_STATS["base_calls"] += 1
+    cand = torch.sort(ids[r, :m]).values  # ascending ids: argmin's first minimum is the smallest id
+    fv = w_u.index_select(0, cand).to(torch.float32) @ s32  # the reference's GEMV, on candidates
+    d = w_u.shape[1]
+    g32 = d * _U_F32 / (1 - d * _U_F32)
+    ns = float(s32.to(torch.float64).norm())
+    e = 2 * g32 * ns * _max_row_norm(w_u) + 2.0**-120 * (2 * d + d**0.5 * 2 * ns)
+    j = int(torch.argmin(fv))
+    best = float(fv[j])
+    lb = -float(vals[r, m]) - e  # every non-candidate's reference score is >= this
+    lb = lb - abs(lb) * 2.0**-40 - 2.0**-1000
+    finite = bool(torch.isfinite(fv).all()) and bool(torch.isfinite(vals[r]).all())
+    if finite and math.isfinite(lb) and best < lb and torch.get_float32_matmul_precision() == "highest":
+        return ranks, int(cand[j])
+    CERTIFY_STATS["base_fallbacks"] += 1
+    return ranks, base_id_exact(s32, w_u)
 
 
 def rankings_base_torch(z: torch.Tensor, w_u: torch.Tensor, chunk: int = 16384) -> int:

@@ -86,6 +86,17 @@ OPS: dict[str, Op] = {
     # (h, w_u, k, s or None, exact top-k) -> (ranks, k0 or None): certified mixed precision (docs/design.md
     # §1.3, §5), a bfloat16 GEMM and a float32 re-scoring GEMM; no C++ or Triton variant
     "rankings_certified": Op(torch=rankings_certified_torch),
+    # (h [R, d], w_u [V, d], keep) -> (float32 [R, keep], int64 [R, keep]): the float32 candidate pass's best
+    # scores per row in the C++ op's own summation order, certified by ops.rankings.rankings_certified_f32
+    # (docs/design.md §5.2); torch / CUDA: the materialised GEMM's top-keep
+    "rankings_candidates": Op(
+        torch=lambda h, w_u, keep: torch.topk(h.float() @ w_u.float().T, int(keep), dim=1),
+        native="rankings_candidates",
+        fake=lambda h, w_u, keep: (
+            h.new_empty((h.shape[0], keep), dtype=torch.float32),
+            h.new_empty((h.shape[0], keep), dtype=torch.int64),
+        ),
+    ),
     # (z [N, d], w_u) -> k0, the exact float32 base id (streamed GEMV)
     "rankings_base": Op(torch=rankings_base_torch),
     # (a [T, k], b [C, k], p, variant) -> float32 [T, C]
