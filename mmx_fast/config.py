@@ -12,7 +12,7 @@ import math
 import numbers
 import os
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -99,7 +99,7 @@ class ExplainConfig:
         float32 elsewhere; ``mmx_fast.ops.resolve_rankings_precision``). The result is the same.
     """
 
-    method: str = "msea-arc"
+    method: Literal["msea-arc", "tam", "logit-lens"] = "msea-arc"
     scales: tuple[float, ...] | None = None
     aggregate: str | None = None
     mitigation: str | None = None
@@ -207,6 +207,8 @@ class ExplainConfig:
                 )
 
     def resolved_backend(self) -> str:
+        """The backend to run: ``backend``, or for ``"auto"`` the ``MMX_FAST_BACKEND`` environment variable
+        when set (one of ``BACKENDS``), else ``"auto"``."""
         if self.backend != "auto":
             return self.backend
         env = os.environ.get("MMX_FAST_BACKEND", "auto").strip().lower() or "auto"
@@ -228,10 +230,12 @@ class ExplainConfig:
         return ExplainConfig(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as plain JSON values (``scales`` as a list)."""
         d = asdict(self)
         d["scales"] = list(d["scales"])
         return d
 
     @classmethod
     def field_names(cls) -> list[str]:
+        """The config's field names, in declaration order."""
         return [f.name for f in fields(cls)]

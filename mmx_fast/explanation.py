@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,11 @@ class Explanation:
     view_box:      the part of the image the grid shows, as fractions (x0, y0, x1, y1) of its width and
                    height; None for the whole image. LLaVA's processor centre-crops, so its grid covers
                    only the central square of a non-square photo, and overlays put the map there.
+    token_positions: with ``targets=``: where each explained token sits in the whole answer (``answer_ids``,
+                   ``answer_tokens`` and ``maps`` then hold only the targets, ``answer_text`` the whole answer);
+                   None when every answer token is explained.
+    random_weights: True when the model was a random-weight test model (``mmx_fast.testing.tiny_model``):
+                   the notebook view and ``to_html`` then say so.
     """
 
     maps: torch.Tensor
@@ -55,6 +61,8 @@ class Explanation:
     frames: tuple[Image.Image, ...] | None = None
     answer_text: str | None = None
     answer_pieces: list[str] | None = None
+    random_weights: bool = False
+    token_positions: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.answer_text is None:
@@ -63,6 +71,22 @@ class Explanation:
     def __len__(self) -> int:
         return len(self.answer_ids)
 
+    def __repr__(self) -> str:
+        """A one-line summary (the tensors are not printed): method, tokens, grid, image size, answer."""
+        method = getattr(self.config, "method", None)
+        parts = [f"method={method!r}"] if method else []
+        parts.append(f"tokens={len(self)}")
+        parts.append(f"grid={self.grid[0]}x{self.grid[1]}")
+        if self.image is not None:
+            parts.append(f"image={self.image.size[0]}x{self.image.size[1]}")
+        if self.frames is not None:
+            parts.append(f"frames={len(self.frames)}")
+        text = self.answer_text or ""
+        parts.append(f"answer={(text if len(text) <= 40 else text[:39] + '…')!r}")
+        if self.random_weights:
+            parts.append("random_weights=True")
+        return f"Explanation({', '.join(parts)})"
+
     def map_uint8(self, i: int) -> np.ndarray:
         """Map i as TAM stores it, ``(map * 255).astype(uint8)`` (truncation; see ``mmx_fast.io.map_uint8``)."""
         return _io.map_uint8(self, i)
@@ -70,12 +94,23 @@ class Explanation:
     def _check_index(self, i: int) -> int:
         return _io.token_index(self, i)
 
+    def upsampled(self, i: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+        """The maps as float32 arrays at the input image's size, as grad-cam and TAM give them: [T, H, W]
+        (``i`` None) or [H, W] (token ``i``); a video: [T, t, H, W] / [t, H, W] at its frames' size.
+
+        ``size`` (W, H) picks another size. The resize is the eval harness's (bilinear, pixel-centre sampling,
+        OpenCV's ``INTER_LINEAR`` in float; ``mmx_fast.io.resize_maps``), onto the part of the image the model
+        saw (``view_box``). Pixels the model did not see (LLaVA's centre crop leaves the sides of a wide photo)
+        are NaN, never 0: use ``np.nan_to_num(m)`` for 0 there, ``~np.isnan(m)`` for the mask."""
+        return _io.upsampled(self, i, size)
+
     def heatmap(
         self, i: int, size: tuple[int, int] | None = None, colormap: str = "jet", frame: int | None = None
     ) -> Image.Image:
-        """Map i as an RGB heatmap, resized bilinearly to ``size`` (W, H) if given. ``colormap``: ``"jet"``
-        (default, as TAM), ``"viridis"``, ``"gray"`` or ``"hot"`` (``mmx_fast.io.COLORMAPS``); a video needs
-        ``frame`` (the temporal patch, 0..t-1)."""
+        """Map i as an RGB heatmap at the image's size (``size`` (W, H) picks another; without an image, the
+        grid's size), from :meth:`upsampled`; what the model did not see is grey. ``colormap``: ``"jet"``
+        (default, as TAM), ``"viridis"``, ``"gray"``, ``"hot"`` (built in) or any matplotlib colormap name;
+        a video needs ``frame`` (the temporal patch, 0..t-1)."""
         return _io.heatmap(self, i, size, colormap=colormap, frame=frame)
 
     def box_pixels(self) -> tuple[int, int, int, int]:
@@ -83,12 +118,62 @@ class Explanation:
         return _io.box_pixels(self)
 
     def overlay(
-        self, i: int, alpha: float = 0.5, colormap: str = "jet", frame: int | None = None
+        self,
+        i: int,
+        alpha: float = 0.5,
+        colormap: str = "jet",
+        frame: int | None = None,
+        *,
+        outline: bool = True,
+        label: bool | str = False,
+        colorbar: bool = False,
     ) -> Image.Image:
         """Map i over the image, at the image's size, on the part of the image the grid shows
-        (``view_box``; outside it the image is left as it is), coloured with ``colormap`` (see
-        :meth:`heatmap`). A video: map [i, frame] over the first frame of that frame pair."""
-        return _io.overlay(self, i, alpha, colormap=colormap, frame=frame)
+        (``view_box``; outside it the image is left as it is, and ``outline`` draws a white line just inside
+        that part's border), coloured with ``colormap`` (see :meth:`heatmap`). ``label``: True writes
+        ``token i: 'text'`` in the top-left corner (a str: that text); ``colorbar``: a colour bar appended on
+        the right (the image gets wider). A video: map [i, frame] over the first frame of that frame pair."""
+        return _io.overlay(
+            self, i, alpha, colormap=colormap, frame=frame, outline=outline, label=label, colorbar=colorbar
+        )
+
+    def plot(
+        self,
+        i: int | Sequence[int] | None = None,
+        ax: Any = None,
+        cmap: str = "jet",
+        alpha: float = 0.5,
+        *,
+        words: bool = False,
+        frame: int | None = None,
+        colorbar: bool = True,
+        max_maps: int = 24,
+        ncols: int | None = None,
+    ) -> Any:
+        """Plot maps over the image with matplotlib (``pip install 'mmx-fast[plot]'``), as captum's
+        ``visualize_image_attr`` / grad-cam's ``show_cam_on_image`` do.
+
+        ``i`` an int: that token on ``ax`` (a new figure when None); returns the Axes. ``i`` None or a list of
+        ints: a grid of those tokens (None: every token, at most ``max_maps``) in a new figure; returns the
+        Figure. ``words=True``: the word-level maps of :meth:`word_maps` instead of tokens (``i`` then
+        indexes words). ``cmap``: a built-in name (the same colours as :meth:`overlay`) or any matplotlib
+        colormap; ``alpha``: the map's opacity. The part of the image the model saw is outlined when it is not
+        the whole image; outside it nothing is drawn (the maps are NaN there, see :meth:`upsampled`). A video
+        needs ``frame``."""
+        from .plotting import plot
+
+        return plot(
+            self,
+            i,
+            ax=ax,
+            cmap=cmap,
+            alpha=alpha,
+            words=words,
+            frame=frame,
+            colorbar=colorbar,
+            max_maps=max_maps,
+            ncols=ncols,
+        )
 
     def word_maps(self, reduce: str = "max") -> tuple[list[str], torch.Tensor]:
         """Word-level maps from the sub-word token maps: ``(words, maps)``, maps float32 [W, Hc, Wc].
@@ -112,6 +197,8 @@ class Explanation:
         return notebook_html(self)
 
     def to_dict(self) -> dict[str, Any]:
+        """What ``explanation.json`` holds: prompt, answer, ids, tokens, grid, view box, config, timings (and
+        ``frames`` / ``token_positions`` when set), as plain JSON values."""
         cfg = self.config.to_dict() if hasattr(self.config, "to_dict") else self.config
         out = {
             "prompt": self.prompt,
@@ -125,15 +212,34 @@ class Explanation:
         }
         if self.frames is not None:  # a video: maps carry a time axis
             out["frames"] = len(self.frames)
+        if self.token_positions is not None:  # targets=: only these answer tokens were explained
+            out["token_positions"] = list(self.token_positions)
         return out
 
-    def to_html(self, path, title=None, note=None):
-        """Write the self-contained HTML report (``mmx_fast.report``) to ``path``; returns the path."""
-        from .report import write_report
+    def to_html(
+        self,
+        path: str | os.PathLike,
+        title: str | None = None,
+        note: str | None = None,
+        colormap: str = "jet",
+    ) -> Path:
+        """Write the self-contained HTML report (``mmx_fast.report``) to ``path``, its heatmaps coloured with
+        ``colormap`` (see :meth:`heatmap`); returns the path. ``note`` defaults to a warning when the model had
+        random weights."""
+        from .report import RANDOM_WEIGHTS_NOTE, write_report
 
-        return write_report(self, path, title=title, note=note)
+        if note is None and self.random_weights:
+            note = RANDOM_WEIGHTS_NOTE
+        return write_report(self, path, title=title, note=note, colormap=colormap)
 
-    def save(self, out_dir: str | os.PathLike, overlays: bool = True, colormap: str = "jet") -> Path:
+    def save(
+        self,
+        out_dir: str | os.PathLike,
+        overlays: bool = True,
+        colormap: str = "jet",
+        annotate: bool = False,
+    ) -> Path:
         """Write ``maps.npz``, ``explanation.json`` and (optionally) one PNG overlay per token coloured with
-        ``colormap``, atomically (``mmx_fast.io.save``)."""
-        return _io.save(self, out_dir, overlays, colormap=colormap)
+        ``colormap``, atomically (``mmx_fast.io.save``); ``annotate`` puts each token's label and a colour bar
+        on its overlay."""
+        return _io.save(self, out_dir, overlays, colormap=colormap, annotate=annotate)

@@ -25,11 +25,24 @@ argmax at the first prompt position, and the vectorised filter; no logit_lens, M
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from . import ops
 from .adapters.base import Adapter
+from .api_types import (
+    AnswerLike,
+    AttnImplementation,
+    ConfigLike,
+    ImageLike,
+    ImagesLike,
+    Model,
+    Processor,
+    TargetsLike,
+)
 from .config import ExplainConfig
 from .explanation import Explanation
 from .pipeline import (
@@ -43,13 +56,16 @@ from .pipeline import (
     build_result,
     check_config,
     check_configs,
+    check_targets_spec,
     collect_states,
+    cut_answer,
     load_inputs,
     map_ids,
     msea_inputs,
     per_frame,
     plan_forwards,
     resolve_answers,
+    resolve_targets,
     scale_answer_maps,
     stacked,
     states_at,
@@ -118,11 +134,13 @@ class Explainer:
 
     def __init__(
         self,
-        model,
-        processor,
-        config: ExplainConfig | str | None = None,
-        attn_implementation: str | None = None,
+        model: Model,
+        processor: Processor,
+        config: ConfigLike = None,
+        attn_implementation: AttnImplementation | None = None,
     ) -> None:
+        """Check ``config``, pick the model's adapter (a ValueError for an unsupported model or a processor
+        of another family) and prepare the backends once."""
         from .adapters import get_adapter
 
         self.config = check_config(config)
@@ -131,15 +149,57 @@ class Explainer:
         self.attn_implementation = _maybe_flash_attention(model, attn_implementation)
         _prepare_backends([self.config], self.adapter)
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        config: ConfigLike = None,
+        **load_kwargs: Any,
+    ) -> Explainer:
+        """The one-call entry: load the model and processor at ``path`` (a local folder, a Hugging Face id
+        already in the local cache, or ``tiny:<family>``; nothing is downloaded) with ``mmx_fast.load(path,
+        **load_kwargs)`` (``device``, ``dtype``, ``device_map``, ``attn_implementation``) and return an
+        ``Explainer`` for them with ``config``.
+
+        >>> explainer = Explainer.from_pretrained("Qwen/Qwen2-VL-2B-Instruct", dtype="bfloat16")
+        >>> exp = explainer.explain("photo.jpg", "What is in the picture?")"""
+        from .loading import load
+
+        model, processor = load(os.fspath(path) if isinstance(path, os.PathLike) else path, **load_kwargs)
+        return cls(model, processor, config)
+
     # ------------------------------------------------------------------------------------------------
-    def explain(self, image, prompt: str, answer=None) -> Explanation:
-        return self.explain_batch([image], [prompt], None if answer is None else [answer])[0]
+    def explain(
+        self, image: ImageLike, prompt: str, answer: AnswerLike = None, *, targets: TargetsLike = None
+    ) -> Explanation:
+        """Explain one (image, prompt) pair: the model's greedy answer (``answer`` None) or a forced one (text
+        or token ids). ``targets``: explain only these answer tokens (indices, negative from the end, and / or
+        words as ``Explanation.word_maps`` groups them); the result then holds only their maps, with
+        ``token_positions`` saying where they sit, and the work no target needs (later tokens, the per-token
+        refinement of the others) is skipped. See ``explain_fast`` for the inputs and the result."""
+        return self.explain_batch(
+            [image],
+            [prompt],
+            None if answer is None else [answer],
+            targets=None if targets is None else [targets],
+        )[0]
 
     def explain_batch(
-        self, images, prompts, answers=None, *, batch_size: int | None = None, show_progress: bool = False
+        self,
+        images: ImagesLike,
+        prompts: Sequence[str],
+        answers: Sequence[AnswerLike] | None = None,
+        *,
+        targets: Sequence[TargetsLike] | None = None,
+        batch_size: int | None = None,
+        show_progress: bool = False,
     ) -> list[Explanation]:
         """Explain several (image, prompt) pairs with one batched generation (for the answers not given) and
         length-bucketed batched forwards (prefix-only except scale 1.0 of forced answers).
+
+        images:        a list of images (anything ``explain`` takes) or one tensor [N, C, H, W] (uint8, or
+                       float in [0, 1]), one image per row.
+        targets:       None, or one ``targets`` (see ``explain``) per pair (None for every token of that pair).
 
         batch_size:    None (default) runs every pair in one batch; an integer >= 1 runs them in consecutive
                        sub-batches of at most that many pairs, so memory stays bounded for many images.
@@ -151,9 +211,17 @@ class Explainer:
             not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
         ):
             raise ValueError(f"batch_size={batch_size!r} is not allowed; expected None or an integer >= 1")
+        images = _image_rows(images)
         if isinstance(images, (str, bytes)) or not hasattr(images, "__len__"):
             raise TypeError("images must be a list of images (PIL, numpy arrays or paths)")
         n = len(images)
+        if targets is not None:
+            if isinstance(targets, (str, int)) or not hasattr(targets, "__len__") or len(targets) != n:
+                raise ValueError(
+                    f"targets={targets!r} is not allowed for {n} images; expected None or one entry (None, or a "
+                    "list of token indices / words) per image"
+                )
+            targets = [check_targets_spec(t) for t in targets]
         if batch_size is None or n <= batch_size:
             chunks = [(0, n)]
         else:
@@ -174,7 +242,11 @@ class Explainer:
                 if len(chunks) > 1:
                     log.debug("explain_batch: sub-batch %d/%d (pairs %d..%d)", k + 1, len(chunks), a, b - 1)
                 sub_answers = None if answers is None else list(answers[a:b])
-                sub = [c[0] for c in self._run(images[a:b], prompts[a:b], sub_answers, [self.config])]
+                sub_targets = None if targets is None else targets[a:b]
+                sub = [
+                    c[0]
+                    for c in self._run(images[a:b], prompts[a:b], sub_answers, [self.config], sub_targets)
+                ]
                 out.extend(sub)
                 if bar is not None:
                     bar.update(b - a)
@@ -183,18 +255,28 @@ class Explainer:
                 bar.close()
         return out
 
-    def explain_methods(self, image, prompt: str, configs, answer=None) -> list[Explanation]:
+    def explain_methods(
+        self, image: ImageLike, prompt: str, configs: Sequence[ConfigLike], answer: AnswerLike = None
+    ) -> list[Explanation]:
         """Explain one answer with several configs (e.g. every method of a comparison) from the SAME
         generation and the SAME batched forward (over the union of their scales). The answer is generated
         once with this Explainer's ``max_new_tokens``."""
         return self.explain_batch_methods([image], [prompt], configs, None if answer is None else [answer])[0]
 
-    def explain_batch_methods(self, images, prompts, configs, answers=None) -> list[list[Explanation]]:
+    def explain_batch_methods(
+        self,
+        images: ImagesLike,
+        prompts: Sequence[str],
+        configs: Sequence[ConfigLike],
+        answers: Sequence[AnswerLike] | None = None,
+    ) -> list[list[Explanation]]:
         """``explain_methods`` for several images: result[i][j] is image i under configs[j]."""
-        return self._run(images, prompts, answers, check_configs(configs))
+        return self._run(_image_rows(images), prompts, answers, check_configs(configs))
 
     @torch.no_grad()
-    def _run(self, images, prompts, answers, configs: list[ExplainConfig]) -> list[list[Explanation]]:
+    def _run(
+        self, images, prompts, answers, configs: list[ExplainConfig], targets=None
+    ) -> list[list[Explanation]]:
         """The steps of ``mmx_fast.pipeline`` over a batch of items and several configs; generation and the
         forwards are shared by every config, and timed per item as their share of the batch."""
         ad = self.adapter
@@ -207,17 +289,27 @@ class Explainer:
             # and a padded attention's reduction length depend on the batch's shape). So each TAM item runs
             # alone, exactly as ``explain`` runs it: the same request, the same map (docs/design.md §1.5).
             return [
-                self._run_items([item], configs, clock if k == 0 else Stopwatch())[0]
+                self._run_items(
+                    [item],
+                    configs,
+                    clock if k == 0 else Stopwatch(),
+                    None if targets is None else [targets[k]],
+                )[0]
                 for k, item in enumerate(items)
             ]
-        return self._run_items(items, configs, clock)
+        return self._run_items(items, configs, clock, targets)
 
     def _run_items(
-        self, items: list[Item], configs: list[ExplainConfig], clock: Stopwatch
+        self, items: list[Item], configs: list[ExplainConfig], clock: Stopwatch, targets=None
     ) -> list[list[Explanation]]:
-        """Generation, forwards and attribution of checked ``items`` (one batch)."""
+        """Generation, forwards and attribution of checked ``items`` (one batch); ``targets``: one per item, or
+        None."""
         ad = self.adapter
         answers = resolve_answers(ad, items, self.config.max_new_tokens, True, _keep_scores(configs, ad))
+        chosen = [None] * len(items)
+        if targets is not None:  # only what the targets need: the answer up to the last one
+            chosen = [resolve_targets(ad, a, t) for a, t in zip(answers, targets)]
+            answers = [cut_answer(a, c) for a, c in zip(answers, chosen)]
         clock.lap("generate")
         plan = plan_forwards(ad, items, answers, union_scales(configs))
         states = hidden_states(ad, items, answers, plan)
@@ -228,14 +320,27 @@ class Explainer:
             per_cfg = []
             for c in configs:
                 if not ans.ids:
-                    per_cfg.append(build_result(ad, item, ans, c, None, {}))
+                    per_cfg.append(build_result(ad, item, ans, c, None, {}, chosen[i]))
                     continue
                 clock.restart()
-                attribution = attribute(ad, c, item, ans, states_at(states, i, c.scales))
+                attribution = attribute(ad, c, item, ans, states_at(states, i, c.scales), chosen[i])
                 timings = {**shared, "attribution": clock.lap("attribution")}
-                per_cfg.append(build_result(ad, item, ans, c, attribution, timings))
+                per_cfg.append(build_result(ad, item, ans, c, attribution, timings, chosen[i]))
             results.append(per_cfg)
         return results
+
+
+def _image_rows(images: Any) -> Any:
+    """A batch tensor [N, C, H, W] as a list of N images [C, H, W] (``mmx_fast.images.load_image`` reads
+    each); anything else as it is. Another tensor shape is an error naming it."""
+    if torch.is_tensor(images):
+        if images.dim() != 4:
+            raise ValueError(
+                f"images tensor of shape {tuple(images.shape)} is not supported; expected [N, C, H, W] (one "
+                "image per row) or a list of images"
+            )
+        return list(images.unbind(0))
+    return images
 
 
 def _keep_scores(configs: list[ExplainConfig], adapter: Adapter) -> int:
@@ -276,9 +381,20 @@ def hidden_states(
 
 
 def attribute(
-    adapter: Adapter, config: ExplainConfig, item: Item, answer: Answer, per_scale: list[ScaleStates]
+    adapter: Adapter,
+    config: ExplainConfig,
+    item: Item,
+    answer: Answer,
+    per_scale: list[ScaleStates],
+    targets: list[int] | None = None,
 ) -> Attribution:
-    """Stage logit_lens (every scale, every needed id), msea, then the mitigation, through ``ops``."""
+    """Stage logit_lens (every scale, every needed id), msea, then the mitigation, through ``ops``.
+
+    ``targets`` (answer token indices, sorted; None: all): only their maps are refined and returned. Every
+    answer token before a target is still mapped and ranked (ARC's context); the per-target work (RBO rows,
+    interference, filter, normalisation) runs for the targets only, and without mitigation (``logit-lens``)
+    stage logit_lens maps only the targets' ids. TAM's sequential mitigation runs whole and is then selected
+    (docs/design.md §3)."""
     backend = config.resolved_backend()
     w_u = adapter.lm_head_weight()
     dev = w_u.device
@@ -286,9 +402,11 @@ def attribute(
     text = text_side(base, answer.ids)
     h1 = per_scale[config.scales.index(1.0)].hidden.to(dev)
     if config.mitigation == "tam":
-        return tam_attribute(adapter, config, item, answer, per_scale, text, h1, w_u, backend)
+        out = tam_attribute(adapter, config, item, answer, per_scale, text, h1, w_u, backend)
+        return select_targets(out, targets)
     z1 = h1[base.visual_positions.to(dev)]
     ranks = None
+    only_targets = targets is not None and config.mitigation == "none"  # no context maps needed
     if config.mitigation == "arc":  # the rankings and the base id k0 in one pass over W_U
         pred_prompt, pred_answer = text.predicting_positions()
         sc = answer.scores  # the answer rows' logits from generation: those rows are not scored again
@@ -296,29 +414,53 @@ def attribute(
         ranks, k0 = ops.rankings_topk_base(
             h1[pred_prompt + pred_answer], w_u, config.top_k, z1, backend, config.rankings_precision, scored
         )
+        id_list = map_ids(text, k0, [])
+    elif only_targets:  # the targets' ids alone: no context, no base map
+        id_list = [text.answer_ids[t] for t in targets]
     else:  # base id k0 alone: argmin of W_U @ sum_i z_i (never a V x N product)
         k0 = ops.rankings_topk_base(h1[:0], w_u, 1, z1, backend, config.rankings_precision)[1]
-    ids = torch.tensor(map_ids(text, k0, []), dtype=torch.long, device=dev)
+        id_list = map_ids(text, k0, [])
+    ids = torch.tensor(id_list, dtype=torch.long, device=dev)
     maps, placed = msea_maps(per_scale, w_u, ids, base, config.aggregate, backend)
-    T, P = len(answer.ids), len(text.prompt_ids)
+    T = len(targets) if only_targets else len(answer.ids)
+    P = len(text.prompt_ids)
     a_t, prompt_maps, base_map = maps[:T], maps[T : T + P], maps[T + P : T + P + 1]
     video = base.temporal is not None
     filt = config.filter and not video  # a video is filtered per frame below (as the reference does)
+    # the rows of the T mapped answer tokens that are returned
+    pick = (lambda x: x) if (targets is None or only_targets) else (lambda x: x[targets])
 
     if config.mitigation == "none":
-        refined = ops.refine_filter(a_t, backend=backend) if filt else a_t
+        a_out = pick(a_t)
+        refined = ops.refine_filter(a_out, backend=backend) if filt else a_out
         refined = ops.refine_normalize(refined)
     else:
-        refined = arc_refine(ranks, a_t, prompt_maps, base_map, config, backend, apply_filter=filt)
+        refined = arc_refine(
+            ranks, a_t, prompt_maps, base_map, config, backend, apply_filter=filt, targets=targets
+        )
     if video and config.filter:
         refined = ops.refine_normalize(
             per_frame(refined, base, lambda x: ops.refine_filter(x, backend=backend))
         )
     keep = config.keep_scale_maps
+    scale_maps = None
+    if keep:
+        scale_maps = {s: pick(m) for s, m in kept_scale_maps(placed, base, T, config.scales, backend).items()}
     return Attribution(
         maps=unstacked(refined, base),
-        raw_maps=unstacked(a_t, base) if keep else None,
-        scale_maps=kept_scale_maps(placed, base, T, config.scales, backend) if keep else None,
+        raw_maps=unstacked(pick(a_t), base) if keep else None,
+        scale_maps=scale_maps,
+    )
+
+
+def select_targets(att: Attribution, targets: list[int] | None) -> Attribution:
+    """An attribution of every answer token cut down to ``targets`` (None: as it is)."""
+    if targets is None:
+        return att
+    return Attribution(
+        maps=att.maps[targets],
+        raw_maps=None if att.raw_maps is None else att.raw_maps[targets],
+        scale_maps=None if att.scale_maps is None else {s: m[targets] for s, m in att.scale_maps.items()},
     )
 
 
@@ -416,27 +558,40 @@ def arc_refine(
     config: ExplainConfig,
     backend: str,
     apply_filter: bool | None = None,
+    targets: list[int] | None = None,
 ) -> torch.Tensor:
     """ARC for all targets at once: RBO (stage rankings) of each target vs its causal context (``ranks``: the
     top-k rankings of the P prompt then T answer predicting positions), then stage refine (interference, beta,
-    ReLU, filter, normalisation). base_map: [1, Hc, Wc]."""
+    ReLU, filter, normalisation). base_map: [1, Hc, Wc]. ``targets``: refine only these answer tokens (their
+    context is still every token before them); returns [len(targets), Hc, Wc]."""
     T, P = a_t.shape[0], prompt_maps.shape[0]
-    r = ops.rankings_rbo(ranks[P:], ranks, config.rbo_p, config.rbo_variant, backend=backend)  # [T, P + T]
+    pos = torch.arange(T, device=a_t.device) if targets is None else torch.tensor(targets, device=a_t.device)
+    rows = ranks[P:] if targets is None else ranks[P:][pos.to(ranks.device)]
+    r = ops.rankings_rbo(rows, ranks, config.rbo_p, config.rbo_variant, backend=backend)  # [K, P + T]
     w = 1 - r
+    K = w.shape[0]
     # causal context: target t sees the prompt and the answer tokens before it
     causal = torch.ones_like(w, dtype=torch.bool)
-    causal[:, P:] = torch.ones(T, T, dtype=torch.bool, device=w.device).tril(-1)
+    causal[:, P:] = torch.arange(T, device=w.device)[None, :] < pos.to(w.device)[:, None]
     w = torch.where(causal, w, torch.zeros_like(w))
     ctx = torch.cat([prompt_maps, a_t], 0)
     if config.base == "argmin":
-        w = torch.cat([w, torch.ones(T, 1, dtype=w.dtype, device=w.device)], 1)
+        w = torch.cat([w, torch.ones(K, 1, dtype=w.dtype, device=w.device)], 1)
         ctx = torch.cat([ctx, base_map], 0)
     filt = config.filter if apply_filter is None else apply_filter
-    return ops.refine(a_t, ctx, w, apply_filter=filt, backend=backend)
+    a_sel = a_t if targets is None else a_t[pos]
+    return ops.refine(a_sel, ctx, w, apply_filter=filt, backend=backend)
 
 
 def explain_fast(
-    model, processor, image, prompt: str, answer=None, config: ExplainConfig | None = None
+    model: Model,
+    processor: Processor,
+    image: ImageLike,
+    prompt: str,
+    answer: AnswerLike = None,
+    config: ConfigLike = None,
+    *,
+    targets: TargetsLike = None,
 ) -> Explanation:
     """Token-level visual attribution maps for a model's answer to ``prompt`` about ``image``.
 
@@ -454,14 +609,18 @@ def explain_fast(
         prompt: the question / instruction (non-empty str).
         answer: None to generate the answer greedily (at most ``config.max_new_tokens`` tokens), or the answer
             to explain as a str or a list of T token ids (teacher-forced).
-        config: an ``ExplainConfig`` (method, MSEA scales, mitigation, filter, backend, ...), or None for the
-            default ``"msea-arc"`` preset.
+        config: an ``ExplainConfig`` (method, MSEA scales, mitigation, filter, backend, ...), a preset name
+            (``"msea-arc"``, ``"tam"``, ``"logit-lens"``), or None for the default ``"msea-arc"`` preset.
+        targets: None (every answer token), or the answer tokens to explain, as captum's ``target=``: token
+            indices (negative from the end) and / or words (every token of each answer word equal to it, words
+            grouped as ``word_maps`` groups them). Only the work those maps need runs; the result holds only
+            their maps (``token_positions``: where they sit in the answer).
 
     Returns:
         An ``Explanation``: ``maps`` float32 [T, Hc, Wc] in [0, 1], one map per answer token on the model's
         scale-1.0 visual-token grid ``grid == (Hc, Wc)``; ``answer_ids`` / ``answer_tokens`` (T each),
         ``answer_text``, ``timings``; ``overlay(i)``, ``heatmap(i)``, ``word_maps()``, ``save(folder)``,
-        ``to_html(path)``, and an HTML view in Jupyter.
+        ``to_html(path)``, ``upsampled(i)`` (maps at the image's size), ``plot(i)``, and an HTML view in Jupyter.
 
     Raises:
         TypeError / ValueError: an unsupported model, an image that cannot be read or is too large, an empty
@@ -476,4 +635,4 @@ def explain_fast(
         >>> exp.overlay(0).save("token0.png")
         >>> words, word_maps = exp.word_maps()  # [W, Hc, Wc], max over each word's tokens
     """
-    return Explainer(model, processor, config).explain(image, prompt, answer)
+    return Explainer(model, processor, config).explain(image, prompt, answer, targets=targets)

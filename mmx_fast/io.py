@@ -290,18 +290,50 @@ def viridis(x: np.ndarray) -> np.ndarray:
 
 
 COLORMAPS = {"jet": jet, "viridis": viridis, "gray": gray, "hot": hot}
+PLOT_EXTRA_HINT = "pip install 'mmx-fast[plot]'"
+
+
+def _matplotlib_colormap(name: str):
+    """matplotlib's colour map called ``name`` (case-sensitive, as matplotlib names them); a ValueError naming
+    the built-in maps when matplotlib is not installed or has no such map."""
+    builtin = ", ".join(COLORMAPS)
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError(
+            f"colormap={name!r} is not one of the built-in colour maps ({builtin}); other names are "
+            f"matplotlib's, and matplotlib is not installed ({PLOT_EXTRA_HINT})"
+        ) from None
+    try:
+        return matplotlib.colormaps[name]
+    except KeyError:
+        raise ValueError(
+            f"colormap={name!r} is not allowed; expected one of {builtin} or a matplotlib colormap name "
+            "(e.g. magma, turbo, inferno)"
+        ) from None
 
 
 def check_colormap(name: str) -> str:
-    """``name`` if it is a known colour map; a ValueError naming the allowed ones otherwise."""
-    if not isinstance(name, str) or name not in COLORMAPS:
-        raise ValueError(f"colormap={name!r} is not allowed; expected one of {', '.join(COLORMAPS)}")
+    """``name`` if it is a colour map: one of the built-in :data:`COLORMAPS` (no matplotlib needed, the same
+    colours everywhere) or any matplotlib colormap name; a ValueError naming what is allowed otherwise."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            f"colormap={name!r} is not allowed; expected one of {', '.join(COLORMAPS)} or a matplotlib "
+            "colormap name"
+        )
+    if name not in COLORMAPS:
+        _matplotlib_colormap(name)
     return name
 
 
 def colorize(x: np.ndarray, colormap: str = "jet") -> np.ndarray:
-    """``x`` [H, W] in [0, 1] -> [H, W, 3] in [0, 1] through the colour map named ``colormap``."""
-    return COLORMAPS[check_colormap(colormap)](np.asarray(x))
+    """``x`` [H, W] in [0, 1] -> [H, W, 3] in [0, 1] through the colour map named ``colormap`` (a built-in
+    one, or matplotlib's of that name)."""
+    check_colormap(colormap)
+    if colormap in COLORMAPS:
+        return COLORMAPS[colormap](np.asarray(x))
+    cmap = _matplotlib_colormap(colormap)
+    return np.asarray(cmap(np.clip(np.asarray(x, dtype=np.float64), 0, 1)), dtype=np.float64)[..., :3]
 
 
 def colormap_uint8(x: np.ndarray, colormap: str = "jet", *, rounding: str = "floor") -> np.ndarray:
@@ -354,6 +386,98 @@ def frame_index(exp: Explanation, frame: int | None) -> int | None:
     return int(frame)
 
 
+# Bound on what one ``upsampled`` call may allocate (float32 elements: 1 GiB).
+MAX_UPSAMPLED_ELEMENTS = 1 << 28
+# The colour heatmaps give the part of the image the model did not see (outside ``view_box``).
+OUTSIDE_GRAY = (128, 128, 128)
+
+
+def image_size(exp: Explanation) -> tuple[int, int]:
+    """(W, H) of the explained image (a video: of its frames); the grid's (Wc, Hc) without an image."""
+    if exp.image is not None:
+        return tuple(exp.image.size)
+    hc, wc = exp.grid
+    return int(wc), int(hc)
+
+
+def check_size(size: Any) -> tuple[int, int]:
+    """``size`` as a (W, H) pair of positive integers; a ValueError naming the value otherwise."""
+    ok = (
+        isinstance(size, (tuple, list))
+        and len(size) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in size)
+    )
+    if not ok:
+        raise ValueError(f"size={size!r} is not allowed; expected None or (width, height), positive integers")
+    return int(size[0]), int(size[1])
+
+
+def box_at(
+    view_box: tuple[float, float, float, float] | None, size: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """``view_box`` (fractions of the image) in pixels of an image of ``size`` (W, H): (left, top, right,
+    bottom), half-open, rounded to the nearest pixel as the eval harness places maps (``eval.metrics.box_in_mask``)
+    and never empty; the whole image when None."""
+    w, h = size
+    x0, y0, x1, y1 = view_box or (0.0, 0.0, 1.0, 1.0)
+    left, top = min(round(x0 * w), w - 1), min(round(y0 * h), h - 1)
+    return left, top, max(left + 1, min(w, round(x1 * w))), max(top + 1, min(h, round(y1 * h)))
+
+
+def resize_maps(maps: Any, size_hw: tuple[int, int]) -> np.ndarray:
+    """Float maps [..., h, w] resized to [..., H, W] with the eval harness's rule (``eval.metrics.resize_bilinear_u8``,
+    OpenCV's ``INTER_LINEAR``) in float: bilinear, pixel-centre sampling ``(d + 0.5) * h / H - 0.5``, edges
+    clamped, no antialiasing (``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``)."""
+    import torch
+
+    m = torch.as_tensor(np.asarray(maps, dtype=np.float32))
+    lead, (h, w) = m.shape[:-2], m.shape[-2:]
+    if (h, w) == tuple(size_hw):
+        return m.numpy().copy()
+    flat = m.reshape(-1, 1, h, w)
+    if flat.shape[0] == 0:
+        return np.zeros((*lead, *size_hw), dtype=np.float32)
+    out = torch.nn.functional.interpolate(flat, size=tuple(size_hw), mode="bilinear", align_corners=False)
+    return out.reshape(*lead, *size_hw).numpy()
+
+
+def upsampled(exp: Explanation, i: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The maps at the image's size: float32 [T, H, W] (``i`` None) or [H, W] (token ``i``); a video
+    [T, t, H, W] / [t, H, W] at its frames' size. ``size`` (W, H) picks another size (default: the image's;
+    the grid's when the explanation carries no image). Each map is resized onto the part of the image the
+    model saw (``view_box``; the whole image for most families) by :func:`resize_maps`, the eval harness's
+    rule; pixels outside that part (LLaVA's centre crop leaves the sides of a wide photo) are NaN: no value,
+    not 0. Values inside stay in [0, 1]."""
+    maps = exp.maps if i is None else exp.maps[token_index(exp, i)]
+    w, h = image_size(exp) if size is None else check_size(size)
+    lead = tuple(maps.shape[:-2])
+    n = int(np.prod(lead, dtype=np.int64)) * w * h
+    if n > MAX_UPSAMPLED_ELEMENTS:
+        raise ValueError(
+            f"upsampled maps of shape {(*lead, h, w)} would hold {n} values, more than "
+            f"{MAX_UPSAMPLED_ELEMENTS} (mmx_fast.io.MAX_UPSAMPLED_ELEMENTS); ask for one token (i=) or a smaller size"
+        )
+    left, top, right, bottom = box_at(exp.view_box if exp.image is not None else None, (w, h))
+    out = np.full((*lead, h, w), np.nan, dtype=np.float32)
+    out[..., top:bottom, left:right] = resize_maps(maps.numpy(), (bottom - top, right - left))
+    return out
+
+
+def _map_of(exp: Explanation, i: int, frame: int | None) -> np.ndarray:
+    i = token_index(exp, i)
+    k = frame_index(exp, frame)
+    return exp.maps[i] if k is None else exp.maps[i, k]
+
+
+def heat_rgb(u: np.ndarray, colormap: str) -> np.ndarray:
+    """An upsampled map [H, W] (NaN outside what the model saw) as uint8 RGB: ``colormap`` inside, mid grey
+    (:data:`OUTSIDE_GRAY`) outside."""
+    nan = np.isnan(u)
+    rgb = colormap_uint8(np.nan_to_num(u, nan=0.0).clip(0, 1), colormap)
+    rgb[nan] = OUTSIDE_GRAY
+    return rgb
+
+
 def heatmap(
     exp: Explanation,
     i: int,
@@ -361,32 +485,53 @@ def heatmap(
     colormap: str = "jet",
     frame: int | None = None,
 ) -> Image.Image:
-    """Map i as an RGB heatmap (``colormap``, one of :data:`COLORMAPS`), resized bilinearly to ``size``
-    (W, H) if given (a video: of temporal patch ``frame``)."""
+    """Map i as an RGB heatmap at the image's size, or ``size`` (W, H) if given (the grid's size without an
+    image): :func:`upsampled` coloured with ``colormap`` (a built-in name or any matplotlib one); the part of
+    the image the model did not see is grey. A video: temporal patch ``frame``."""
     check_colormap(colormap)
-    i = token_index(exp, i)
-    k = frame_index(exp, frame)
-    m = exp.maps[i] if k is None else exp.maps[i, k]
-    img = Image.fromarray(colormap_uint8(m.clamp(0, 1).numpy(), colormap), mode="RGB")
-    if size is not None:
-        img = img.resize(size, Image.BILINEAR)
-    return img
+    m = _map_of(exp, i, frame)
+    view = _Single(exp, m)
+    return Image.fromarray(heat_rgb(upsampled(view, None, size)[0], colormap), mode="RGB")
+
+
+class _Single:
+    """One map [Hc, Wc] seen as a one-token explanation (``upsampled`` of a chosen frame)."""
+
+    def __init__(self, exp: Explanation, m: Any) -> None:
+        self.maps = m[None]
+        self.image, self.grid, self.view_box = exp.image, exp.grid, exp.view_box
+        self.answer_ids = [0]
 
 
 def box_pixels(exp: Explanation) -> tuple[int, int, int, int]:
     """``exp.view_box`` in pixels of the image (left, top, right, bottom); the whole image when None."""
-    w, h = exp.image.size
-    x0, y0, x1, y1 = exp.view_box or (0.0, 0.0, 1.0, 1.0)
-    left, top = round(x0 * w), round(y0 * h)
-    return left, top, max(left + 1, round(x1 * w)), max(top + 1, round(y1 * h))
+    return box_at(exp.view_box, exp.image.size)
+
+
+def token_label(exp: Explanation, i: int) -> str:
+    """``token i: 'text'`` as the overlays and plots title a map."""
+    i = token_index(exp, i)
+    return f"token {i}: {exp.answer_tokens[i]!r}"
 
 
 def overlay(
-    exp: Explanation, i: int, alpha: float = 0.5, colormap: str = "jet", frame: int | None = None
+    exp: Explanation,
+    i: int,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    frame: int | None = None,
+    *,
+    outline: bool = True,
+    label: bool | str = False,
+    colorbar: bool = False,
 ) -> Image.Image:
-    """Map i over the image, at the image's size, on the part of the image the grid shows (``view_box``;
+    """Map i over the image, at the image's size, on the part of the image the model saw (``view_box``;
     outside it the image is left as it is), coloured with ``colormap``. A video: map [i, frame] over the first
-    frame of that pair."""
+    frame of that pair.
+
+    outline:  when the model saw only part of the image, a white line just inside that part's border.
+    label:    True writes ``token i: 'text'`` in the top-left corner; a str writes that text.
+    colorbar: a colour bar (0 at the bottom, 1 at the top) appended on the right: the image gets wider."""
     check_colormap(colormap)
     if exp.image is None:
         raise ValueError("this Explanation carries no image; pass the image to explain() to get overlays")
@@ -394,10 +539,57 @@ def overlay(
         raise ValueError(f"alpha={alpha} is not allowed; expected a number in [0, 1]")
     k = frame_index(exp, frame)
     base = (exp.image if k is None else exp.frames[min(2 * k, len(exp.frames) - 1)]).convert("RGB")
-    left, top, right, bottom = box_pixels(exp)
-    heat = heatmap(exp, i, size=(right - left, bottom - top), colormap=colormap, frame=k)
-    out = base.copy()
-    out.paste(Image.blend(base.crop((left, top, right, bottom)), heat, alpha), (left, top))
+    m = _map_of(exp, i, k)
+    u = upsampled(_Single(exp, m), None, base.size)[0]
+    inside = ~np.isnan(u)
+    heat = colormap_uint8(np.nan_to_num(u, nan=0.0).clip(0, 1), colormap).astype(np.float64)
+    px = np.asarray(base).astype(np.float64)
+    blend = np.floor(px * (1 - alpha) + heat * alpha + 0.5).clip(0, 255)
+    out_px = np.where(inside[..., None], blend, px).astype(np.uint8)
+    out = Image.fromarray(out_px, mode="RGB")
+    from PIL import ImageDraw
+
+    if outline and exp.view_box is not None:
+        left, top, right, bottom = box_at(exp.view_box, base.size)
+        width = max(1, round(min(base.size) / 150))
+        ImageDraw.Draw(out).rectangle(
+            (left, top, right - 1, bottom - 1), outline=(255, 255, 255), width=width
+        )
+    if label:
+        text = token_label(exp, i) if label is True else str(label)
+        _draw_label(out, text)
+    if colorbar:
+        out = _with_colorbar(out, colormap)
+    return out
+
+
+def _draw_label(img: Image.Image, text: str) -> None:
+    """``text`` in white on a dark box in the top-left corner of ``img`` (in place)."""
+    from PIL import ImageDraw, ImageFont
+
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    text = text if len(text) <= 60 else text[:59] + "\u2026"
+    x0, y0, x1, y1 = draw.textbbox((3, 2), text, font=font)
+    draw.rectangle((0, 0, x1 + 3, y1 + 3), fill=(0, 0, 0))
+    draw.text((3, 2), text, fill=(255, 255, 255), font=font)
+
+
+def _with_colorbar(img: Image.Image, colormap: str) -> Image.Image:
+    """``img`` with a vertical colour bar on its right (1 at the top, 0 at the bottom, labelled)."""
+    from PIL import ImageDraw
+
+    w, h = img.size
+    bar_w = max(8, w // 25)
+    pad = max(4, bar_w // 2)
+    text_w = 24
+    out = Image.new("RGB", (w + pad + bar_w + text_w, h), (255, 255, 255))
+    out.paste(img, (0, 0))
+    ramp = np.linspace(1.0, 0.0, h)[:, None].repeat(bar_w, 1)
+    out.paste(Image.fromarray(colormap_uint8(ramp, colormap), mode="RGB"), (w + pad, 0))
+    draw = ImageDraw.Draw(out)
+    draw.text((w + pad + bar_w + 3, 0), "1", fill=(0, 0, 0))
+    draw.text((w + pad + bar_w + 3, max(0, h - 12)), "0", fill=(0, 0, 0))
     return out
 
 
@@ -427,11 +619,13 @@ def save(
     *,
     info: dict[str, Any] | None = None,
     colormap: str = "jet",
+    annotate: bool = False,
 ) -> Path:
     """Write ``maps.npz`` (:func:`maps_arrays`), ``explanation.json`` (``info``, by default
     ``exp.to_dict()``) and, with ``overlays`` and an image, one PNG overlay per token (``token_000.png``...),
-    each file atomically; the folder is created if needed. Overlays are coloured with ``colormap``. Returns
-    the folder.
+    each file atomically; the folder is created if needed. Overlays are coloured with ``colormap`` (any name
+    :func:`check_colormap` accepts); ``annotate`` writes each token's label on its overlay and appends a colour
+    bar (:func:`overlay`). Returns the folder.
 
     Never overwrites a file mmx-fast did not write: the folder's marker (``.mmx-fast-result.json``) lists what
     it wrote; any other existing file of one of those names raises FileExistsError before anything is written.
@@ -463,7 +657,10 @@ def save(
     del maps
     atomic_write_json(out / JSON_FILE, exp.to_dict() if info is None else info)
     for i, k in pngs:
-        atomic_write_bytes(out / overlay_name(i, k), png_bytes(overlay(exp, i, colormap=colormap, frame=k)))
+        atomic_write_bytes(
+            out / overlay_name(i, k),
+            png_bytes(overlay(exp, i, colormap=colormap, frame=k, label=annotate, colorbar=annotate)),
+        )
     for name in sorted(ours - set(names)):  # an earlier save's files this one did not write
         path = out / name
         if _SAVED_NAME.match(name) and stat.S_ISREG(_lstat_mode(path)):

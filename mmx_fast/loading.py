@@ -3,6 +3,7 @@
     model, processor = mmx_fast.load("path/to/Qwen2-VL-2B-Instruct")             # a local folder
     model, processor = mmx_fast.load("Qwen/Qwen2-VL-2B-Instruct", device="cuda")  # already in the HF cache
     model, processor = mmx_fast.load("tiny:llava")                                # tiny, RANDOM weights
+    model, processor = mmx_fast.load("grounded")       # the tiny Qwen2-VL trained in the repo (design §9)
 
 Nothing is ever downloaded (``local_files_only=True``). Supported families: those the adapters support,
 ``mmx_fast.adapters.supported_model_types()`` (README, "Models").
@@ -42,6 +43,8 @@ from typing import Any
 from .processors import processor_without_video
 
 TINY_PREFIX = "tiny:"
+# Built-in trained models shipped inside the package: name -> folder (a local folder of the same name wins).
+BUILTIN_MODELS = {"grounded": ("grounded", "weights")}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 OFFLINE_HINT = (
@@ -64,6 +67,11 @@ class ModelSource:
     location: str | None  # folder or cached hub id; None for tiny models
     tiny: bool
     checkpoint_dtype: str | None = None  # the dtype the checkpoint declares (float32 for tiny models)
+
+
+def builtin_model_path(name: str) -> Path:
+    """The folder of a built-in model (``BUILTIN_MODELS``) inside the installed package."""
+    return Path(__file__).parent.joinpath(*BUILTIN_MODELS[name])
 
 
 def supported_families() -> list[str]:
@@ -200,6 +208,13 @@ def resolve_model(spec: str) -> ModelSource:
         return ModelSource(spec, family, None, True, "float32")
 
     path = Path(spec).expanduser()
+    if not path.exists() and spec in BUILTIN_MODELS:
+        path = builtin_model_path(spec)
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"model {spec!r}: the built-in model's files are missing from {path} (a broken install?); "
+                "retrain it with `make train-grounded`"
+            )
     if path.exists():
         if not path.is_dir():
             raise ModelLoadError(f"model {spec!r} is a file; expected a model folder containing config.json")

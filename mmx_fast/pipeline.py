@@ -15,6 +15,7 @@ against brute-force restatements.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import time
@@ -62,6 +63,9 @@ def check_configs(configs) -> list[ExplainConfig]:
         raise TypeError("configs must be a non-empty list of ExplainConfig (or method names)")
     return [check_config(c) for c in configs]
 
+
+# The attribute ``mmx_fast.testing.tiny_model`` sets on the random-weight models it builds (results say so).
+RANDOM_WEIGHTS_ATTR = "mmx_fast_random_weights"
 
 # Bounds on a request's text, checked before any model work (README "Limits and guarantees").
 MAX_PROMPT_CHARS = 16384
@@ -314,6 +318,94 @@ def show_bytes(raw: bytes) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# Step 2b: targets (explain only some answer tokens)
+# --------------------------------------------------------------------------------------------------
+
+MAX_TARGETS = MAX_ANSWER_TOKENS
+
+
+def check_targets_spec(targets) -> list[int | str] | None:
+    """``targets`` as given by a caller, checked before any model work: None (every token), or a non-empty
+    list of token indices (int, negative from the end) and / or words (str); a single int or str is a list of
+    one."""
+    if targets is None:
+        return None
+    if isinstance(targets, (str, int, np.integer)) and not isinstance(targets, bool):
+        targets = [targets]
+    if torch.is_tensor(targets) or isinstance(targets, np.ndarray):
+        targets = targets.tolist()
+    if not isinstance(targets, (list, tuple)) or not all(
+        (isinstance(t, (int, np.integer)) and not isinstance(t, bool)) or isinstance(t, str) for t in targets
+    ):
+        raise TypeError(
+            f"targets={targets!r} is not supported; expected None, or a list of answer token indices (int) "
+            "and / or words (str)"
+        )
+    if not targets:
+        raise ValueError("targets=[] selects no token; pass None to explain every answer token")
+    if len(targets) > MAX_TARGETS:
+        raise ValueError(f"targets has {len(targets)} entries; at most {MAX_TARGETS} are allowed")
+    for t in targets:
+        if isinstance(t, str):
+            check_text("a target word", t, 256)
+            if not t.strip():
+                raise ValueError(f"target word {t!r} is empty; expected a word of the answer")
+    return [t if isinstance(t, str) else int(t) for t in targets]
+
+
+def resolve_targets(adapter: Adapter, answer: Answer, targets: list[int | str] | None) -> list[int] | None:
+    """The answer token indices ``targets`` selects, sorted and unique: an int is a token index (negative
+    from the end); a str selects every token of each answer word equal to it, words grouped as
+    ``Explanation.word_maps`` groups them (``mmx_fast.words.group_words``; compared with spaces removed).
+    None: every token. Errors name the target and what the answer offers."""
+    if targets is None:
+        return None
+    T = len(answer.ids)
+    words = groups = None
+    chosen: set[int] = set()
+    for t in targets:
+        if isinstance(t, int):
+            if not -T <= t < T:
+                raise IndexError(
+                    f"target token index {t} is out of range; the answer has {T} tokens (valid: "
+                    f"{'none' if T == 0 else f'-{T}..{T - 1}'})"
+                )
+            chosen.add(t % T)
+            continue
+        if words is None:
+            from .words import group_words
+
+            words, groups = group_words(raw_tokens(adapter.tokenizer, answer.ids), answer.tokens)
+        want = "".join(t.split())
+        hits = [g for w, g in zip(words, groups) if w == want]
+        if not hits:
+            shown = ", ".join(repr(w) for w in words[:20]) + (", ..." if len(words) > 20 else "")
+            raise ValueError(
+                f"target word {t!r} is not a word of the answer; its words are: {shown or 'none'}"
+            )
+        for g in hits:
+            chosen.update(g)
+    return sorted(chosen)
+
+
+def cut_answer(answer: Answer, targets: list[int] | None) -> Answer:
+    """The answer up to its last target: no map needs a later token (a target's context is the prompt and
+    the answer tokens before it), so neither the forwards nor the attribution see them. The kept states
+    (L + T - 1 rows) and generation's scores (T rows) are cut to match."""
+    if targets is None or not answer.ids:
+        return answer
+    keep = targets[-1] + 1
+    if keep == len(answer.ids):
+        return answer
+    states = (
+        None if answer.states is None else answer.states[: answer.states.shape[0] - len(answer.ids) + keep]
+    )
+    sc = answer.scores  # one row per answer-predicting position
+    scores = None if sc is None else dataclasses.replace(sc, values=sc.values[:keep], ids=sc.ids[:keep])
+    return Answer(answer.ids[:keep], answer.tokens[:keep], states, answer.text, scores)
+
+
+# --------------------------------------------------------------------------------------------------
 # Step 3: plan forwards
 # --------------------------------------------------------------------------------------------------
 
@@ -533,20 +625,27 @@ def build_result(
     config: ExplainConfig,
     attribution: Attribution | None,
     timings: dict[str, float],
+    targets: list[int] | None = None,
 ) -> Explanation:
-    """The one place an ``Explanation`` is built. ``attribution`` None (an empty answer): no maps."""
+    """The one place an ``Explanation`` is built. ``attribution`` None (an empty answer): no maps.
+    ``targets``: the answer token indices the attribution's maps belong to (in that order; None: every
+    token); the result then holds only those tokens, with ``token_positions`` saying where they sit."""
     grid = tuple(item.base.grid)
     video = item.image if isinstance(item.image, Video) else None
+    ids, tokens = list(answer.ids), list(answer.tokens)
+    if targets is not None:
+        ids, tokens = [ids[t] for t in targets], [tokens[t] for t in targets]
     if attribution is None:
         time_axis = () if video is None else (item.base.frames,)
-        attribution = Attribution(torch.zeros((len(answer.ids), *time_axis, *grid), dtype=torch.float32))
+        attribution = Attribution(torch.zeros((len(ids), *time_axis, *grid), dtype=torch.float32))
     raw, per_scale = attribution.raw_maps, attribution.scale_maps
     return Explanation(
         maps=attribution.maps.float().cpu().contiguous(),
-        answer_ids=list(answer.ids),
-        answer_tokens=list(answer.tokens),
+        answer_ids=ids,
+        answer_tokens=tokens,
         answer_text=answer.text,
-        answer_pieces=raw_tokens(adapter.tokenizer, answer.ids),
+        answer_pieces=raw_tokens(adapter.tokenizer, ids),
+        token_positions=None if targets is None else tuple(targets),
         grid=grid,
         prompt=item.prompt,
         config=config,
@@ -556,4 +655,5 @@ def build_result(
         raw_maps=None if raw is None else raw.float().cpu().clone(),
         timings=dict(timings),
         view_box=adapter.view_box(item.image if video is None else video.frames[0]),
+        random_weights=bool(getattr(adapter.model, RANDOM_WEIGHTS_ATTR, False)),
     )

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .io import atomic_write_bytes, chmod_like_open, jet_uint8
+from .io import atomic_write_bytes, check_colormap, chmod_like_open, colormap_uint8
 
 # the longer side of the embedded photo (it is never upscaled)
 MAX_IMAGE_SIDE = 640
@@ -51,10 +51,11 @@ def _data_uri(img: Image.Image, fmt: str, **save_kwargs: Any) -> str:
     return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
 
 
-def _heat_png(m: np.ndarray) -> str:
-    """[h, w] in [0, 1] -> a grid-sized jet PNG as a data URI."""
+def _heat_png(m: np.ndarray, colormap: str = "jet") -> str:
+    """[h, w] in [0, 1] -> a grid-sized PNG coloured with ``colormap`` as a data URI."""
     m = np.nan_to_num(np.asarray(m, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0).clip(0, 1)
-    return _data_uri(Image.fromarray(jet_uint8(m, rounding="round"), mode="RGB"), "PNG", optimize=True)
+    rgb = colormap_uint8(m, colormap, rounding="round")
+    return _data_uri(Image.fromarray(rgb, mode="RGB"), "PNG", optimize=True)
 
 
 def _normalise(maps: np.ndarray) -> np.ndarray:
@@ -128,14 +129,14 @@ def _table(rows: list[tuple[str, Any]], cls: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-def _pngs(maps: np.ndarray) -> list[Any]:
+def _pngs(maps: np.ndarray, colormap: str = "jet") -> list[Any]:
     """One PNG per token ([T, H, W]); a video ([T, t, H, W]): per token, one PNG per temporal patch."""
     if maps.ndim == 4:
-        return [[_heat_png(f) for f in m] for m in maps]
-    return [_heat_png(m) for m in maps]
+        return [[_heat_png(f, colormap) for f in m] for m in maps]
+    return [_heat_png(m, colormap) for m in maps]
 
 
-def _views(exp) -> list[dict[str, Any]]:
+def _views(exp, colormap: str = "jet") -> list[dict[str, Any]]:
     """Every map set the page can show: key, label, a short explanation and one PNG per token (a video: a list
     of PNGs per token, one per temporal patch)."""
     cfg = exp.config
@@ -147,7 +148,7 @@ def _views(exp) -> list[dict[str, Any]]:
             "key": "final",
             "label": f"{final_label} (final)",
             "help": "the explanation: values in [0, 1] as returned in Explanation.maps",
-            "maps": _pngs(_as_numpy(exp.maps)),
+            "maps": _pngs(_as_numpy(exp.maps), colormap),
         }
     ]
     if exp.raw_maps is not None:
@@ -160,7 +161,7 @@ def _views(exp) -> list[dict[str, Any]]:
                 "key": "raw",
                 "label": label,
                 "help": "the aggregated logit-lens map before mitigation, scaled to its own maximum",
-                "maps": _pngs(_normalise(_as_numpy(exp.raw_maps))),
+                "maps": _pngs(_normalise(_as_numpy(exp.raw_maps)), colormap),
             }
         )
     if exp.scale_maps:
@@ -172,7 +173,7 @@ def _views(exp) -> list[dict[str, Any]]:
                     "key": f"scale-{float(s):g}",
                     "label": f"scale {float(s):g} ({h}\u00d7{w})",
                     "help": f"logit-lens map of the image resized by {float(s):g}, scaled to its own maximum",
-                    "maps": _pngs(sm),
+                    "maps": _pngs(sm, colormap),
                 }
             )
     return views
@@ -237,9 +238,15 @@ def _run_rows(meta: dict[str, Any] | None, grid, n_tokens: int, size) -> list[tu
 
 
 def render_report(
-    exp, title: str | None = None, note: str | None = None, meta: dict[str, Any] | None = None
+    exp,
+    title: str | None = None,
+    note: str | None = None,
+    meta: dict[str, Any] | None = None,
+    colormap: str = "jet",
 ) -> str:
-    """The page as a string. ``meta``: extra rows for the "Run" table (model, image path, device...)."""
+    """The page as a string. ``meta``: extra rows for the "Run" table (model, image path, device...);
+    ``colormap``: the heatmaps' colour map (a built-in name or any matplotlib one, ``io.check_colormap``)."""
+    check_colormap(colormap)
     tokens = list(exp.answer_tokens)
     ids = [int(i) for i in exp.answer_ids]
     T = len(ids)
@@ -250,7 +257,7 @@ def render_report(
     method = cfg_dict.get("method")
     method_label = _METHOD_LABELS.get(method, str(method or "explanation"))
     grid = tuple(int(g) for g in exp.grid)
-    views = _views(exp)
+    views = _views(exp, colormap)
     photo, size = _photo_uri(exp.image)
     if title is None:
         title = f"Token-level visual attribution ({method_label})"
@@ -311,10 +318,11 @@ def write_report(
     note: str | None = None,
     *,
     meta: dict[str, Any] | None = None,
+    colormap: str = "jet",
 ) -> Path:
     """Write the page for ``exp`` to ``path`` (atomically; the parent folder is created) and return the path."""
     path = Path(path)
-    text = render_report(exp, title=title, note=note, meta=meta)
+    text = render_report(exp, title=title, note=note, meta=meta, colormap=colormap)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, text.encode("utf-8"))
     chmod_like_open(path)
@@ -353,6 +361,13 @@ NOTEBOOK_THUMB_TOKENS = 48  # tokens shown with a thumbnail; the others as text 
 NOTEBOOK_THUMB_SIDE = 96  # the longer side of each thumbnail, in pixels
 NOTEBOOK_MAX_TOKEN_CHARS = 40  # a longer token string is cut (with an ellipsis) in its chip
 NOTEBOOK_MAX_TEXT_CHARS = 2000  # the prompt and answer shown are cut beyond this
+
+
+# what the notebook view and ``Explanation.to_html`` say about a random-weight model (``mmx_fast.testing``)
+RANDOM_WEIGHTS_NOTE = (
+    "This model has RANDOM weights (a tiny test model built by mmx_fast.testing.tiny_model), not a trained "
+    "model: the heatmaps show the pipeline at work, not where a trained model looks."
+)
 
 
 def _cut(text: str, n: int) -> str:
@@ -403,12 +418,18 @@ def notebook_html(exp: Any, colormap: str = "jet") -> str:
                 f'border:1px solid #ccc;border-radius:4px">{label}</span>'
             )
     method = getattr(exp.config, "method", None)
+    warn = (
+        '<div role="note" style="background:#fff3cd;border:1px solid #e0b100;padding:2px 6px;margin:2px 0">'
+        f"<b>Random weights.</b> {esc(RANDOM_WEIGHTS_NOTE)}</div>"
+        if getattr(exp, "random_weights", False)
+        else ""
+    )
     head = f"mmx-fast explanation: {len(exp)} tokens, grid {hc}x{wc}" + (
         f", {esc(str(method))}" if method else ""
     )
     return (
         '<div class="mmx-fast-explanation" style="font:13px sans-serif">'
-        f"<div><b>{head}</b></div>"
+        f"<div><b>{head}</b></div>{warn}"
         f"<div><b>Prompt:</b> {esc(_cut(exp.prompt or '', NOTEBOOK_MAX_TEXT_CHARS))}</div>"
         f"<div><b>Answer:</b> {esc(_cut(exp.answer_text or '', NOTEBOOK_MAX_TEXT_CHARS))}</div>"
         '<div style="display:flex;flex-wrap:wrap;gap:4px;align-items:flex-end;margin-top:4px">'

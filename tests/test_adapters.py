@@ -339,7 +339,18 @@ def test_registry_is_the_one_family_list():
     # issue 15 families (tests/test_families.py), then the tiled ones (tests/test_tiled.py)
     families = ["qwen3_vl", "qwen3_vl_moe", "gemma3", "paligemma"]
     tiled = ["llava_next", "llava_onevision", "smolvlm"]
-    every = FAMILIES + families + tiled
+    # issue 25 (tests/test_families_25.py)
+    more = [
+        "idefics3",
+        "llava_next_video",
+        "glm4v",
+        "glm4v_moe",
+        "glm46v",
+        "aya_vision",
+        "llava_onevision1_5",
+    ]
+    more += ["exaone4_5", "vipllava", "paddleocr_vl", "qwen3_5", "qwen3_5_moe"]
+    every = FAMILIES + families + tiled + more
     assert supported_model_types() == list(MODEL_TYPES) == list(cli.SUPPORTED_FAMILIES) == every
     assert tiny_model_types() == tuple(every)
     assert testing.FAMILIES == tiny_model_types() + ("internvl_tiled",)  # a variant: InternVL with tiling on

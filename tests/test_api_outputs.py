@@ -135,23 +135,28 @@ def test_colormap_option_on_heatmap_overlay_and_save(tmp_path):
     exp = _exp(["A", " cat", "."])
     jet = np.asarray(exp.heatmap(1))
     assert np.array_equal(jet, np.asarray(exp.heatmap(1, colormap="jet")))  # jet stays the default
+    assert jet.shape[:2] == exp.image.size[::-1]  # at the image's size (issue 25)
     gray = np.asarray(exp.heatmap(1, colormap="gray"))
     assert gray.shape == jet.shape and not np.array_equal(gray, jet)
     assert np.all(gray[..., 0] == gray[..., 1]) and np.all(gray[..., 1] == gray[..., 2])
-    want = np.floor(exp.maps[1].numpy().astype(np.float64) * 255).astype(np.uint8)
+    want = np.floor(exp.upsampled(1).astype(np.float64) * 255).astype(np.uint8)
     assert np.abs(gray[..., 0].astype(int) - want).max() <= 1
+    grid = np.asarray(exp.heatmap(1, size=(5, 4), colormap="gray"))  # the grid's own size on request
+    want = np.floor(exp.maps[1].numpy().astype(np.float64) * 255).astype(np.uint8)
+    assert np.abs(grid[..., 0].astype(int) - want).max() <= 1
     ov = exp.overlay(1, colormap="viridis")
     assert ov.size == exp.image.size and not np.array_equal(np.asarray(ov), np.asarray(exp.overlay(1)))
     out = exp.save(tmp_path / "r", colormap="hot")
     saved = np.asarray(Image.open(out / io.overlay_name(1)))
     assert np.array_equal(saved, np.asarray(exp.overlay(1, colormap="hot")))
     for call in (
-        lambda: exp.heatmap(0, colormap="rainbow"),
+        lambda: exp.heatmap(0, colormap="rainbowish"),
         lambda: exp.overlay(0, colormap="Jet"),
-        lambda: exp.save(tmp_path / "bad", colormap="magma"),
+        lambda: exp.save(tmp_path / "bad", colormap="Magma"),
     ):
         with pytest.raises(
-            ValueError, match=r"colormap='\w+' is not allowed; expected one of jet, viridis, gray, hot"
+            ValueError,
+            match=r"colormap='\w+' is not allowed; expected one of jet, viridis, gray, hot or a matplotlib",
         ):
             call()
     assert not (tmp_path / "bad").exists()  # refused before anything was written
@@ -314,7 +319,7 @@ def test_chunked_batch_equals_one_batch_and_shows_progress(qwen, capsys, caplog)
     whole = ex.explain_batch(images, prompts, answers)
     runs = []
     orig = ex._run
-    ex._run = lambda im, pr, an, cf: runs.append(len(im)) or orig(im, pr, an, cf)
+    ex._run = lambda im, pr, an, cf, tg=None: runs.append(len(im)) or orig(im, pr, an, cf, tg)
     try:
         with caplog.at_level(logging.DEBUG, logger="mmx_fast.fast"):
             chunked = ex.explain_batch(images, prompts, answers, batch_size=2, show_progress=True)

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import types
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -294,7 +295,7 @@ def test_bad_input_in_a_subprocess_and_existing_out_stays_empty(tmp_path, photo_
 
 
 def test_demo_runs_offline_and_prints_the_report_path(tmp_path):
-    r = _run("demo", "--out", "demo-out", "--quiet", cwd=tmp_path)
+    r = _run("demo", "--family", "qwen2_vl", "--out", "demo-out", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     path = Path(r.stdout.strip().splitlines()[-1])
     assert (
@@ -308,6 +309,25 @@ def test_demo_runs_offline_and_prints_the_report_path(tmp_path):
     assert "".join(info["answer_tokens"]) == DEMO_ANSWER
     assert info["model"]["random_weights"] is True
     assert len(list(path.parent.glob("token_*.png"))) == len(info["tokens"]) > 5
+
+
+def test_demo_explains_the_trained_model_on_the_shipped_scenes(tmp_path):
+    """`mmx-fast demo` (no --family): the grounded model explains each shipped scene's right answer (forced); its
+    reports say which object the answer names, that the model does not yet meet its gate, and carry no
+    random-weights warning."""
+    r = _run("demo", "--out", "demo-out", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    paths = [Path(line) for line in r.stdout.strip().splitlines()]
+    index = json.loads(files("mmx_fast").joinpath("grounded", "demo", "scenes.json").read_text())
+    assert [p.parent.name for p in paths] == [e["image"].removesuffix(".png") for e in index]
+    answers = []
+    for path, entry in zip(paths, index):
+        html = path.read_text()
+        assert "RANDOM weights" not in html and entry["names"] in html and "NOT YET MEANINGFUL" in html
+        info = json.loads((path.parent / "explanation.json").read_text())
+        assert info["model"]["random_weights"] is False
+        answers.append("".join(info["answer_tokens"]).strip())
+    assert answers == [e["answer"] for e in index]
 
 
 def test_demo_photo_ships_with_the_package():
@@ -405,6 +425,45 @@ def test_to_html_without_image_or_extras(explanation, tmp_path):
     empty = replace(explanation, maps=torch.zeros(0, *explanation.grid), answer_ids=[], answer_tokens=[])
     html = Path(empty.to_html(tmp_path / "e.html")).read_text()
     assert "answer is empty" in html and 'class="chip"' not in html
+
+
+def test_explain_targets_and_colormap(tmp_path, photo_copy, capsys):
+    """``--targets`` explains only those answer tokens (an index and a word); ``--colormap`` colours the overlays
+    and the report; bad values are one error line, exit 2, nothing written."""
+    out = tmp_path / "out"
+    rc = main(
+        ["explain", "--model", "tiny:qwen2_vl", "--image", str(photo_copy), "--prompt", PROMPT, "--answer", ANSWER,
+         "--method", "logit-lens", "--targets", "0", "navy", "--colormap", "gray", "--out", str(out), "--quiet"]
+    )  # fmt: skip
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    folder = out / photo_copy.stem
+    info = json.loads((folder / "explanation.json").read_text())
+    z = np.load(folder / "maps.npz")
+    pos = info["token_positions"]
+    assert pos[0] == 0 and len(pos) >= 2 and z["maps"].shape[0] == len(pos) == len(info["answer_tokens"])
+    assert "navy" in "".join(info["answer_tokens"]).replace(" ", "")
+    from mmx_fast import io as mio
+
+    page = (folder / "report.html").read_text()
+    pngs = [
+        np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB"))
+        for b in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    ]
+    want = mio.colormap_uint8(z["maps"][0].astype(np.float64), "gray", rounding="round")
+    assert any(p.shape == want.shape and np.array_equal(p, want) for p in pngs)  # the report is grey
+    for args, expect in (
+        (["--targets", "zebra"], "target word 'zebra' is not a word of the answer"),
+        (["--targets", "99"], "target token index 99 is out of range"),
+        (["--colormap", "nope"], "--colormap='nope' is not allowed"),
+    ):
+        bad = tmp_path / "bad"
+        rc = main(["explain", "--model", "tiny:qwen2_vl", "--image", str(photo_copy), "--prompt", PROMPT,
+                   "--answer", ANSWER, "--out", str(bad), "--quiet", *args])  # fmt: skip
+        cap = capsys.readouterr()
+        lines = cap.err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith("mmx-fast: error: "), cap.err
+        assert expect in lines[0]
 
 
 def test_image_urls_are_explained_like_the_file(tmp_path, photo_copy, capsys):

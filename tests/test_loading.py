@@ -38,6 +38,19 @@ PROCESSOR = {
     "llava_next": "LlavaNextProcessor",
     "llava_onevision": "LlavaOnevisionProcessor",
     "smolvlm": "SmolVLMProcessor",
+    # issue 25 (tests/test_families_25.py)
+    "qwen3_5": "Qwen3VLProcessor",
+    "qwen3_5_moe": "Qwen3VLProcessor",
+    "idefics3": "Idefics3Processor",
+    "llava_next_video": "LlavaNextVideoProcessor",
+    "glm4v": "Glm4vProcessor",
+    "glm4v_moe": "Glm4vProcessor",
+    "glm46v": "Glm46VProcessor",
+    "aya_vision": "AyaVisionProcessor",
+    "llava_onevision1_5": "Exaone4_5_Processor",
+    "exaone4_5": "Exaone4_5_Processor",
+    "vipllava": "LlavaProcessor",
+    "paddleocr_vl": "PaddleOCRVLProcessor",
 }
 
 

@@ -286,7 +286,7 @@ def test_video_notebook_view_and_word_maps():
     assert html.count("<img") == len(exp) and "data:image/jpeg" in html
     words, maps = exp.word_maps()
     assert maps.shape[1:] == exp.maps.shape[1:] and len(words) == maps.shape[0]
-    assert exp.heatmap(0, frame=1, colormap="viridis").size == exp.grid[::-1]
+    assert exp.heatmap(0, frame=1, colormap="viridis").size == FRAMES[0].size  # at the frames' size
 
 
 def test_video_explanation_save_and_overlays(tmp_path):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from .base import Adapter, PromptInputs
 from .gemma3 import Gemma3Adapter
+from .glm4v import Glm4vAdapter
+from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .paligemma import PaliGemmaAdapter
@@ -29,6 +31,8 @@ from .registry import (
 )
 
 __all__ = [
+    "Glm4vAdapter",
+    "Idefics3Adapter",
     "ADAPTERS",
     "MODEL_TYPES",
     "REFUSED",

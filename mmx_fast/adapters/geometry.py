@@ -339,6 +339,10 @@ class InternVLTiles(Tiled):
     Token order: tile (0,0), (0,1), ... row-major, then the thumbnail; each tile is an s x s grid
     (s^2 = ``image_seq_length``). Tile (r, c) covers the box [c/cols, r/rows, (c+1)/cols, (r+1)/rows]."""
 
+    def tile_tokens(self, adapter) -> int:
+        """Visual tokens per tile (InternVL: the processor's ``image_seq_length``)."""
+        return int(adapter.processor.image_seq_length)
+
     def layout(self, adapter, inputs, view):
         from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
 
@@ -350,7 +354,7 @@ class InternVLTiles(Tiled):
         hi = int(kw.get("max_patches", ip.max_patches))
         w, h = view.image.size
         cols, rows = get_optimal_tiled_canvas((h, w), (th, tw), lo, hi)
-        seq = int(adapter.processor.image_seq_length)
+        seq = self.tile_tokens(adapter)
         s = math.isqrt(seq)
         if s * s != seq:
             raise ValueError(f"image_seq_length={seq} is not a square; expected s*s tokens per InternVL tile")

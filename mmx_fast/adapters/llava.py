@@ -25,3 +25,11 @@ class LlavaAdapter(Adapter):
         side = geo.side(cfg.vision_config.image_size) // geo.side(cfg.vision_config.patch_size)
         cls = 1 if getattr(cfg, "vision_feature_select_strategy", "default") == "full" else 0
         return side * side + cls
+
+
+class VipLlavaAdapter(LlavaAdapter):
+    """ViP-LLaVA (``VipLlavaForConditionalGeneration``): LLaVA-1.5's input and layout (its projector reads several
+    vision layers, which does not touch the grid); LLaVA's processor class."""
+
+    family = "vipllava"
+    model_types = {"vipllava": "LlavaProcessor"}

@@ -28,3 +28,11 @@ class LlavaOnevisionAdapter(Adapter):
     family = "llava_onevision"
     model_types = {"llava_onevision": "LlavaOnevisionProcessor"}
     geometry = AnyResUnpad()
+
+
+class LlavaNextVideoAdapter(LlavaNextAdapter):
+    """LLaVA-NeXT-Video: its images go through LLaVA-NeXT's any-res tiling, unchanged (its video path, pooled
+    frames, is not explained)."""
+
+    family = "llava_next_video"
+    model_types = {"llava_next_video": "LlavaNextVideoProcessor"}

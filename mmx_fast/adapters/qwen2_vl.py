@@ -90,3 +90,24 @@ class Qwen2VLAdapter(Adapter):
             model_image_hw=(gh * patch, gw * patch),
             temporal=t,
         )
+
+
+class QwenStyleAdapter(Qwen2VLAdapter):
+    """Model types that pair another vision tower and decoder with Qwen2-VL's processor layout (dynamic resolution,
+    ``<|vision_start|><|image_pad|>*N<|vision_end|>``, N merged 2x2 patch groups row-major over
+    ``image_grid_thw``): LLaVA-OneVision-1.5 (RiceViT + Qwen3) and EXAONE 4.5 (a Qwen2.5-VL-style tower + EXAONE
+    4); both ship ``Exaone4_5_Processor``. Their video layouts are not explained."""
+
+    family = "qwen_style"
+    model_types = {"llava_onevision1_5": "Exaone4_5_Processor", "exaone4_5": "Exaone4_5_Processor"}
+    prepare_video = Adapter.prepare_video
+
+
+class PaddleOCRVLAdapter(Qwen2VLAdapter):
+    """PaddleOCR-VL: Qwen2-VL's layout (its own smart-resize image processor, 14 px patches, 2x2 merges into one
+    ``<|image_pad|>`` token, row-major over ``image_grid_thw``'s (h / 2, w / 2)); a NaViT SigLIP and an ERNIE 4.5
+    decoder with 3-D rotary positions. Images only."""
+
+    family = "paddleocr_vl"
+    model_types = {"paddleocr_vl": "PaddleOCRVLProcessor"}
+    prepare_video = Adapter.prepare_video

@@ -16,6 +16,7 @@ grid per frame for its M-RoPE itself. The visual positions are then not contiguo
 
 from __future__ import annotations
 
+from .base import Adapter
 from .qwen2_vl import Qwen2VLAdapter
 
 
@@ -31,3 +32,13 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         tp = max(1, n_frames // t)
         times = [(k * tp + (k * tp + tp - 1)) / 2 / fps for k in range(t)]  # mean time of each frame group
         return "".join(f"<{ts:.1f} seconds>{start}{token * per_frame}{end}" for ts in times)
+
+
+class Qwen35Adapter(Qwen3VLAdapter):
+    """Qwen3.5 and Qwen3.5-MoE: Qwen3-VL's processor, vision tower and image layout with a hybrid decoder (gated
+    delta-net linear-attention layers between full-attention ones; the last layer's normed states are still what
+    ``lm_head`` reads). Images only: their video path is not tested here."""
+
+    family = "qwen3_5"
+    model_types = {"qwen3_5": "Qwen3VLProcessor", "qwen3_5_moe": "Qwen3VLProcessor"}
+    prepare_video = Adapter.prepare_video

@@ -10,14 +10,17 @@ from typing import Any
 
 from ..tiny.families import DECLARATIONS
 from . import base
+from .aya_vision import AyaVisionAdapter
 from .base import Adapter
 from .gemma3 import Gemma3Adapter
+from .glm4v import Glm4vAdapter
+from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
-from .llava import LlavaAdapter
-from .llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
+from .llava import LlavaAdapter, VipLlavaAdapter
+from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter, LlavaOnevisionAdapter
 from .paligemma import PaliGemmaAdapter
-from .qwen2_vl import Qwen2VLAdapter
-from .qwen3_vl import Qwen3VLAdapter
+from .qwen2_vl import PaddleOCRVLAdapter, Qwen2VLAdapter, QwenStyleAdapter
+from .qwen3_vl import Qwen3VLAdapter, Qwen35Adapter
 from .smolvlm import SmolVLMAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (
@@ -30,6 +33,14 @@ ADAPTERS: tuple[type[Adapter], ...] = (
     LlavaNextAdapter,
     LlavaOnevisionAdapter,
     SmolVLMAdapter,
+    Idefics3Adapter,  # after SmolVLM: a SmolVLM processor must not be taken for an Idefics3 one
+    LlavaNextVideoAdapter,
+    Glm4vAdapter,
+    AyaVisionAdapter,
+    QwenStyleAdapter,
+    VipLlavaAdapter,
+    PaddleOCRVLAdapter,
+    Qwen35Adapter,
 )
 
 # Model types that cannot be explained by the logit lens, with the reason (refused by name, never "unsupported").
@@ -38,6 +49,34 @@ REFUSED: dict[str, str] = {
         "Mllama (Llama 3.2 Vision) feeds the image to the decoder only through cross-attention layers: no visual "
         "token enters the decoder's sequence, so there are no visual-token hidden states for the logit lens "
         "to read (docs/design.md §1.1)"
+    ),
+    "idefics": (
+        "IDEFICS (v1) feeds the image to the decoder through gated cross-attention layers: no visual token enters "
+        "the decoder's sequence, so there are no visual-token hidden states for the logit lens to read"
+    ),
+    "idefics2": (
+        "Idefics2's perceiver resampler turns the image into 64 learned latent queries: its visual tokens are not "
+        "a spatial grid of the image, so a token map has no place on it"
+    ),
+    "blip-2": (
+        "BLIP-2's Q-Former turns the image into 32 learned query tokens: its visual tokens are not a spatial grid "
+        "of the image, so a token map has no place on it"
+    ),
+    "instructblip": (
+        "InstructBLIP's Q-Former turns the image into 32 learned query tokens: its visual tokens are not a "
+        "spatial grid of the image, so a token map has no place on it"
+    ),
+    "kosmos-2": (
+        "Kosmos-2 turns the image into 64 learned latent queries (its image-to-text projection): its visual "
+        "tokens are not a spatial grid of the image, so a token map has no place on it"
+    ),
+    "florence2": (
+        "Florence-2 is an encoder-decoder: the image is encoded on the encoder side and the decoder that writes "
+        "the answer only cross-attends to it, so no visual token enters the answer's sequence"
+    ),
+    "t5gemma2": (
+        "T5Gemma 2 is an encoder-decoder: the image is encoded on the encoder side and the decoder that writes "
+        "the answer only cross-attends to it, so no visual token enters the answer's sequence"
     ),
 }
 
@@ -112,7 +151,9 @@ def get_adapter(model: Any, processor: Any) -> Adapter:
             f"supported types: {', '.join(supported_model_types())}"
         )
     cls = adapter_class(model_type)
-    found = _processor_family(processor)
+    names = {c.__name__ for c in type(processor).__mro__}
+    # the model type's own processor class first (ViP-LLaVA shares LLaVA's, Qwen3.5 Qwen3-VL's)
+    found = cls if names.intersection(cls.processor_classes) else _processor_family(processor)
     if found is not cls:
         got = type(processor).__name__
         what = f"a {found.family} processor" if found is not None else "not a recognised multimodal processor"

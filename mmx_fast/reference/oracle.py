@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..adapters.base import Adapter
+from ..api_types import AnswerLike, ConfigLike, ImageLike, Model, Processor, TargetsLike
 from ..config import ExplainConfig
 from ..explanation import Explanation
 from ..pipeline import (
@@ -23,13 +24,16 @@ from ..pipeline import (
     TextSide,
     build_result,
     check_config,
+    check_targets_spec,
     collect_states,
+    cut_answer,
     load_inputs,
     map_ids,
     msea_inputs,
     per_frame,
     plan_forwards,
     resolve_answers,
+    resolve_targets,
     scale_answer_maps,
     stacked,
     states_at,
@@ -45,30 +49,41 @@ from .tam import tam_extra_classes, tam_logit_groups, tam_logits, tam_mitigation
 
 @torch.no_grad()
 def explain(
-    model, processor, image, prompt: str, answer=None, config: ExplainConfig | None = None
+    model: Model,
+    processor: Processor,
+    image: ImageLike,
+    prompt: str,
+    answer: AnswerLike = None,
+    config: ConfigLike = None,
+    *,
+    targets: TargetsLike = None,
 ) -> Explanation:
-    """Explain every answer token of ``model`` for (``image``, ``prompt``).
+    """Explain every answer token of ``model`` for (``image``, ``prompt``) (or only ``targets``).
 
     image: PIL image, numpy H x W x 3 uint8 array, or path (any mode is converted to RGB).
     answer: None (generate greedily at scale 1.0), a str (forced answer text) or a list of token ids.
+    targets: None, or the answer tokens to explain (indices and / or words; see ``mmx_fast.explain_fast``).
     Returns an ``Explanation`` with maps [T, Hc, Wc] in [0, 1].
     """
     from ..adapters import get_adapter
 
     config = check_config(config)
+    spec = check_targets_spec(targets)
     adapter = get_adapter(model, processor)
     clock = Stopwatch()
     (item,) = load_inputs(adapter, [image], [prompt], [answer], [config])
     (ans,) = resolve_answers(adapter, [item], config.max_new_tokens, keep_states=False)
+    chosen = resolve_targets(adapter, ans, spec)
+    ans = cut_answer(ans, chosen)
     clock.lap("generate")
     if not ans.ids:
-        return build_result(adapter, item, ans, config, None, {})
+        return build_result(adapter, item, ans, config, None, {}, chosen)
     plan = plan_forwards(adapter, [item], [ans], config.scales)
     states = hidden_states(adapter, [item], [ans], plan)
     clock.lap("forward")
-    attribution = attribute(adapter, config, item, ans, states_at(states, 0, config.scales))
+    attribution = attribute(adapter, config, item, ans, states_at(states, 0, config.scales), chosen)
     clock.lap("attribution")
-    return build_result(adapter, item, ans, config, attribution, clock.laps)
+    return build_result(adapter, item, ans, config, attribution, clock.laps, chosen)
 
 
 def hidden_states(
@@ -80,9 +95,15 @@ def hidden_states(
 
 
 def attribute(
-    adapter: Adapter, config: ExplainConfig, item: Item, answer: Answer, per_scale: list[ScaleStates]
+    adapter: Adapter,
+    config: ExplainConfig,
+    item: Item,
+    answer: Answer,
+    per_scale: list[ScaleStates],
+    targets: list[int] | None = None,
 ) -> Attribution:
-    """Eq. 2/4 per scale, Eq. 3/5 onto the canonical grid (MSEA), then the mitigation."""
+    """Eq. 2/4 per scale, Eq. 3/5 onto the canonical grid (MSEA), then the mitigation; ``targets`` (answer
+    token indices, None: all): the maps of those tokens only, each from the same context as in a full run."""
     w_u = adapter.lm_head_weight()
     base = item.base
     text = text_side(base, answer.ids)
@@ -104,13 +125,14 @@ def attribute(
     # normalise(G(normalise(x)))); TAM filters per frame inside its own steps
     filt = config.filter and not video
 
+    sel = list(range(T)) if targets is None else list(targets)
     if config.mitigation == "none":
-        refined = normalize_max(rank_gaussian_filter(a_t) if filt else a_t)
+        refined = normalize_max(rank_gaussian_filter(a_t[sel]) if filt else a_t[sel])
     elif config.mitigation == "arc":
         rank_prompt, rank_answer = text_rankings(text, h1, w_u, config.top_k)
         base_map = base_map if config.base == "argmin" else None
         refined = arc_reference(
-            a_t, prompt_maps, base_map, rank_prompt, rank_answer, config, apply_filter=filt
+            a_t, prompt_maps, base_map, rank_prompt, rank_answer, config, apply_filter=filt, targets=sel
         )
     else:
         by_id = {int(i): maps[k].reshape(-1) for k, i in enumerate(ids.tolist())}
@@ -125,14 +147,16 @@ def attribute(
             config.filter,
             config.tam_fit,
             frames=base.frames,
-        )
+        )[sel]
     if video and config.filter and config.mitigation != "tam":
         refined = normalize_max(per_frame(refined, base, rank_gaussian_filter))
     keep = config.keep_scale_maps
     return Attribution(
         maps=unstacked(refined, base),
-        raw_maps=unstacked(a_t, base) if keep else None,
-        scale_maps=kept_scale_maps(placed, base, T, config.scales) if keep else None,
+        raw_maps=unstacked(a_t[sel], base) if keep else None,
+        scale_maps={s: m[sel] for s, m in kept_scale_maps(placed, base, T, config.scales).items()}
+        if keep
+        else None,
     )
 
 
@@ -181,13 +205,14 @@ def arc_reference(
     rank_answer: torch.Tensor,
     config: ExplainConfig,
     apply_filter: bool | None = None,
+    targets: list[int] | None = None,
 ) -> torch.Tensor:
-    """ARC for every target t, one at a time (Eq. 6-9), then G (``apply_filter``, default ``config.filter``) and
-    normalisation. a_t: [T, H, W]."""
+    """ARC for every target t (or each of ``targets``), one at a time (Eq. 6-9), then G (``apply_filter``,
+    default ``config.filter``) and normalisation. a_t: [T, H, W]."""
     if apply_filter is None:
         apply_filter = config.filter
     out = []
-    for t in range(a_t.shape[0]):
+    for t in range(a_t.shape[0]) if targets is None else targets:
         ctx_maps = [prompt_maps, a_t[:t]]
         ctx_ranks = torch.cat([rank_prompt, rank_answer[:t]], 0)
         r = rbo(ctx_ranks, rank_answer[t].expand_as(ctx_ranks), p=config.rbo_p, variant=config.rbo_variant)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..pipeline import RANDOM_WEIGHTS_ATTR
 from ..processors import accept_missing_video_processor
 from .declare import TEXT, TEXT_SHAPE, Call, Merge, Size, TinyModel, Token
 from .families import DECLARATIONS
@@ -209,6 +210,7 @@ def tiny_model(
         model = getattr(transformers, decl.model)(config)
     model = model.to(dtype).eval()
     _silence_special_rows(model, tok)
+    setattr(model, RANDOM_WEIGHTS_ATTR, True)  # explanations of it say "random weights" (notebook, report)
     set_greedy_generation(model, tok, tok.convert_tokens_to_ids(decl.tokens.end_of_turn))
     return model, processor
 

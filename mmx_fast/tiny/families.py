@@ -323,6 +323,393 @@ def _qwen3(name: str, config: str, model: str, text, doc: str) -> TinyModel:
 
 
 # --------------------------------------------------------------------------------------------------------
+# issue 25's model types (tests/test_families_25.py)
+GLM_TOKENS = Tokens(
+    special=(
+        "<|endoftext|>",
+        "[gMASK]",
+        "<sop>",
+        "<|user|>",
+        "<|assistant|>",
+        "<|begin_of_image|>",
+        "<|end_of_image|>",
+        "<|image|>",
+        "<|begin_of_video|>",
+        "<|end_of_video|>",
+        "<|video|>",
+    ),
+    named={"eos_token": "<|user|>", "pad_token": "<|endoftext|>"},
+    extra={"image_token": "<|image|>", "video_token": "<|video|>"},
+    end_of_turn="<|user|>",
+)
+GLM_TEMPLATE = (
+    "[gMASK]<sop>{% for message in messages %}<|{{ message['role'] }}|>\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>"
+    "{% elif part['type'] == 'video' %}<|begin_of_video|><|video|><|end_of_video|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+AYA_TOKENS = Tokens(
+    special=(
+        "<PAD>",
+        "<BOS_TOKEN>",
+        "<|END_OF_TURN_TOKEN|>",
+        "<|START_OF_TURN_TOKEN|>",
+        "<|USER_TOKEN|>",
+        "<|CHATBOT_TOKEN|>",
+        "<image>",
+        "<|START_OF_IMG|>",
+        "<|END_OF_IMG|>",
+        "<|IMG_PATCH|>",
+        "<|IMG_LINE_BREAK|>",
+        "TILE",
+        "TILE_GLOBAL",
+        *(f"TILE_{k}" for k in range(1, 5)),
+    ),
+    named={"bos_token": "<BOS_TOKEN>", "eos_token": "<|END_OF_TURN_TOKEN|>", "pad_token": "<PAD>"},
+    extra={"image_token": "<image>"},
+    end_of_turn="<|END_OF_TURN_TOKEN|>",
+)
+AYA_TEMPLATE = (  # Cohere 2's turns; the chat template writes <BOS_TOKEN>
+    "<BOS_TOKEN>{% for message in messages %}<|START_OF_TURN_TOKEN|>"
+    "{{ '<|USER_TOKEN|>' if message['role'] == 'user' else '<|CHATBOT_TOKEN|>' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|END_OF_TURN_TOKEN|>{% endfor %}"
+    "{% if add_generation_prompt %}<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>{% endif %}"
+)
+QWEN_ROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+GLM_VISION = dict(
+    depth=VISION_LAYERS,
+    hidden_size=VISION_WIDTH,
+    out_hidden_size=HIDDEN,
+    intermediate_size=2 * VISION_WIDTH,
+    num_heads=VISION_HEADS,
+    patch_size=PATCH,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    image_size=112,
+)
+GLM_IDS = dict(
+    image_token_id=Token("<|image|>"),
+    video_token_id=Token("<|video|>"),
+    image_start_token_id=Token("<|begin_of_image|>"),
+    image_end_token_id=Token("<|end_of_image|>"),
+    video_start_token_id=Token("<|begin_of_video|>"),
+    video_end_token_id=Token("<|end_of_video|>"),
+)
+GLM_TEXT = Merge(TEXT, rope_parameters={**QWEN_ROPE, "partial_rotary_factor": 1.0})
+QWEN35_VISION = {k: v for k, v in QWEN3_VISION.items() if k != "deepstack_visual_indexes"}
+QWEN35_TEXT = Merge(  # one gated delta-net (linear attention) layer, then one full-attention layer
+    TEXT,
+    head_dim=HIDDEN // HEADS,
+    layer_types=["linear_attention", "full_attention"],
+    linear_num_key_heads=2,
+    linear_num_value_heads=2,
+    linear_key_head_dim=16,
+    linear_value_head_dim=16,
+    linear_conv_kernel_dim=4,
+    rope_parameters={**QWEN_ROPE, "mrope_interleaved": True, "partial_rotary_factor": 1.0},
+)
+QWEN_STYLE_VISION = dict(
+    depth=VISION_LAYERS,
+    hidden_size=VISION_WIDTH,
+    out_hidden_size=HIDDEN,
+    intermediate_size=2 * VISION_WIDTH,
+    num_heads=VISION_HEADS,
+    patch_size=PATCH,
+    spatial_merge_size=2,
+)
+
+
+def _qwen_image_processor(name: str = "Qwen2VLImageProcessorPil", temporal_patch_size: int = 2) -> Call:
+    return Call(
+        name,
+        min_pixels=56 * 56,
+        max_pixels=Size(lambda s: s * s),
+        patch_size=PATCH,
+        merge_size=2,
+        temporal_patch_size=temporal_patch_size,
+    )
+
+
+def _glm(name: str, config: str, model: str, processor: str, text, doc: str) -> TinyModel:
+    return TinyModel(
+        name,
+        model=model,
+        config=Call(config, text_config=text, vision_config=GLM_VISION, **GLM_IDS),
+        processor=Call(processor, image_processor=_qwen_image_processor("Glm4vImageProcessorPil")),
+        tokens=GLM_TOKENS,
+        chat_template=GLM_TEMPLATE,
+        image_size=224,
+        doc=doc,
+    )
+
+
+def _qwen35(name: str, config: str, model: str, text, doc: str) -> TinyModel:
+    return TinyModel(
+        name,
+        model=model,
+        config=Call(config, text_config=text, vision_config=QWEN35_VISION, **QWEN_IDS),
+        processor=Call("Qwen3VLProcessor", image_processor=QWEN_IMAGE_PROCESSOR),
+        tokens=QWEN_TOKENS,
+        chat_template=QWEN_TEMPLATE,
+        image_size=224,
+        doc=doc,
+    )
+
+
+ISSUE_25: tuple[TinyModel, ...] = (
+    TinyModel(
+        "idefics3",
+        model="Idefics3ForConditionalGeneration",
+        config=Call(
+            "Idefics3Config",
+            vision_config=Call("Idefics3VisionConfig", VISION),
+            text_config=Call("LlamaConfig", TEXT),
+            image_token_id=Token("<image>"),
+            scale_factor=2,
+        ),
+        processor=Call(
+            "Idefics3Processor",
+            image_processor=Call(
+                "Idefics3ImageProcessorPil",
+                size=Size(lambda s: {"longest_edge": 2 * s}),
+                max_image_size=Size(lambda s: {"longest_edge": s}),
+                do_image_splitting=True,
+                image_mean=[0.5, 0.5, 0.5],
+                image_std=[0.5, 0.5, 0.5],
+            ),
+            image_seq_len=Size(lambda s: (s // PATCH) ** 2 // 4),
+        ),
+        tokens=SMOLVLM_TOKENS,
+        chat_template=SMOLVLM_TEMPLATE,
+        image_size=56,
+        doc="SmolVLM's layout (SmolVLM is Idefics3 with its own processor): tiles of 56 px + the global image, "
+        "pixel shuffle 2",
+    ),
+    TinyModel(
+        "llava_next_video",
+        model="LlavaNextVideoForConditionalGeneration",
+        config=Call(
+            "LlavaNextVideoConfig",
+            vision_config=CLIP_VISION,
+            text_config=Call("LlamaConfig", TEXT),
+            image_token_index=Token("<image>"),
+            video_token_index=Token("<video>"),
+            image_grid_pinpoints=ANYRES_PINPOINTS,
+            vision_feature_select_strategy="default",
+            vision_feature_layer=-2,
+            spatial_pool_stride=2,
+        ),
+        processor=Call(
+            "LlavaNextVideoProcessor",
+            image_processor=Call(
+                "LlavaNextImageProcessorPil",
+                size=Size(lambda s: {"shortest_edge": s}),
+                crop_size=SQUARE,
+                image_grid_pinpoints=ANYRES_PINPOINTS,
+            ),
+            patch_size=PATCH,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+        ),
+        tokens=Tokens(
+            special=("<unk>", "<s>", "</s>", "<image>", "<video>", "<pad>"),
+            named={"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"},
+            extra={"image_token": "<image>", "video_token": "<video>"},
+            end_of_turn="</s>",
+            bos="<s>",
+        ),
+        chat_template=LLAVA_NEXT_TEMPLATE,
+        image_size=56,
+        doc="LLaVA-NeXT's prompt and any-res tiles (56 px, at most 2x2) for its images",
+    ),
+    _glm(
+        "glm4v",
+        "Glm4vConfig",
+        "Glm4vForConditionalGeneration",
+        "Glm4vProcessor",
+        GLM_TEXT,
+        doc="[gMASK]<sop><|user|>\n<|begin_of_image|><|image|>*N<|end_of_image|>TEXT<|assistant|>\n; "
+        "Qwen2-VL's grid (patch 14, merge 2)",
+    ),
+    _glm(
+        "glm4v_moe",
+        "Glm4vMoeConfig",
+        "Glm4vMoeForConditionalGeneration",
+        "Glm4vProcessor",
+        Merge(
+            GLM_TEXT,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=64,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=1,
+            topk_group=1,
+            head_dim=HIDDEN // HEADS,
+        ),
+        doc="GLM-4.1V's layout with a mixture-of-experts decoder (layer 0 dense, then 4 experts, 2 per token)",
+    ),
+    _glm(
+        "glm46v",
+        "Glm46VConfig",
+        "Glm46VForConditionalGeneration",
+        "Glm46VProcessor",
+        GLM_TEXT,
+        doc="GLM-4.6V: GLM-4.1V's layout",
+    ),
+    TinyModel(
+        "aya_vision",
+        model="AyaVisionForConditionalGeneration",
+        config=Call(
+            "AyaVisionConfig",
+            vision_config=Call("SiglipVisionConfig", VISION),
+            text_config=Call("Cohere2Config", TEXT, head_dim=HIDDEN // HEADS, sliding_window=512),
+            image_token_index=Token("<|IMG_PATCH|>"),
+            downsample_factor=2,
+            vision_feature_select_strategy="full",
+            vision_feature_layer=-1,
+        ),
+        processor=Call(
+            "AyaVisionProcessor",
+            image_processor=Call(
+                "GotOcr2ImageProcessorPil",
+                size=SQUARE,
+                crop_to_patches=True,
+                min_patches=1,
+                max_patches=4,
+                image_mean=[0.5, 0.5, 0.5],
+                image_std=[0.5, 0.5, 0.5],
+            ),
+            patch_size=PATCH,
+            img_size=SIZE,
+            downsample_factor=2,
+        ),
+        tokens=AYA_TOKENS,
+        chat_template=AYA_TEMPLATE,
+        image_size=56,
+        doc="Cohere 2 turns; GotOcr2 tiles of 56 px (at most 4) + the global tile, pixel shuffle 2: 4 tokens per "
+        "tile",
+    ),
+    TinyModel(
+        "llava_onevision1_5",
+        model="LlavaOnevision15ForConditionalGeneration",
+        config=Call(
+            "LlavaOnevision15Config",
+            text_config=Merge(TEXT, head_dim=HIDDEN // HEADS, model_type="qwen3"),
+            vision_config=QWEN_STYLE_VISION,
+            **QWEN_IDS,
+        ),
+        # RiceViT embeds one frame per patch (a 2-D convolution): the processor's temporal patch is 1
+        processor=Call("Exaone4_5_Processor", image_processor=_qwen_image_processor(temporal_patch_size=1)),
+        tokens=QWEN_TOKENS,
+        chat_template=QWEN_TEMPLATE,
+        image_size=224,
+        doc="RiceViT + a Qwen3 decoder behind Qwen2-VL's prompt and grid",
+    ),
+    TinyModel(
+        "exaone4_5",
+        model="Exaone4_5_ForConditionalGeneration",
+        config=Call(
+            "Exaone4_5_Config",
+            text_config=Merge(TEXT, head_dim=HIDDEN // HEADS, model_type="exaone4", sliding_window=512),
+            vision_config=dict(
+                QWEN_STYLE_VISION,
+                temporal_patch_size=2,
+                window_size=112,
+                fullatt_block_indexes=[1],
+                num_key_value_heads=2,
+            ),
+            image_token_id=Token("<|image_pad|>"),
+            video_token_id=Token("<|video_pad|>"),
+        ),
+        processor=Call("Exaone4_5_Processor", image_processor=QWEN_IMAGE_PROCESSOR),
+        tokens=QWEN_TOKENS,
+        chat_template=QWEN_TEMPLATE,
+        image_size=224,
+        doc="a Qwen2.5-VL-style vision tower + an EXAONE 4 decoder behind Qwen2-VL's prompt and grid",
+    ),
+    TinyModel(
+        "vipllava",
+        model="VipLlavaForConditionalGeneration",
+        config=Call(
+            "VipLlavaConfig",
+            vision_config=CLIP_VISION,
+            text_config=Call("LlamaConfig", TEXT),
+            image_token_index=Token("<image>"),
+            image_seq_length=Size(lambda s: (s // PATCH) ** 2),
+            vision_feature_layers=[-2, -1],
+        ),
+        processor=Call(
+            "LlavaProcessor",
+            image_processor=Call(
+                "CLIPImageProcessorPil", size=Size(lambda s: {"shortest_edge": s}), crop_size=SQUARE
+            ),
+            patch_size=PATCH,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+        ),
+        tokens=LLAVA_TOKENS,
+        chat_template=LLAVA_TEMPLATE,
+        image_size=112,
+        doc="LLaVA-1.5's prompt and input; the projector reads two vision layers",
+    ),
+    TinyModel(
+        "paddleocr_vl",
+        model="PaddleOCRVLForConditionalGeneration",
+        config=Call(
+            "PaddleOCRVLConfig",
+            text_config=Merge(TEXT, head_dim=HIDDEN // HEADS, rope_parameters=QWEN_ROPE),
+            vision_config=dict(
+                hidden_size=VISION_WIDTH,
+                intermediate_size=2 * VISION_WIDTH,
+                num_hidden_layers=VISION_LAYERS,
+                num_attention_heads=VISION_HEADS,
+                patch_size=PATCH,
+                image_size=112,
+                spatial_merge_size=2,
+            ),
+            **QWEN_IDS,
+        ),
+        processor=Call(
+            "PaddleOCRVLProcessor",
+            image_processor=_qwen_image_processor("PaddleOCRVLImageProcessorPil", temporal_patch_size=1),
+        ),
+        tokens=QWEN_TOKENS,
+        chat_template=QWEN_TEMPLATE,
+        image_size=224,
+        doc="a NaViT SigLIP (its projector merges 2x2 blocks of the row-major patch grid) + an ERNIE 4.5 "
+        "decoder behind Qwen2-VL's prompt and grid",
+    ),
+    _qwen35(
+        "qwen3_5",
+        "Qwen3_5Config",
+        "Qwen3_5ForConditionalGeneration",
+        QWEN35_TEXT,
+        doc="Qwen3-VL's prompt, vision and grid; a hybrid decoder (gated delta-net + full attention)",
+    ),
+    _qwen35(
+        "qwen3_5_moe",
+        "Qwen3_5MoeConfig",
+        "Qwen3_5MoeForConditionalGeneration",
+        Merge(
+            QWEN35_TEXT,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=64,
+            shared_expert_intermediate_size=64,
+        ),
+        doc="Qwen3.5 with a mixture-of-experts decoder: 4 experts, 2 per token, one shared expert",
+    ),
+)
+
+# --------------------------------------------------------------------------------------------------------
 # the declarations, in the registry's order (variants of a model type last)
 DECLARATIONS: tuple[TinyModel, ...] = (
     TinyModel(
@@ -562,6 +949,7 @@ DECLARATIONS: tuple[TinyModel, ...] = (
         doc="image splitting: tiles of 56 px, the longest edge resized to two tiles (at most 2x2 + the global "
         "image); pixel shuffle 2: 4 tokens per tile",
     ),
+    *ISSUE_25,  # the model types issue 25 added (below), in the registry's order
     _internvl(
         "internvl_tiled",
         56,
