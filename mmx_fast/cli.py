@@ -585,7 +585,10 @@ def _run_explain(
     trust_remote_code: bool = False,
     allow_missing_weights: bool = False,
 ) -> list[Path]:
-    """:func:`run_explain`'s body, with the temporary folder for image URLs."""
+    """:func:`run_explain`'s body, with the temporary folder for image URLs.
+
+    Long: the explain command in order (check every input, load once, explain and write each image, keep
+    what finished on a failure); its steps are the helpers above, the rest is their keyword arguments."""
     from tqdm import tqdm
 
     prompt = _check_prompt(prompt)
