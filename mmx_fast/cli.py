@@ -195,6 +195,18 @@ def build_parser() -> OneLineParser:
     )
     ex.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     ex.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    ex.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the Python code a model folder names in an auto_map (its own .py files); off by default: "
+        "such a folder is refused",
+    )
+    ex.add_argument(
+        "--allow-missing-weights",
+        action="store_true",
+        help="load a checkpoint that lacks some of the model's tensors (they stay random); off by default: "
+        "refused, naming them",
+    )
     ex.set_defaults(func=cmd_explain)
 
     demo = sub.add_parser(
@@ -523,6 +535,8 @@ def run_explain(
     on_written=None,
     colormap: str = "jet",
     targets: list[str] | None = None,
+    trust_remote_code: bool = False,
+    allow_missing_weights: bool = False,
 ) -> list[Path]:
     """Check every input, load the model once, explain each image and write its folder; returns the
     report paths. Raises ``CliError`` for bad input before anything is loaded or written. Images are decoded
@@ -547,6 +561,8 @@ def run_explain(
             url_folder=Path(url_folder),
             colormap=colormap,
             targets=targets,
+            trust_remote_code=trust_remote_code,
+            allow_missing_weights=allow_missing_weights,
         )
 
 
@@ -566,8 +582,13 @@ def _run_explain(
     url_folder: Path,
     colormap: str = "jet",
     targets: list[str] | None = None,
+    trust_remote_code: bool = False,
+    allow_missing_weights: bool = False,
 ) -> list[Path]:
-    """:func:`run_explain`'s body, with the temporary folder for image URLs."""
+    """:func:`run_explain`'s body, with the temporary folder for image URLs.
+
+    Long: the explain command in order (check every input, load once, explain and write each image, keep
+    what finished on a failure); its steps are the helpers above, the rest is their keyword arguments."""
     from tqdm import tqdm
 
     prompt = _check_prompt(prompt)
@@ -595,7 +616,13 @@ def _run_explain(
     reports = []
     try:
         t0 = time.perf_counter()
-        net, processor = load_model_option(source, device, torch_dtype)
+        net, processor = load_model_option(
+            source,
+            device,
+            torch_dtype,
+            trust_remote_code=trust_remote_code,
+            allow_missing_weights=allow_missing_weights,
+        )
         try:
             explainer = Explainer(net, processor, config)
         except (ValueError, TypeError) as e:
@@ -649,9 +676,17 @@ def _run_explain(
 
 def _print_path(path: Path) -> None:
     """A result's absolute path on stdout, as the file system's own bytes (usable even when not UTF-8)."""
-    sys.stdout.flush()
-    sys.stdout.buffer.write(os.fsencode(path.resolve()) + b"\n")
-    sys.stdout.buffer.flush()
+    out = sys.stdout
+    out.flush()
+    buffer = getattr(
+        out, "buffer", None
+    )  # a text-only stream (contextlib.redirect_stdout, a notebook) has none
+    if buffer is not None:
+        buffer.write(os.fsencode(path.resolve()) + b"\n")
+        buffer.flush()
+    else:
+        out.write(os.fsdecode(os.fsencode(path.resolve())) + "\n")  # undecodable bytes as surrogate escapes
+        out.flush()
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -669,6 +704,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         on_written=_print_path,
         colormap=args.colormap,
         targets=args.targets,
+        trust_remote_code=args.trust_remote_code,
+        allow_missing_weights=args.allow_missing_weights,
     )
     return 0 if reports else 1
 

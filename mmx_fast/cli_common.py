@@ -112,13 +112,26 @@ def resolve_model_option(spec: str):
         raise ModelOptionError(f"--{e}") from None
 
 
-def load_model_option(source, device: str, torch_dtype):
+def load_model_option(
+    source, device: str, torch_dtype, *, trust_remote_code: bool = False, allow_missing_weights: bool = False
+):
     """(model, processor) in eval mode on ``device``, through ``mmx_fast.load``, quietly: the one model-loading
-    wrapper of the command lines (explain, demo, eval, serve); errors as ``ModelOptionError``."""
+    wrapper of the command lines (explain, demo, eval, serve); errors as ``ModelOptionError`` (options named
+    as the CLI spells them)."""
     from .loading import ModelLoadError, load, quiet_transformers
 
     try:
         with quiet_transformers():
-            return load(source, device=device, dtype=torch_dtype)
+            return load(
+                source,
+                device=device,
+                dtype=torch_dtype,
+                trust_remote_code=trust_remote_code,
+                allow_missing_weights=allow_missing_weights,
+            )
     except ModelLoadError as e:
-        raise ModelOptionError(f"--{e}") from None
+        text = str(e).replace("trust_remote_code=True (CLI --trust-remote-code)", "--trust-remote-code")
+        text = text.replace(
+            "allow_missing_weights=True (CLI --allow-missing-weights)", "--allow-missing-weights"
+        )
+        raise ModelOptionError(f"--{text}") from None

@@ -7,6 +7,7 @@ can be re-run. See README "Spec decisions" for why each default is what it is.
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import os
@@ -22,6 +23,8 @@ MITIGATIONS = ("arc", "tam", "none")
 BASES = ("argmin", "none")
 # the most answer tokens generated (``max_new_tokens``) or forced (``mmx_fast.pipeline.MAX_ANSWER_TOKENS``)
 MAX_NEW_TOKENS = 1024
+#: the most MSEA scales one config may ask for (each is one more forward per image; the paper uses 3)
+MAX_SCALES = 16
 
 # What each preset sets; fields not listed keep their dataclass defaults.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -125,9 +128,16 @@ class ExplainConfig:
         if _is_real(scales):
             scales = (scales,)
         try:
-            scales = list(scales)
+            n = len(scales) if hasattr(scales, "__len__") else None
+            scales = list(itertools.islice(iter(scales), MAX_SCALES + 1))  # an endless iterator stops here
         except TypeError:
             _fail("scales", self.scales, "a non-empty sequence of positive numbers")
+        if len(scales) > MAX_SCALES:  # each scale is a model forward per image
+            count = f"{n}" if n is not None else f"more than {MAX_SCALES}"
+            raise ValueError(
+                f"ExplainConfig.scales of {count} scales is not allowed; expected at most {MAX_SCALES} "
+                "(mmx_fast.config.MAX_SCALES)"
+            )
         if not all(_is_real(s) for s in scales):
             _fail("scales", self.scales, "a non-empty sequence of positive numbers (int or float, not str)")
         scales = tuple(float(s) for s in scales)

@@ -282,7 +282,29 @@ class Explainer:
         ad = self.adapter
         _prepare_backends(configs, ad)
         clock = Stopwatch()
-        items = load_inputs(ad, images, prompts, answers, configs)
+        items = load_inputs(ad, images, prompts, answers, configs)  # every input checked before any work
+        if len(items) > 1 and any(c.mitigation == "tam" for c in configs):
+            # TAM's maps (its fit and thresholds) turn one float rounding step into a different uint8 level,
+            # and a batched kernel may round a row differently with other rows beside it (a GEMM's blocking
+            # and a padded attention's reduction length depend on the batch's shape). So each TAM item runs
+            # alone, exactly as ``explain`` runs it: the same request, the same map (docs/design.md §1.5).
+            return [
+                self._run_items(
+                    [item],
+                    configs,
+                    clock if k == 0 else Stopwatch(),
+                    None if targets is None else [targets[k]],
+                )[0]
+                for k, item in enumerate(items)
+            ]
+        return self._run_items(items, configs, clock, targets)
+
+    def _run_items(
+        self, items: list[Item], configs: list[ExplainConfig], clock: Stopwatch, targets=None
+    ) -> list[list[Explanation]]:
+        """Generation, forwards and attribution of checked ``items`` (one batch); ``targets``: one per item, or
+        None."""
+        ad = self.adapter
         answers = resolve_answers(ad, items, self.config.max_new_tokens, True, _keep_scores(configs, ad))
         chosen = [None] * len(items)
         if targets is not None:  # only what the targets need: the answer up to the last one

@@ -627,9 +627,11 @@ def save(
     :func:`check_colormap` accepts); ``annotate`` writes each token's label on its overlay and appends a colour
     bar (:func:`overlay`). Returns the folder.
 
-    Never overwrites a file mmx-fast did not write: the folder's marker (``.mmx-fast-result.json``, updated
-    here) lists what it wrote; any other existing file of one of those names raises FileExistsError before
-    anything is written."""
+    Never overwrites a file mmx-fast did not write: the folder's marker (``.mmx-fast-result.json``) lists what
+    it wrote; any other existing file of one of those names raises FileExistsError before anything is written.
+    The marker is updated BEFORE the files are written (so a save that fails midway, e.g. on a full disk, can
+    be retried into the same folder) and, once they are all in place, files of an earlier save that this one
+    did not write (a longer answer's ``token_009.png``) are removed and the marker lists exactly this save."""
     check_colormap(colormap)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -649,12 +651,31 @@ def save(
             f"{str(out)!r} already holds {clash[0]!r}{more}, which mmx-fast did not write there; nothing was "
             "written (save into a new or empty folder, or one mmx-fast wrote)"
         )
-    atomic_write_bytes(out / MAPS_FILE, npz_bytes(maps_arrays(exp)))
+    _write_marker(out, sorted(ours | set(names)))  # claimed first: a failure below leaves them retryable
+    maps = npz_bytes(maps_arrays(exp))
+    atomic_write_bytes(out / MAPS_FILE, maps)
+    del maps
     atomic_write_json(out / JSON_FILE, exp.to_dict() if info is None else info)
     for i, k in pngs:
         atomic_write_bytes(
             out / overlay_name(i, k),
             png_bytes(overlay(exp, i, colormap=colormap, frame=k, label=annotate, colorbar=annotate)),
         )
-    _write_marker(out, sorted(ours | set(names)))
+    for name in sorted(ours - set(names)):  # an earlier save's files this one did not write
+        path = out / name
+        if _SAVED_NAME.match(name) and stat.S_ISREG(_lstat_mode(path)):
+            os.unlink(path)
+    _write_marker(out, sorted(names))
     return out
+
+
+# the files ``save`` writes; only these are ever removed as an earlier save's leftovers (a marker edited by
+# hand cannot make us delete anything else)
+_SAVED_NAME = re.compile(r"^(?:maps\.npz|explanation\.json|token_\d{3,}(?:_t\d{3,})?\.png)$")
+
+
+def _lstat_mode(path: Path) -> int:
+    try:
+        return os.lstat(path).st_mode
+    except OSError:
+        return 0

@@ -31,8 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +90,106 @@ def _declared_dtype(cfg: dict[str, Any]) -> str | None:
     return None
 
 
+#: The JSON files of a model folder that transformers reads (config first); each is bounded and checked for
+#: ``auto_map`` (custom code) before transformers sees it.
+_JSON_FILES = (
+    "config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer_config.json",
+    "video_preprocessor_config.json",
+    "generation_config.json",
+)
+MAX_CONFIG_BYTES = 16 << 20  # a real config.json is a few kB; tokenizer_config.json at most a few MB
+
+
+def _short_repr(value: Any, n: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _read_json(spec: str, path: Path) -> Any:
+    """A model folder's JSON file, bounded in size and nesting; ModelLoadError naming the file otherwise."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ModelLoadError(
+                f"model {spec!r}: {path.name} is {size} bytes, over the limit of {MAX_CONFIG_BYTES} bytes for a "
+                "model's JSON file"
+            )
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ModelLoadError(
+            f"model {spec!r}: {path.name} is nested too deeply to be a model's configuration"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"model {spec!r}: cannot read {path.name} ({e})") from None
+
+
+def _check_special_files(spec: str, folder: Path) -> None:
+    """Refuse a model folder holding a pipe, device or socket (directly or through a symbolic link):
+    transformers would open it and wait forever (a FIFO named tokenizer_config.json), or read a device."""
+    try:
+        entries = list(itertools.islice(os.scandir(folder), 100_000))
+    except OSError as e:
+        raise ModelLoadError(f"model {spec!r}: cannot list the folder ({e.strerror or e})") from None
+    for entry in entries:
+        try:
+            mode = os.stat(entry.path).st_mode
+        except OSError:
+            continue  # a broken link: transformers reports it if it needs the file
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise ModelLoadError(
+                f"model {spec!r}: {entry.name} is not a regular file (a pipe, device or socket); expected a "
+                "model folder of regular files"
+            )
+
+
+def remote_code_files(folder: str | Path) -> list[tuple[str, str]]:
+    """(JSON file, what its ``auto_map`` asks to run) for every custom-code entry in a model folder: the
+    classes transformers would import from the folder's own ``.py`` files with ``trust_remote_code=True``."""
+    found = []
+    for name in _JSON_FILES:
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        try:
+            cfg = json.loads(path.read_bytes()[: MAX_CONFIG_BYTES + 1].decode("utf-8"))
+        except (OSError, ValueError, RecursionError):
+            continue  # _read_json reports it
+        if not isinstance(cfg, dict):
+            continue
+        maps = [cfg.get("auto_map")]
+        for sub in cfg.values():  # e.g. processor_config.json's nested image processor dict
+            if isinstance(sub, dict):
+                maps.append(sub.get("auto_map"))
+        for auto_map in maps:
+            if isinstance(auto_map, dict):
+                found += [(name, f"{k} -> {v}") for k, v in auto_map.items()]
+            elif isinstance(auto_map, (list, str)) and auto_map:
+                found.append((name, _short_repr(auto_map)))
+    return found
+
+
+def check_no_remote_code(source: ModelSource) -> None:
+    """Refuse a model folder that asks to run its own Python code (an ``auto_map``): transformers would import
+    it. Loading it needs an explicit ``trust_remote_code=True`` (CLI ``--trust-remote-code``)."""
+    if source.tiny or source.location is None or not Path(source.location).is_dir():
+        return
+    found = remote_code_files(source.location)
+    if found:
+        file, entry = found[0]
+        module = entry.split("-> ")[-1].split("--")[-1].split(".")[0].strip("'[] ")
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise ModelLoadError(
+            f"model {source.spec!r}: {file} asks to run the folder's own Python code (auto_map: {entry}, "
+            f"from {module}.py){more}; mmx-fast never runs a model folder's code unless you trust it: pass "
+            "trust_remote_code=True (CLI --trust-remote-code)"
+        )
+
+
 def resolve_model(spec: str) -> ModelSource:
     """Where the model ``spec`` comes from and its family, checked without loading any weights."""
     families = supported_families()
@@ -121,23 +224,30 @@ def resolve_model(spec: str) -> ModelSource:
                 f"model {spec!r} has no config.json; expected a transformers model folder "
                 "(as written by save_pretrained)"
             )
-        try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ModelLoadError(f"model {spec!r}: cannot read config.json ({e})") from None
+        _check_special_files(spec, path)
+        cfg = _read_json(spec, cfg_path)
         if not isinstance(cfg, dict) or not cfg.get("model_type"):
             raise ModelLoadError(
                 f"model {spec!r}: config.json has no model_type; expected a transformers model folder"
             )
         model_type, declared, location = cfg["model_type"], _declared_dtype(cfg), str(path)
+        if not isinstance(model_type, str):
+            raise ModelLoadError(
+                f"model {spec!r}: config.json's model_type is a {type(model_type).__name__} "
+                f"({_short_repr(model_type)}); expected a string such as 'qwen2_vl'"
+            )
+        for name in _JSON_FILES[1:]:  # transformers reads these too: the same bounds before it does
+            if (path / name).is_file():
+                _read_json(spec, path / name)
     else:
         if not _HUB_ID.match(spec) or spec.startswith((".", "~")):
             raise ModelLoadError(f"model {spec!r}: no such folder; {OFFLINE_HINT}")
         try:
             from transformers import AutoConfig
 
-            config = AutoConfig.from_pretrained(spec, local_files_only=True)
-        except Exception:  # not in the local cache (OSError), or a cached config transformers cannot read
+            config = AutoConfig.from_pretrained(spec, local_files_only=True, trust_remote_code=False)
+        except Exception:  # not in the local cache (OSError), a cached config transformers cannot read,
+            # or one that names custom code (trust_remote_code is never passed here)
             raise ModelLoadError(
                 f"model {spec!r} is not a local folder and is not available offline in the Hugging Face "
                 f"cache; {OFFLINE_HINT}"
@@ -249,16 +359,19 @@ def resolve_attn_implementation(requested: str, *, device_type: str, dtype, flas
 
 # ---------------------------------------------------------------------------------------------------
 # processors (without torchvision: mmx_fast/processors.py)
-def load_processor(source: ModelSource):
+def load_processor(source: ModelSource, trust_remote_code: bool = False):
     """The processor of a model folder / cached hub id: ``AutoProcessor``, or without torchvision
-    :func:`processor_without_video`."""
+    :func:`processor_without_video`. ``trust_remote_code`` is passed to transformers explicitly (False unless
+    the caller opted in), so transformers never asks on stdin."""
     from transformers import AutoProcessor
 
     try:
-        return AutoProcessor.from_pretrained(source.location, local_files_only=True)
+        return AutoProcessor.from_pretrained(
+            source.location, local_files_only=True, trust_remote_code=trust_remote_code
+        )
     except Exception as first:  # typically: the video processor needs torchvision
         try:
-            return processor_without_video(source.location, source.family)
+            return processor_without_video(source.location, source.family, trust_remote_code)
         except Exception:
             raise ModelLoadError(f"model {source.spec!r}: cannot load the processor ({first})") from None
 
@@ -280,6 +393,33 @@ def quiet_transformers():
             log.enable_progress_bar()
 
 
+def check_loading_info(source: ModelSource, info: dict, allow_missing_weights: bool) -> None:
+    """Refuse a checkpoint that lacks some of the model's tensors or holds them in another shape
+    (``from_pretrained``'s loading info), naming them: transformers only logs these and the CLI quiets its log,
+    so those layers would silently keep random values. With ``allow_missing_weights`` a warning instead."""
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(
+        str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or ()
+    )
+    if (missing or mismatched) and not allow_missing_weights:
+        bad = missing or mismatched
+        what = "lacks" if missing else "has wrongly shaped"
+        names = ", ".join(bad[:5]) + (f" (and {len(bad) - 5} more)" if len(bad) > 5 else "")
+        raise ModelLoadError(
+            f"model {source.spec!r}: the checkpoint {what} {len(bad)} of the model's tensors ({names}); "
+            "they would keep random values. Pass allow_missing_weights=True (CLI --allow-missing-weights) to "
+            "load it anyway"
+        )
+    if missing or mismatched:
+        import warnings
+
+        warnings.warn(
+            f"model {source.spec!r}: {len(missing) + len(mismatched)} tensors are missing or mismatched in the "
+            f"checkpoint and keep random values (allow_missing_weights=True): {', '.join((missing + mismatched)[:5])}",
+            stacklevel=3,  # the caller of mmx_fast.load
+        )
+
+
 # ---------------------------------------------------------------------------------------------------
 def load(
     model_id_or_path: str | ModelSource,
@@ -287,6 +427,9 @@ def load(
     dtype: Any = "auto",
     device_map: Any = None,
     attn_implementation: str = "auto",
+    *,
+    trust_remote_code: bool = False,
+    allow_missing_weights: bool = False,
 ):
     """``(model, processor)`` for a local model folder, a Hugging Face id already in the local cache, or
     ``tiny:<family>`` (a tiny random-weight test model); the model is in eval mode on ``device``.
@@ -301,6 +444,11 @@ def load(
         attn_implementation: ``"auto"`` (:func:`choose_attn_implementation`), ``"sdpa"``, ``"eager"``,
             ``"flash_attention_2"`` (a ValueError saying why when it cannot run here,
             :func:`resolve_attn_implementation`).
+        trust_remote_code: run the Python code a model folder names in an ``auto_map`` (its own ``.py``
+            files). Off by default: such a folder is refused with a ModelLoadError naming the file; transformers
+            is always called with ``trust_remote_code=False`` unless this is True, so it never asks.
+        allow_missing_weights: load a checkpoint that lacks some of the model's tensors (they keep random
+            values). Off by default: a ModelLoadError names the missing tensors.
 
     Raises ``ModelLoadError`` (bad model) or ``ValueError`` (bad option). Nothing is downloaded.
     """
@@ -324,6 +472,14 @@ def load(
     attn = resolve_attn_implementation(
         attn_implementation, device_type=device_type, dtype=torch_dtype, flash_attn=flash_attn_installed()
     )
+    for name, flag in (
+        ("trust_remote_code", trust_remote_code),
+        ("allow_missing_weights", allow_missing_weights),
+    ):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name}={flag!r} is not allowed; expected True or False")
+    if not trust_remote_code:
+        check_no_remote_code(source)
     if source.tiny:
         from .tiny import tiny_model
 
@@ -332,14 +488,21 @@ def load(
 
     from transformers import AutoModelForImageTextToText
 
-    processor = load_processor(source)
-    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch_dtype, "attn_implementation": attn}
+    processor = load_processor(source, trust_remote_code=trust_remote_code)
+    kwargs: dict[str, Any] = {
+        "local_files_only": True,
+        "dtype": torch_dtype,
+        "attn_implementation": attn,
+        "trust_remote_code": trust_remote_code,
+        "output_loading_info": True,
+    }
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
-        model = AutoModelForImageTextToText.from_pretrained(source.location, **kwargs)
+        model, info = AutoModelForImageTextToText.from_pretrained(source.location, **kwargs)
     except Exception as e:
         raise ModelLoadError(f"model {source.spec!r}: cannot load the model ({e})") from None
+    check_loading_info(source, info, allow_missing_weights)
     if device_map is None:
         model = model.to(device)
     return model.eval(), processor

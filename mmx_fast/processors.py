@@ -59,10 +59,11 @@ def accept_missing_video_processor(cls: type) -> type:
     )
 
 
-def processor_without_video(location: str, family: str):
+def processor_without_video(location: str, family: str, trust_remote_code: bool = False):
     """The family's processor built from its tokenizer and image processor (Auto classes) and the saved
     processor settings (``get_processor_dict``: processor_config.json, e.g. InternVL's image_seq_length),
-    with no video processor (so no torchvision)."""
+    with no video processor (so no torchvision). ``trust_remote_code`` is passed to transformers explicitly
+    (False unless the caller opted in: ``mmx_fast.load``), so it never asks on stdin."""
     import transformers
     from transformers import AutoImageProcessor, AutoTokenizer
 
@@ -76,9 +77,13 @@ def processor_without_video(location: str, family: str):
     components: dict[str, Any] = {}
     for name in names:
         if name == "tokenizer":
-            components[name] = AutoTokenizer.from_pretrained(location, local_files_only=True)
+            components[name] = AutoTokenizer.from_pretrained(
+                location, local_files_only=True, trust_remote_code=trust_remote_code
+            )
         elif name == "image_processor":
-            components[name] = AutoImageProcessor.from_pretrained(location, local_files_only=True)
+            components[name] = AutoImageProcessor.from_pretrained(
+                location, local_files_only=True, trust_remote_code=trust_remote_code
+            )
         elif name == "video_processor":
             components[name] = None
         else:

@@ -18,6 +18,7 @@ image processor's smart-resize (its min / max pixels), not by the video processo
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +27,19 @@ import numpy as np
 import torch
 from PIL import Image
 
+#: Frame rates a ``Video`` may declare: Qwen2.5-VL's temporal positions grow as 1 / fps (a tiny rate would
+#: overflow them; fps 0 divides by zero).
+MIN_FPS, MAX_FPS = 0.01, 1000.0
+#: Most pixels of all a video's frames together (256 frames of 1920 x 2034; 3 GB as RGB).
+MAX_VIDEO_PIXELS = 1_000_000_000
 MAX_FRAMES = 256  # bound on a request (docs: bound every request-sized resource before expensive work)
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg")
 DEFAULT_FILE_FRAMES = 16  # frames sampled evenly from a video file
+#: Most frames x pixels a video file may make us decode (each is decoded and dropped unless sampled), e.g.
+#: 4,340 frames of 1280x720 (2.4 min at 30 fps); checked from the container before any frame is decoded.
+MAX_DECODED_PIXELS = 4_000_000_000
+#: Most frames a video file may have (each decode has a fixed cost, however small the frame): 55 min at 30 fps.
+MAX_DECODED_FRAMES = 100_000
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,42 @@ class Video:
 
     frames: tuple[Image.Image, ...]
     fps: float = 2.0
+
+    def __post_init__(self) -> None:
+        """Every ``Video`` is checked, however it was made: 1..MAX_FRAMES PIL frames of one size within the
+        image bounds (converted to RGB), and ``fps`` a number in [MIN_FPS, MAX_FPS]."""
+        from .images import check_size, to_rgb
+
+        frames = self.frames
+        if not isinstance(frames, (list, tuple)):
+            raise TypeError(
+                f"Video frames of type {type(frames).__name__} are not supported; expected a tuple of PIL images"
+            )
+        if not 1 <= len(frames) <= MAX_FRAMES:
+            raise ValueError(
+                f"a video of {len(frames)} frames is not allowed; expected 1 to {MAX_FRAMES} frames"
+            )
+        for i, f in enumerate(frames):
+            if not isinstance(f, Image.Image):
+                raise TypeError(
+                    f"Video frame {i} is a {type(f).__name__}; expected a PIL image (mmx_fast.video.load_video "
+                    "also takes arrays and image paths)"
+                )
+        w, h = frames[0].size
+        check_size(w, h, what="video frame 0")
+        check_video_pixels(w * h * len(frames), f"a video of {len(frames)} frames of {w}x{h}")
+        for i, f in enumerate(frames):
+            if f.size != (w, h):
+                raise ValueError(
+                    f"frame {i} is {f.size[0]}x{f.size[1]} but frame 0 is {w}x{h}; expected every frame of a "
+                    "video to have the same size"
+                )
+        fps = self.fps
+        ok = isinstance(fps, (int, float, np.integer, np.floating)) and not isinstance(fps, bool)
+        if not (ok and np.isfinite(fps) and MIN_FPS <= fps <= MAX_FPS):
+            raise ValueError(f"fps={fps!r} is not allowed; expected a number from {MIN_FPS:g} to {MAX_FPS:g}")
+        object.__setattr__(self, "frames", tuple(to_rgb(f) for f in frames))
+        object.__setattr__(self, "fps", float(fps))
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -75,26 +122,56 @@ def load_video(x: Any, fps: float | None = None) -> Video:
         )
     if not 1 <= len(x) <= MAX_FRAMES:
         raise ValueError(f"a video of {len(x)} frames is not allowed; expected 1 to {MAX_FRAMES} frames")
-    frames = []
-    for i, f in enumerate(x):
+    total = 0
+    for i, f in enumerate(x):  # sizes from headers / shapes first: nothing decoded yet
         if isinstance(f, (list, tuple)):
             raise TypeError(
                 f"frame {i} is a {type(f).__name__}; expected an image (nested videos are not allowed)"
             )
         try:
+            w, h = _frame_size(f)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"frame {i}: {e}") from None
+        total += w * h
+        check_video_pixels(total, f"a video of {len(x)} frames (frames 0..{i})")
+    frames, total = [], 0
+    for i, f in enumerate(x):
+        try:
             frames.append(load_image(f))
         except (TypeError, ValueError) as e:
             raise type(e)(f"frame {i}: {e}") from None
-    sizes = {f.size for f in frames}
-    if len(sizes) > 1:
-        bad = next(i for i, f in enumerate(frames) if f.size != frames[0].size)
+        total += frames[-1].width * frames[-1].height  # URL frames are sized only once fetched
+        check_video_pixels(total, f"a video of {len(x)} frames (frames 0..{i})")
+    return Video(tuple(frames), 2.0 if fps is None else fps)
+
+
+def check_video_pixels(total: int, what: str) -> None:
+    """Refuse frames whose pixels add up to more than ``MAX_VIDEO_PIXELS`` (each frame alone may be within
+    ``images.MAX_PIXELS``; 256 of them would not be)."""
+    if total > MAX_VIDEO_PIXELS:
         raise ValueError(
-            f"frame {bad} is {frames[bad].size[0]}x{frames[bad].size[1]} but frame 0 is "
-            f"{frames[0].size[0]}x{frames[0].size[1]}; expected every frame of a video to have the same size"
+            f"{what} has more than {MAX_VIDEO_PIXELS} pixels in all, above the limit "
+            "(mmx_fast.video.MAX_VIDEO_PIXELS); use fewer or smaller frames"
         )
-    if fps is not None and not (np.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps={fps!r} is not allowed; expected a finite number > 0")
-    return Video(tuple(frames), float(fps) if fps is not None else 2.0)
+
+
+def _frame_size(f: Any) -> tuple[int, int]:
+    """(width, height) of a frame as given, without decoding it: a PIL image's size, an array's or tensor's
+    shape, an image file's header. Anything else is left to ``load_image`` (counted as 0 here)."""
+    from .images import _is_url, check_image_file
+
+    if isinstance(f, Image.Image):
+        return f.size
+    if isinstance(f, (str, os.PathLike)) and not (isinstance(f, str) and _is_url(f)):
+        return check_image_file(f)
+    shape = getattr(f, "shape", None)
+    if isinstance(shape, tuple) or isinstance(shape, torch.Size):
+        dims = [int(d) for d in shape]
+        if len(dims) == 3 and dims[0] in (1, 3, 4) and isinstance(f, torch.Tensor):
+            return dims[2], dims[1]
+        if len(dims) >= 2:
+            return dims[1], dims[0]
+    return 0, 0
 
 
 def qwen_video_inputs(
@@ -129,25 +206,87 @@ def qwen_video_inputs(
     return pixel_values, thw
 
 
+def _video_path(path: str | os.PathLike) -> str:
+    """``path`` as a string after checking it names a regular file (not a folder, pipe or device)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"video file {str(path)!r} does not exist") from None
+    except OSError as e:
+        raise ValueError(f"video file {str(path)!r} cannot be read ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"video file {str(path)!r} is a directory; expected a video file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(
+            f"video file {str(path)!r} is not a regular file (a pipe, device or socket); expected a video file"
+        )
+    return str(path)
+
+
 def read_video_file(path: str | os.PathLike, max_frames: int = DEFAULT_FILE_FRAMES) -> Video:
     """Frames of a video file read with PyAV (``pip install av`` or the ``video`` extra), sampled evenly to at
-    most ``max_frames``; ``fps`` is the rate of the sampled frames."""
+    most ``max_frames``; ``fps`` is the rate of the sampled frames.
+
+    Bounded before any frame is decoded: the frames are counted from the container's packets (no decoding),
+    each frame's size is checked against ``images.check_size`` and frames x pixels against
+    ``MAX_DECODED_PIXELS``; then the frames are decoded in one pass and only the sampled ones are kept (one
+    decoded frame in memory at a time besides them)."""
+    from .images import check_size
+
     try:
         import av
     except ImportError:
         raise ImportError(
             "reading a video file needs PyAV (pip install av); or pass the frames as a list of images"
         ) from None
-    if not 1 <= max_frames <= MAX_FRAMES:
-        raise ValueError(f"max_frames={max_frames} is not allowed; expected 1 to {MAX_FRAMES}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"video file {str(path)!r} does not exist")
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        rate = float(stream.average_rate) if stream.average_rate else None
-        frames = [fr.to_image().convert("RGB") for fr in container.decode(stream)]
+    if not (
+        isinstance(max_frames, int) and not isinstance(max_frames, bool) and 1 <= max_frames <= MAX_FRAMES
+    ):
+        raise ValueError(f"max_frames={max_frames!r} is not allowed; expected 1 to {MAX_FRAMES}")
+    name = f"video file {str(path)!r}"
+    path = _video_path(path)
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                kinds = sorted({s.type for s in container.streams}) or ["none"]
+                raise ValueError(f"{name} has no video stream (its streams: {', '.join(kinds)})")
+            stream = container.streams.video[0]
+            width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+            check_size(width, height, what=f"{name}'s frame size")
+            rate = float(stream.average_rate) if stream.average_rate else None
+            count = 0
+            for packet in container.demux(stream):  # counting packets decodes nothing
+                if packet.size:
+                    count += 1
+                    if count > MAX_DECODED_FRAMES or count * width * height > MAX_DECODED_PIXELS:
+                        raise ValueError(
+                            f"{name} has more than {count - 1} frames of {width}x{height}: decoding them would "
+                            f"exceed the limit of {MAX_DECODED_PIXELS} pixels (mmx_fast.video.MAX_DECODED_PIXELS) "
+                            f"or {MAX_DECODED_FRAMES} frames (MAX_DECODED_FRAMES); cut the clip, or pass sampled "
+                            "frames as a list of images"
+                        )
+            if count == 0:
+                raise ValueError(f"{name}: no video frames could be decoded")
+            wanted = np.linspace(0, count - 1, num=min(max_frames, count)).round().astype(int).tolist()
+            check_video_pixels(
+                len(wanted) * width * height, f"{name}'s {len(wanted)} sampled frames of {width}x{height}"
+            )
+            keep = set(wanted)
+            container.seek(0, stream=stream)
+            frames: dict[int, Image.Image] = {}
+            for i, frame in enumerate(container.decode(stream)):
+                if i > wanted[-1]:
+                    break
+                if i in keep:
+                    if (frame.width, frame.height) != (width, height):
+                        check_size(frame.width, frame.height, what=f"{name}'s frame {i}")
+                    frames[i] = frame.to_image().convert("RGB")
+    except av.FFmpegError as e:  # PyAV's errors: not a video, corrupt data
+        raise ValueError(f"{name} cannot be read as a video ({e})") from None
     if not frames:
-        raise ValueError(f"{path}: no video frames could be decoded")
-    idx = np.linspace(0, len(frames) - 1, num=min(max_frames, len(frames))).round().astype(int)
-    fps = None if rate is None else rate * len(idx) / len(frames)
-    return load_video([frames[i] for i in idx], fps=fps)
+        raise ValueError(f"{name}: no video frames could be decoded")
+    picked = [
+        frames[i] for i in wanted if i in frames
+    ]  # a stream may decode fewer frames than it has packets
+    fps = None if rate is None else rate * len(picked) / count
+    return load_video(picked, fps=fps)
