@@ -88,6 +88,4 @@ def processor_without_video(location: str, family: str, trust_remote_code: bool 
             components[name] = None
         else:
             raise ValueError(f"{cls.__name__} needs a {name}, which mmx-fast cannot load")
-    if hasattr(cls, "from_dict"):  # transformers >= 5.25 (from_args_and_dict is deprecated there)
-        return cls.from_dict({**processor_dict, **components}, **kwargs)
-    return cls.from_args_and_dict(list(components.values()), processor_dict, **kwargs)  # transformers 5.24
+    return cls.from_dict({**processor_dict, **components}, **kwargs)

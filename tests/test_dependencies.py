@@ -19,10 +19,8 @@ PROCESSOR_HOOKS = {
     "get_attributes": "processors.accept_missing_video_processor overrides it while saving",
     "save_pretrained": "processors.accept_missing_video_processor wraps it",
     "get_processor_dict": "processors.processor_without_video reads the saved processor settings",
+    "from_dict": "processors.processor_without_video builds the processor (from_args_and_dict is deprecated)",
 }
-# one of these builds the processor in processors.processor_without_video (from_dict since 5.25, which
-# deprecates from_args_and_dict)
-PROCESSOR_BUILDERS = ("from_dict", "from_args_and_dict")
 
 
 @pytest.mark.parametrize("name", sorted(PROCESSOR_HOOKS))
@@ -34,24 +32,12 @@ def test_processor_hooks_exist(name):
     )
 
 
-def test_a_processor_builder_exists():
-    found = [
-        n
-        for n in PROCESSOR_BUILDERS
-        if isinstance(inspect.getattr_static(ProcessorMixin, n, None), classmethod)
-    ]
-    assert found, (
-        f"transformers {transformers.__version__} has none of ProcessorMixin.{' / '.join(PROCESSOR_BUILDERS)}, "
-        "which processors.processor_without_video builds processors with; pyproject's range for transformers "
-        f"must exclude {transformers.__version__}"
-    )
-
-
 def test_processor_hook_signatures():
     v = transformers.__version__
     params = inspect.signature(ProcessorMixin.check_argument_for_proper_class).parameters
     assert list(params)[:3] == ["self", "argument_name", "argument"], (v, list(params))
     assert isinstance(inspect.getattr_static(ProcessorMixin, "get_attributes"), classmethod), v
+    assert isinstance(inspect.getattr_static(ProcessorMixin, "from_dict"), classmethod), v
 
 
 def test_config_attn_implementation_is_settable():
