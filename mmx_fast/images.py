@@ -474,19 +474,24 @@ def _ratio(x: float) -> str:
     return f"{x:.1f}".rstrip("0").rstrip(".")
 
 
-def _regular_file(path: str | os.PathLike) -> Path:
+def regular_file(
+    path: str | os.PathLike, what: str = "image path", kind: str = "an image file", missing: type = ValueError
+) -> Path:
+    """``path`` after checking it names a readable regular file (not a folder, pipe, device or socket), or an
+    error naming it as ``what`` and saying ``kind`` was expected; a missing file raises ``missing``. Shared by
+    images and video files (:mod:`mmx_fast.video`)."""
     path = Path(path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise ValueError(f"image path {str(path)!r} does not exist") from None
+        raise missing(f"{what} {str(path)!r} does not exist") from None
     except OSError as e:
-        raise ValueError(f"image path {str(path)!r} cannot be read ({e.strerror or e})") from None
+        raise ValueError(f"{what} {str(path)!r} cannot be read ({e.strerror or e})") from None
     if stat.S_ISDIR(st.st_mode):
-        raise ValueError(f"image path {str(path)!r} is a directory; expected an image file")
+        raise ValueError(f"{what} {str(path)!r} is a directory; expected {kind}")
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(
-            f"image path {str(path)!r} is not a regular file (a pipe, device or socket); expected an image file"
+            f"{what} {str(path)!r} is not a regular file (a pipe, device or socket); expected {kind}"
         )
     return path
 
@@ -505,7 +510,7 @@ def check_image_file(path: str | os.PathLike, decode: bool = False) -> tuple[int
     """(width, height) of the image file at ``path`` after checking it is a regular file PIL identifies and
     that its header's size is within ``check_size``'s bounds; only the header is read unless ``decode``, which
     also decodes the first frame (to find truncated or corrupt data) and drops it. ValueError otherwise."""
-    path = _regular_file(path)
+    path = regular_file(path)
     name = f"image file {str(path)!r}"
     try:
         with _quiet_pil():
@@ -528,7 +533,7 @@ def check_image_file(path: str | os.PathLike, decode: bool = False) -> tuple[int
 def open_image_file(path: str | os.PathLike) -> Image.Image:
     """The first frame of the image file at ``path`` (:func:`decode_image`, after ``check_image_file``
     vetted the path); upright by its EXIF orientation, not yet converted to RGB."""
-    path = _regular_file(path)
+    path = regular_file(path)
     try:
         f = open(path, "rb")
     except OSError as e:

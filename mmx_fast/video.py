@@ -18,7 +18,6 @@ image processor's smart-resize (its min / max pixels), not by the video processo
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -208,19 +207,9 @@ def qwen_video_inputs(
 
 def _video_path(path: str | os.PathLike) -> str:
     """``path`` as a string after checking it names a regular file (not a folder, pipe or device)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"video file {str(path)!r} does not exist") from None
-    except OSError as e:
-        raise ValueError(f"video file {str(path)!r} cannot be read ({e.strerror or e})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ValueError(f"video file {str(path)!r} is a directory; expected a video file")
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError(
-            f"video file {str(path)!r} is not a regular file (a pipe, device or socket); expected a video file"
-        )
-    return str(path)
+    from .images import regular_file
+
+    return str(regular_file(path, "video file", "a video file", missing=FileNotFoundError))
 
 
 def read_video_file(path: str | os.PathLike, max_frames: int = DEFAULT_FILE_FRAMES) -> Video:
